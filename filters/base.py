@@ -1,0 +1,63 @@
+"""The stage interface every filter implements.
+
+Two kinds of stage:
+
+* `SampleStage` decides about one sample at a time.  `score(batch)` may add
+  fields to samples (scores, labels) and `keep(sample)` applies thresholds, so a
+  user can re-threshold later from the written scores.  `setup()` loads models
+  once per worker.  Stages with `uses_model = True` are run through Beam's
+  `RunInference`, which batches and shares one loaded instance per process.
+* `DatasetStage` needs the whole dataset (deduplication): it provides a Beam
+  `PTransform` from samples to a `{"kept": ..., "rejected": ...}` pair.
+
+Neither kind knows about readers, writers or the runner.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from pipeline.schema import KEEP, Sample, Verdict
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class Stage:
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    # False for stages that only look at url and caption: they run before the
+    # download, so rows they drop are never fetched.
+    needs_image: ClassVar[bool] = True
+
+    def __init__(self, params: Any = None):
+        self.params = params if params is not None else self.Params()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+class SampleStage(Stage):
+    uses_model: ClassVar[bool] = False
+
+    def setup(self) -> None:
+        """Load models or tables; called once per worker before any sample."""
+
+    def score(self, batch: list[Sample]) -> None:
+        """Add fields to each sample of the batch (default: one at a time)."""
+        for sample in batch:
+            self.score_one(sample)
+
+    def score_one(self, sample: Sample) -> None:
+        """Add fields to one sample."""
+
+    def keep(self, sample: Sample) -> Verdict:
+        return KEEP
+
+
+class DatasetStage(Stage):
+    def transform(self):
+        """A PTransform: PCollection[Sample] -> {"kept": PCollection[Sample], "rejected": PCollection[Reject]}."""
+        raise NotImplementedError

@@ -1,0 +1,135 @@
+"""Records that flow through the pipeline and the Arrow schemas they are written with.
+
+A `Sample` is one input row on its way through the stages; a `Reject` is the
+same row once a stage has dropped it, with the stage and the reason.  Every
+input row becomes exactly one of the two (the accounting invariant).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import pyarrow as pa
+
+
+class Verdict(NamedTuple):
+    """A stage's decision about one sample."""
+
+    keep: bool
+    reason: str | None = None
+
+
+KEEP = Verdict(True)
+
+
+def drop(reason: str) -> Verdict:
+    return Verdict(False, reason)
+
+
+@dataclass
+class Sample:
+    """One image-text pair.
+
+    `key` is stable for a given input (derived from the row's position), so a
+    re-run yields the same keys and shards.  `shard_id` is the output shard the
+    sample belongs to: shard k holds the kept rows of input rows
+    [k*N, (k+1)*N), as img2dataset does.
+    """
+
+    key: str
+    shard_id: int
+    url: str
+    caption: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # carried-through input columns
+    image: bytes | None = None  # encoded output image
+    image_format: str | None = None  # file extension: jpg, png, webp
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    sha256: str | None = None  # of the original downloaded bytes
+    fields: dict[str, Any] = field(default_factory=dict)  # scores and fields added by stages
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the image bytes, flattened: what goes into .json and .parquet."""
+        meta = {name: getattr(self, name) for name in METADATA_COLUMNS}
+        meta.update(self.fields)
+        for name, value in self.extra.items():
+            meta.setdefault(name, value)
+        return meta
+
+    def reject(self, stage: str, reason: str) -> "Reject":
+        return Reject(
+            key=self.key,
+            shard_id=self.shard_id,
+            url=self.url,
+            caption=self.caption,
+            stage=stage,
+            reason=reason,
+            fields={**_known_image_fields(self), **self.fields},
+            extra=self.extra,
+        )
+
+    def without_image(self) -> "Sample":
+        return dataclasses.replace(self, image=None)
+
+
+def _known_image_fields(sample: Sample) -> dict[str, Any]:
+    names = ("width", "height", "original_width", "original_height", "sha256")
+    return {n: getattr(sample, n) for n in names if getattr(sample, n) is not None}
+
+
+METADATA_COLUMNS = (
+    "key",
+    "shard_id",
+    "url",
+    "caption",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "sha256",
+)
+
+
+@dataclass
+class Reject:
+    """An input row that a stage dropped, and why."""
+
+    key: str
+    shard_id: int
+    url: str
+    caption: str | None
+    stage: str
+    reason: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "shard_id": self.shard_id,
+            "url": self.url,
+            "caption": self.caption,
+            "stage": self.stage,
+            "reason": self.reason,
+            # Scores differ by stage, so they travel as one JSON column.
+            "fields": json.dumps(self.fields, sort_keys=True, default=str),
+            "extra": json.dumps(self.extra, sort_keys=True, default=str),
+        }
+
+
+REJECTS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard_id", pa.int64()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+        ("fields", pa.string()),
+        ("extra", pa.string()),
+    ]
+)
