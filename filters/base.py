@@ -35,6 +35,12 @@ class Stage:
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
 
+    def check(self) -> None:
+        """Cheap pre-flight check run before the pipeline starts (e.g. model files exist).
+
+        Raise ValueError or FileNotFoundError with a message for the user.
+        """
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params})"
 

@@ -1,0 +1,55 @@
+"""Caption sanity: drop pairs whose caption cannot describe the image.
+
+Runs before the download (it needs only the caption), so rejected rows are
+never fetched.  Rules follow what LAION and DataComp applied: a length window,
+a minimum word count, and alt texts that are really file names or placeholders.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from filters.base import SampleStage
+from pipeline.registry import register
+from pipeline.schema import KEEP, Sample, Verdict, drop
+
+# "IMG_1234.JPG", "DSC00042", "photo.png", "image-3", "Screenshot 2023-01-01 at 10.00.00"
+_FILE_NAME = re.compile(
+    r"^\s*(?:[\w\-. ]+\.(?:jpe?g|png|gif|webp|bmp|tiff?|heic|svg)"
+    r"|(?:img|dsc|dscn|dcim|pxl|image|photo|pic|screenshot)[\s_\-]*[\d_\-. :at]*)\s*$",
+    re.IGNORECASE,
+)
+_PLACEHOLDERS = frozenset(
+    """image img picture photo thumbnail thumb untitled placeholder logo icon banner
+    spacer pixel blank null none undefined default click here loading alt""".split()
+)
+
+
+@register
+class CaptionFilter(SampleStage):
+    name = "caption"
+    needs_image = False
+
+    @dataclass(frozen=True)
+    class Params:
+        min_chars: int = 5
+        max_chars: int = 1000
+        min_words: int = 2
+        drop_file_names: bool = True
+        drop_placeholders: bool = True
+
+    def keep(self, sample: Sample) -> Verdict:
+        caption = " ".join((sample.caption or "").split())
+        if not caption:
+            return drop("empty_caption")
+        if len(caption) < self.params.min_chars:
+            return drop("caption_too_short")
+        if len(caption) > self.params.max_chars:
+            return drop("caption_too_long")
+        if self.params.drop_file_names and _FILE_NAME.match(caption):
+            return drop("caption_is_file_name")
+        if self.params.drop_placeholders and caption.lower().strip(" .!:-_") in _PLACEHOLDERS:
+            return drop("caption_is_placeholder")
+        if len(caption.split()) < self.params.min_words:
+            return drop("caption_too_few_words")
+        return KEEP

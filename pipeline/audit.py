@@ -1,0 +1,91 @@
+"""The run's accounting: report/audit.json, the summary table, and _SUCCESS.
+
+`counts.input == counts.kept + sum(rejected_by_stage)` always holds for a
+finished run; if it does not, finalising fails and `_SUCCESS` is not written.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+
+SUCCESS_FILE = "_SUCCESS"
+
+
+class AccountingError(RuntimeError):
+    """Rows were lost or counted twice: the output must not be trusted."""
+
+
+def merge_counts(summaries) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for summary in summaries:
+        for name, count in summary.items():
+            total[name] = total.get(name, 0) + count
+    return total
+
+
+def build_audit(input_rows: int, counts: dict[str, int], recipe: dict[str, Any]) -> dict[str, Any]:
+    by_stage: dict[str, dict[str, int]] = {}
+    for name, count in sorted(counts.items()):
+        if name.startswith("rejected/"):
+            _, stage, reason = name.split("/", 2)
+            by_stage.setdefault(stage, {})[reason] = count
+    order = ["read", "download", *(next(iter(s)) for s in recipe["stages"])]
+    by_stage = {stage: by_stage[stage] for stage in sorted(by_stage, key=_position_in(order))}
+    return {
+        "counts": {"input": input_rows, "kept": counts.get("kept", 0), "rejected_by_stage": by_stage},
+        "stage_order": order,
+        "recipe": recipe,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _position_in(order: list[str]):
+    return lambda stage: (order.index(stage) if stage in order else len(order), stage)
+
+
+def check_accounting(audit: dict[str, Any]) -> None:
+    counts = audit["counts"]
+    rejected = sum(sum(reasons.values()) for reasons in counts["rejected_by_stage"].values())
+    if counts["input"] != counts["kept"] + rejected:
+        raise AccountingError(
+            f"accounting mismatch: {counts['input']} input rows but {counts['kept']} kept + {rejected} rejected"
+        )
+
+
+def write_json(path: str, value: Any) -> None:
+    from pipeline.writers import AtomicFile
+
+    out = AtomicFile(path)
+    out.handle.write(json.dumps(value, indent=2, sort_keys=False).encode("utf-8") + b"\n")
+    out.commit()
+
+
+def finalize(counts: dict[str, int], input_rows: int, recipe: dict[str, Any], output_dir: str) -> dict[str, Any]:
+    """Write the audit, check the invariant, then mark the output complete."""
+    audit = build_audit(input_rows, counts, recipe)
+    write_json(f"{output_dir}/report/audit.json", audit)
+    check_accounting(audit)
+    with FileSystems.create(f"{output_dir}/{SUCCESS_FILE}") as handle:
+        handle.write(b"")
+    return audit
+
+
+def read_audit(output_dir: str) -> dict[str, Any]:
+    with FileSystems.open(f"{output_dir}/report/audit.json") as handle:
+        return json.loads(handle.read())
+
+
+def summary_table(audit: dict[str, Any]) -> str:
+    counts = audit["counts"]
+    total = counts["input"] or 1
+    lines = [f"{'stage':<16} {'reason':<28} {'rows':>9} {'share':>7}"]
+    lines.append("-" * len(lines[0]))
+    lines.append(f"{'input':<16} {'':<28} {counts['input']:>9} {100.0:>6.1f}%")
+    for stage, reasons in counts["rejected_by_stage"].items():
+        for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
+            lines.append(f"{stage:<16} {reason:<28} {n:>9} {100 * n / total:>6.1f}%")
+    lines.append(f"{'kept':<16} {'':<28} {counts['kept']:>9} {100 * counts['kept'] / total:>6.1f}%")
+    return "\n".join(lines)

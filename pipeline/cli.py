@@ -1,0 +1,203 @@
+"""`curate`: the command line.
+
+    curate run --recipe manifests/local-sample.yaml --input urls.parquet --output out/
+    curate stages            # every registered stage and its parameters
+    curate demo --output DIR # the bundled sample, end to end, on a loopback server
+
+Options `curate run` does not know are Beam pipeline options (`--runner`,
+`--direct_num_workers`, `--project`, ...), passed through unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pipeline import __version__
+
+EPILOG_RUN = """\
+Beam options: anything not listed above goes to Beam's PipelineOptions, e.g.
+  --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
+  --direct_num_workers=2 --direct_running_mode=multi_processing
+The default runner is Beam's in-process FnApiRunner (never the Prism binary,
+which Beam would try to download), with one worker process per core.
+
+Output (DIR):
+  shards/00000.tar + shards/00000.parquet   WebDataset shard + its metadata
+  rejects/00000.parquet                     every dropped row: stage, reason, scores
+  report/audit.json                         counts: input = kept + rejected
+  recipe.json                               the resolved recipe of this run
+  _SUCCESS                                  written last, when all of the above is complete
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if beam_args and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    try:
+        return args.handler(args, beam_args)
+    except UserError as err:
+        print(f"curate: error: {err}", file=sys.stderr)
+        return 2
+
+
+class UserError(Exception):
+    """A problem with the user's input, recipe or output folder: printed, not traced."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description="Build image-text training datasets: read URL lists, download politely, "
+        "filter and deduplicate, write WebDataset/Parquet shards with a rejects table and an audit.",
+    )
+    parser.add_argument("--version", action="version", version=f"curate {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a recipe over URL lists",
+        description="Run a recipe: read, download, filter, dedup and write shards.",
+        epilog=EPILOG_RUN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--recipe", required=True, help="YAML recipe, e.g. manifests/local-sample.yaml")
+    run.add_argument(
+        "--input", required=True, action="append",
+        help="input file, folder or glob (local or any Beam filesystem, e.g. gs://); repeatable",
+    )
+    run.add_argument("--output", required=True, help="output folder (local or e.g. gs://bucket/path)")
+    run.add_argument("--url-col", default="url", help="column holding the image URL (default: url)")
+    run.add_argument(
+        "--caption-col", default="caption",
+        help="column holding the caption (default: caption; 'none' for no captions)",
+    )
+    run.add_argument(
+        "--input-format", choices=("parquet", "csv", "tsv", "jsonl", "txt"),
+        help="input format (default: from the file extension)",
+    )
+    run.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="STAGE.PARAM=VALUE",
+        help="override one recipe parameter, typed by its schema (also SECTION.PARAM, e.g. download.timeout=5); repeatable",
+    )
+    run.add_argument(
+        "--allow-private-network", action="store_true",
+        help="allow downloads from loopback/private/link-local addresses (off by default: SSRF guard)",
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
+    run.set_defaults(handler=_cmd_run)
+
+    stages = commands.add_parser("stages", help="list the registered stages and their parameters")
+    stages.set_defaults(handler=_cmd_stages)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the bundled sample end to end on a loopback web server",
+        description="Generate the bundled sample web (images, captions, broken links, duplicates), "
+        "serve it on 127.0.0.1, and run a recipe over it.",
+    )
+    demo.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
+    demo.add_argument("--recipe", default=None, help="recipe (default: manifests/local-sample.yaml)")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def _cmd_run(args, beam_args: list[str]) -> int:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline import audit, readers
+    from pipeline.recipe import RecipeError, load_recipe
+    from pipeline.run import InputSpec, run, with_private_network
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as err:
+        raise UserError(str(err)) from None
+    if args.allow_private_network:
+        recipe = with_private_network(recipe)
+    _check_stages(recipe)
+    inputs = _check_inputs(args, readers)
+    output_dir = args.output.rstrip("/")
+    _prepare_output(output_dir, args.overwrite)
+    options = PipelineOptions(default_beam_args(beam_args))
+    print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
+    audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
+    run(recipe, inputs, output_dir, options)
+    result = audit.read_audit(output_dir)
+    print(audit.summary_table(result))
+    print(f"shards: {output_dir}/shards/  rejects: {output_dir}/rejects/  report: {output_dir}/report/audit.json")
+    return 0
+
+
+def _check_stages(recipe) -> None:
+    """Stages' own pre-flight checks (e.g. model weights exist), before any work."""
+    for stage in recipe.build_stages():
+        try:
+            stage.check()
+        except (ValueError, FileNotFoundError, ImportError) as err:
+            raise UserError(f"stage '{stage.name}': {err}") from None
+
+
+def _check_inputs(args, readers):
+    from pipeline.run import InputSpec
+
+    caption_col = None if args.caption_col.lower() == "none" else args.caption_col
+    try:
+        paths = sorted({path for pattern in args.input for path in readers.expand_inputs(pattern)})
+        for path in paths:
+            fmt = readers.detect_format(path, args.input_format)
+            readers.check_input(path, fmt, args.url_col, caption_col)
+    except readers.InputError as err:
+        raise UserError(str(err)) from None
+    return InputSpec(tuple(paths), args.input_format, args.url_col, caption_col)
+
+
+def _prepare_output(output_dir: str, overwrite: bool) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    existing = [f"{output_dir}/{name}" for name in ("shards", "rejects", "report", "_SUCCESS", "recipe.json")]
+    existing = [path for path in existing if FileSystems.exists(path)]
+    if existing and not overwrite:
+        raise UserError(f"{output_dir} already holds results ({', '.join(existing)}); pass --overwrite to replace them")
+    if existing:
+        FileSystems.delete(existing)
+
+
+def _cmd_stages(args, beam_args: list[str]) -> int:
+    from pipeline.params import describe
+    from pipeline.registry import all_stages
+
+    for name, cls in all_stages().items():
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name}  ({'before download' if not cls.needs_image else 'after download'})")
+        if doc:
+            print(f"    {doc[0]}")
+        for param, type_name, default in describe(cls.Params):
+            print(f"    {param}: {type_name} = {default!r}")
+    return 0
+
+
+def _cmd_demo(args, beam_args: list[str]) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(args.output, args.recipe)
+
+
+def default_beam_args(beam_args: list[str]) -> list[str]:
+    """One worker process per core for the local runner, unless the user chose."""
+    given = " ".join(beam_args)
+    extra = []
+    if "--runner" not in given and "--direct_num_workers" not in given:
+        extra = [f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_processing"]
+    return [*beam_args, *extra]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

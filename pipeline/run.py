@@ -1,0 +1,91 @@
+"""Builds the curation pipeline from a recipe and runs it.
+
+The local runner is Beam's FnApiRunner, named explicitly: Beam 2.77's
+DirectRunner first tries to download the Prism runner binary from the
+internet, which stalls a run on a closed network.  Any other `--runner` goes
+to Beam unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import audit
+from pipeline.recipe import Recipe
+from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard
+
+LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    paths: tuple[str, ...]
+    format: str | None = None  # None: by file extension
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+
+
+def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, output_dir: str) -> None:
+    read = pipeline | "Read" >> ReadAndKey(
+        list(inputs.paths), inputs.format, inputs.url_col, inputs.caption_col, recipe.output
+    )
+    input_rows = (
+        (read.samples, read[REJECTED])
+        | "AllInputRows" >> beam.Flatten()
+        | "CountInput" >> beam.combiners.Count.Globally()
+    )
+    samples, rejects = read.samples, [read[REJECTED]]
+    downloaded = False
+    for stage in recipe.build_stages():
+        if stage.needs_image and not downloaded:
+            samples, downloaded = _download(recipe, samples, rejects), True
+        result = samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
+        samples = result["samples"]
+        rejects.append(result[REJECTED])
+    if not downloaded:
+        samples = _download(recipe, samples, rejects)
+
+    kept_summaries = samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
+    reject_summaries = (
+        rejects
+        | "AllRejects" >> beam.Flatten()
+        | "WriteRejects" >> WriteByShard("rejects", recipe.output, output_dir)
+    )
+    _ = (
+        (kept_summaries, reject_summaries)
+        | "AllSummaries" >> beam.Flatten()
+        | "MergeCounts" >> beam.CombineGlobally(audit.merge_counts)
+        | "Finalize"
+        >> beam.Map(audit.finalize, beam.pvalue.AsSingleton(input_rows), recipe.to_dict(), output_dir)
+    )
+
+
+def _download(recipe: Recipe, samples, rejects: list):
+    result = samples | "Download" >> DownloadImages(recipe.download, recipe.resize)
+    rejects.append(result[REJECTED])
+    return result.samples
+
+
+def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    runner = options.view_as(StandardOptions).runner
+    if runner in LOCAL_RUNNER_NAMES:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    return beam.Pipeline(options=options)
+
+
+def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions):
+    pipeline = make_pipeline(options)
+    build_pipeline(pipeline, recipe, inputs, output_dir.rstrip("/"))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def with_private_network(recipe: Recipe) -> Recipe:
+    download = dataclasses.replace(recipe.download, allow_private_network=True)
+    return dataclasses.replace(recipe, sections={**recipe.sections, "download": download})

@@ -1,0 +1,328 @@
+"""The Beam transforms the pipeline is made of.
+
+read -> assign keys -> [stages that need no image] -> download+resize ->
+[stages that need the image] -> write shards; rejects from every step are
+written beside them and counted into the audit.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from filters.base import DatasetStage, SampleStage
+from pipeline import readers
+from pipeline.download import Downloader, DownloadParams
+from pipeline.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.schema import Reject, Sample
+from pipeline.writers import OutputParams, write_rejects, write_shard
+
+REJECTED = "rejected"
+log = logging.getLogger("curate")
+
+
+# ---------------------------------------------------------------- reading
+
+
+class ReadInputFile(beam.DoFn):
+    """(file_index, path) -> (file_index, row_index, InputRow), streamed."""
+
+    def __init__(self, fmt: str | None, url_col: str, caption_col: str | None):
+        self._fmt, self._url_col, self._caption_col = fmt, url_col, caption_col
+
+    def process(self, element):
+        file_index, path = element
+        fmt = readers.detect_format(path, self._fmt)
+        for row_index, row in enumerate(readers.read_rows(path, fmt, self._url_col, self._caption_col)):
+            yield file_index, row_index, row
+
+
+def _offsets(counts: dict[int, int]) -> dict[int, int]:
+    """Global position of each file's first row."""
+    offsets, total = {}, 0
+    for file_index in sorted(counts):
+        offsets[file_index] = total
+        total += counts[file_index]
+    return offsets
+
+
+class ReadAndKey(beam.PTransform):
+    """Input files -> Samples with stable keys and shard ids, plus rejects of malformed rows.
+
+    Row n of the whole input (files in sorted order) goes to shard
+    n // samples_per_shard, with key "<shard><index in shard>", so keys and
+    shards depend only on the input, never on how the runner split the work.
+    """
+
+    def __init__(self, paths: list[str], fmt: str | None, url_col: str, caption_col: str | None, output: OutputParams):
+        super().__init__()
+        self._paths, self._fmt, self._url_col, self._caption_col = paths, fmt, url_col, caption_col
+        self._output = output
+
+    def expand(self, pbegin):
+        rows = (
+            pbegin
+            | "ListFiles" >> beam.Create(list(enumerate(self._paths)))
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadRows" >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col))
+        )
+        offsets = (
+            rows
+            | "FileOfRow" >> beam.Map(lambda r: r[0])
+            | "CountPerFile" >> beam.combiners.Count.PerElement()
+            | "AllCounts" >> beam.combiners.ToDict()
+            | "Offsets" >> beam.Map(_offsets)
+        )
+        return rows | "AssignKeys" >> beam.ParDo(
+            _ToSample(self._output), beam.pvalue.AsSingleton(offsets)
+        ).with_outputs(REJECTED, main="samples")
+
+
+class _ToSample(beam.DoFn):
+    def __init__(self, output: OutputParams):
+        self._per_shard = output.samples_per_shard
+        self._digits = len(str(max(output.samples_per_shard - 1, 1)))
+        self._shard_digits = output.shard_digits
+        self._input = Metrics.counter("read", "input_rows")
+
+    def process(self, element, offsets):
+        file_index, row_index, row = element
+        self._input.inc()
+        shard_id, index = divmod(offsets[file_index] + row_index, self._per_shard)
+        key = f"{shard_id:0{self._shard_digits}d}{index:0{self._digits}d}"
+        sample = Sample(key=key, shard_id=shard_id, url=row.url or "", caption=row.caption, extra=row.extra)
+        if row.error:
+            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject("read", row.error))
+        else:
+            yield sample
+
+
+# ---------------------------------------------------------------- download
+
+
+def fetch_and_resize(downloader: Downloader, resize: ResizeParams, sample: Sample) -> Sample | Reject:
+    result = downloader.fetch(sample.url)
+    if result.reason:
+        return sample.reject("download", result.reason)
+    try:
+        image = process_image(result.data, resize)
+    except ImageRejected as err:
+        return sample.reject("download", err.reason)
+    sample.image, sample.image_format = image.data, image.format
+    sample.width, sample.height = image.width, image.height
+    sample.original_width, sample.original_height = image.original_width, image.original_height
+    sample.sha256 = hashlib.sha256(result.data).hexdigest()
+    return sample
+
+
+class _DownloadDoFn(beam.DoFn):
+    """Downloads with a bounded pool of threads, streaming results as they finish.
+
+    At most `threads * 2` samples are in flight per worker, so memory stays
+    bounded whatever the bundle size.
+    """
+
+    def __init__(self, download: DownloadParams, resize: ResizeParams):
+        self._download, self._resize = download, resize
+        self._done = Metrics.counter("download", "ok")
+        self._failed = Metrics.counter("download", "failed")
+
+    def setup(self):
+        self._downloader = Downloader(self._download)
+        self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
+        self._progress = _Progress("download")
+
+    def start_bundle(self):
+        self._pending = set()
+
+    def process(self, sample: Sample):
+        self._pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, sample))
+        if len(self._pending) >= self._download.threads * 2:
+            yield from self._collect(return_when=FIRST_COMPLETED)
+
+    def finish_bundle(self):
+        for result in self._collect(return_when=ALL_COMPLETED):
+            yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _collect(self, return_when) -> Iterable[Sample | Reject]:
+        done, self._pending = wait(self._pending, return_when=return_when)
+        for future in done:
+            result = future.result()
+            (self._failed if isinstance(result, Reject) else self._done).inc()
+            self._progress.tick()
+            yield result
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+        self._downloader.close()
+
+
+def _split_rejects(element):
+    if isinstance(element, Reject):
+        yield beam.pvalue.TaggedOutput(REJECTED, element)
+    else:
+        yield element
+
+
+class DownloadImages(beam.PTransform):
+    def __init__(self, download: DownloadParams, resize: ResizeParams):
+        super().__init__()
+        self._download, self._resize = download, resize
+
+    def expand(self, samples):
+        return (
+            samples
+            | "Fetch" >> beam.ParDo(_DownloadDoFn(self._download, self._resize))
+            | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
+        )
+
+
+class _Progress:
+    """Logs how many samples a worker has handled, at most every 10 s."""
+
+    def __init__(self, what: str, every: float = 10.0):
+        self._what, self._every = what, every
+        self._count, self._start = 0, time.monotonic()
+        self._last = self._start
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._last >= self._every:
+                self._last = now
+                rate = self._count / (now - self._start)
+                log.warning("%s: %d samples on this worker (%.1f/s)", self._what, self._count, rate)
+
+
+# ---------------------------------------------------------------- stages
+
+
+class _StageModelHandler(ModelHandler):
+    """Lets RunInference batch samples and share one loaded stage per process."""
+
+    def __init__(self, stage: SampleStage):
+        super().__init__()
+        self._stage = stage
+
+    def load_model(self) -> SampleStage:
+        self._stage.setup()
+        return self._stage
+
+    def run_inference(self, batch, model, inference_args=None):
+        model.score(list(batch))
+        return batch
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        size = getattr(self._stage.params, "batch_size", 32)
+        return {"min_batch_size": 1, "max_batch_size": size}
+
+    def share_model_across_processes(self) -> bool:
+        return False
+
+
+class _ScoreAndKeep(beam.DoFn):
+    def __init__(self, stage: SampleStage, scored: bool):
+        self._stage, self._scored = stage, scored
+        self._kept = Metrics.counter(stage.name, "kept")
+        self._dropped = Metrics.counter(stage.name, "dropped")
+
+    def setup(self):
+        if not self._scored:
+            self._stage.setup()
+
+    def process(self, sample: Sample):
+        if not self._scored:
+            self._stage.score_one(sample)
+        verdict = self._stage.keep(sample)
+        if verdict.keep:
+            self._kept.inc()
+            yield sample
+        else:
+            self._dropped.inc()
+            Metrics.counter(self._stage.name, f"dropped:{verdict.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject(self._stage.name, verdict.reason))
+
+
+class ApplyStage(beam.PTransform):
+    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self._stage = stage
+
+    def expand(self, samples):
+        stage = self._stage
+        if isinstance(stage, DatasetStage):
+            result = samples | stage.transform()
+            return {"samples": result["kept"], REJECTED: result["rejected"]}
+        if stage.uses_model:
+            samples = samples | "Score" >> RunInference(_StageModelHandler(stage))
+        outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, scored=stage.uses_model)).with_outputs(
+            REJECTED, main="samples"
+        )
+        return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _kept_counts(samples: list[Sample]) -> dict[str, int]:
+    return {"kept": len(samples)}
+
+
+def _reject_counts(rejects: list[Reject]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reject in rejects:
+        name = f"rejected/{reject.stage}/{reject.reason}"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+class _WriteGroups(beam.DoFn):
+    def __init__(self, write, count, output: OutputParams, output_dir: str, what: str):
+        self._write, self._count = write, count
+        self._output, self._output_dir = output, output_dir
+        self._written = Metrics.counter("write", what)
+
+    def process(self, element):
+        shard_id, items = element
+        items = list(items)
+        self._write(self._output, self._output_dir, shard_id, items)
+        self._written.inc(len(items))
+        yield self._count(items)
+
+
+_WRITE_KINDS = {"samples": (write_shard, _kept_counts), "rejects": (write_rejects, _reject_counts)}
+
+
+class WriteByShard(beam.PTransform):
+    """Groups records by shard id and writes one file set per shard.
+
+    Emits a count summary per shard ({"kept": n} or {"rejected/STAGE/REASON": n}),
+    so whatever consumes the summaries runs after the files exist.
+    """
+
+    def __init__(self, kind: str, output: OutputParams, output_dir: str):
+        super().__init__()
+        self._kind, self._output, self._output_dir = kind, output, output_dir
+
+    def expand(self, records):
+        write, count = _WRITE_KINDS[self._kind]
+        return (
+            records
+            | "KeyByShard" >> beam.Map(lambda r: (r.shard_id, r))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(_WriteGroups(write, count, self._output, self._output_dir, self._kind))
+        )

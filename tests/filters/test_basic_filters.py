@@ -1,0 +1,58 @@
+import pytest
+
+from filters.caption import CaptionFilter
+from filters.resolution import ResolutionFilter
+from pipeline.schema import Sample
+
+
+def sample(caption=None, size=None):
+    s = Sample(key="000000000", shard_id=0, url="http://x/a.jpg", caption=caption)
+    if size:
+        s.original_width, s.original_height = size
+    return s
+
+
+@pytest.mark.parametrize(
+    "caption, reason",
+    [
+        (None, "empty_caption"),
+        ("   \n ", "empty_caption"),
+        ("dog", "caption_too_short"),
+        ("x" * 1001, "caption_too_long"),
+        ("IMG_2041.JPG", "caption_is_file_name"),
+        ("DSC00042", "caption_is_file_name"),
+        ("holiday photo.png", "caption_is_file_name"),
+        ("Untitled", "caption_is_placeholder"),
+        ("thumbnail", "caption_is_placeholder"),
+        ("Sonnenuntergang", "caption_too_few_words"),
+        ("A red bicycle leaning on a brick wall", None),
+        ("Sonnenuntergang über dem Hamburger Hafen", None),
+        ("東京タワーの夜景 ライトアップ", None),
+    ],
+)
+def test_caption_reasons(caption, reason):
+    verdict = CaptionFilter().keep(sample(caption))
+    assert verdict.reason == reason
+    assert verdict.keep is (reason is None)
+
+
+def test_caption_params_change_the_decision():
+    strict = CaptionFilter(CaptionFilter.Params(min_words=5))
+    assert strict.keep(sample("A red bicycle")).reason == "caption_too_few_words"
+    lenient = CaptionFilter(CaptionFilter.Params(drop_file_names=False, min_words=1))
+    assert lenient.keep(sample("IMG_2041.JPG")).keep
+
+
+@pytest.mark.parametrize(
+    "size, reason",
+    [
+        ((100, 100), None),
+        ((63, 500), "too_small"),
+        ((5000, 300), "too_large"),
+        ((700, 100), "bad_aspect_ratio"),
+        ((0, 0), "unknown_size"),
+    ],
+)
+def test_resolution_reasons(size, reason):
+    stage = ResolutionFilter(ResolutionFilter.Params(min_side=64, max_side=4000, max_aspect_ratio=3.0))
+    assert stage.keep(sample(size=size)).reason == reason

@@ -1,0 +1,196 @@
+"""End to end: URL list on a loopback server -> shards, rejects and audit."""
+import glob
+import hashlib
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.cli import main
+from pipeline.localweb import LocalWeb
+
+
+def jpeg(size, colour, quality=90):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+# (file name or None for a missing file, caption, expected (stage, reason) or None if kept)
+ROWS = [
+    ("red.jpg", "A red square on a plain background", None),
+    ("green.jpg", "A green square on a plain background", None),
+    ("red_copy.jpg", "The same red square again, copied", ("dedup_exact", "duplicate")),
+    ("blue.jpg", "x", ("caption", "caption_too_short")),
+    ("tiny.jpg", "A tiny blue image that is too small", ("resolution", "too_small")),
+    (None, "A link that leads nowhere at all", ("download", "http_404")),
+    ("page.jpg", "An HTML page pretending to be a photo", ("download", "not_an_image")),
+    ("wide.jpg", "A very wide panorama strip of colour", ("resolution", "bad_aspect_ratio")),
+    ("yellow.png", "A yellow square saved as a PNG file", None),
+]
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    (root / "red.jpg").write_bytes(jpeg((120, 90), "red"))
+    (root / "red_copy.jpg").write_bytes(jpeg((120, 90), "red"))
+    (root / "green.jpg").write_bytes(jpeg((90, 120), "green"))
+    (root / "blue.jpg").write_bytes(jpeg((100, 100), "blue"))
+    (root / "tiny.jpg").write_bytes(jpeg((8, 8), "blue"))
+    (root / "wide.jpg").write_bytes(jpeg((700, 70), "purple"))
+    (root / "page.jpg").write_bytes(b"<html><body>not an image</body></html>")
+    png = io.BytesIO()
+    Image.new("RGBA", (64, 64), (255, 255, 0, 128)).save(png, "PNG")
+    (root / "yellow.png").write_bytes(png.getvalue())
+    with LocalWeb(root) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def input_list(web, tmp_path_factory):
+    rows = [
+        {"url": web.url(name or "missing.jpg"), "caption": caption, "row_id": i}
+        for i, (name, caption, _) in enumerate(ROWS)
+    ]
+    path = tmp_path_factory.mktemp("input") / "urls.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def run_curate(input_path, output, *extra):
+    args = [
+        "run", "--recipe", "manifests/local-sample.yaml", "--input", str(input_path),
+        "--output", str(output), "--allow-private-network", "--set", "output.samples_per_shard=4",
+        *extra,
+    ]
+    assert main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def output(input_list, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    run_curate(input_list, out, "--direct_num_workers=1")
+    return out
+
+
+def shard_rows(out):
+    tables = [pq.read_table(p) for p in sorted(glob.glob(f"{out}/shards/*.parquet"))]
+    return pa.concat_tables(tables).to_pylist() if tables else []
+
+
+def reject_rows(out):
+    tables = [pq.read_table(p) for p in sorted(glob.glob(f"{out}/rejects/*.parquet"))]
+    return pa.concat_tables(tables).to_pylist()
+
+
+def test_every_row_ends_once_in_shards_or_rejects_with_the_expected_reason(output):
+    kept = {row["row_id"]: row for row in shard_rows(output)}
+    rejected = {json.loads(row["extra"])["row_id"]: row for row in reject_rows(output)}
+    assert not set(kept) & set(rejected)
+    assert set(kept) | set(rejected) == set(range(len(ROWS)))
+    for i, (_, _, expected) in enumerate(ROWS):
+        if expected is None:
+            assert i in kept, ROWS[i]
+        else:
+            assert (rejected[i]["stage"], rejected[i]["reason"]) == expected, ROWS[i]
+
+
+def test_audit_counts_add_up(output):
+    audit = json.loads((output / "report" / "audit.json").read_text())
+    counts = audit["counts"]
+    rejected = sum(sum(r.values()) for r in counts["rejected_by_stage"].values())
+    assert counts["input"] == len(ROWS) == counts["kept"] + rejected
+    assert counts["rejected_by_stage"]["download"] == {"http_404": 1, "not_an_image": 1}
+    assert (output / "_SUCCESS").exists()
+
+
+def test_duplicate_names_the_sample_kept(output):
+    dup = next(r for r in reject_rows(output) if r["reason"] == "duplicate")
+    kept_keys = {row["key"] for row in shard_rows(output)}
+    assert json.loads(dup["fields"])["duplicate_of"] in kept_keys
+
+
+def test_shards_follow_input_positions_and_carry_input_columns(output):
+    rows = shard_rows(output)
+    for row in rows:
+        assert row["shard_id"] == row["row_id"] // 4
+        assert row["key"].startswith(f"{row['shard_id']:05d}")
+        assert row["width"] == row["height"] == 256  # border mode pads to a square
+    assert sorted(os.path.basename(p) for p in glob.glob(f"{output}/shards/*")) == [
+        "00000.parquet", "00000.tar", "00002.parquet", "00002.tar",
+    ]
+
+
+def test_webdataset_library_reads_the_shards(output):
+    import webdataset as wds
+
+    dataset = wds.WebDataset(sorted(glob.glob(f"{output}/shards/*.tar")), shardshuffle=False)
+    samples = list(dataset.decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
+    assert len(samples) == sum(1 for row in ROWS if row[2] is None)
+    by_key = {row["key"]: row for row in shard_rows(output)}
+    for key, image, caption, meta in samples:
+        assert image.size == (256, 256)
+        assert caption == by_key[key]["caption"] == meta["caption"]
+        assert meta["sha256"] == by_key[key]["sha256"]
+
+
+def test_no_temporary_files_are_left(output):
+    leftovers = [p for p in glob.glob(f"{output}/**/.*", recursive=True)]
+    assert leftovers == []
+
+
+def test_rerun_gives_identical_shards_with_more_workers(input_list, output, tmp_path):
+    again = tmp_path / "again"
+    run_curate(input_list, again, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
+
+    def digests(out):
+        return {
+            os.path.relpath(p, out): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for p in sorted(glob.glob(f"{out}/shards/*") + glob.glob(f"{out}/rejects/*"))
+        }
+
+    assert digests(again) == digests(output)
+
+
+def test_refuses_to_overwrite_without_flag(input_list, output, capsys):
+    args = ["run", "--recipe", "manifests/local-sample.yaml", "--input", str(input_list), "--output", str(output)]
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_bad_recipe_fails_before_running(input_list, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - caption: {min_chars: lots}\n")
+    args = ["run", "--recipe", str(bad), "--input", str(input_list), "--output", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "line 2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_loopback_is_blocked_without_the_flag(input_list, tmp_path):
+    out = tmp_path / "guarded"
+    args = ["run", "--recipe", "manifests/local-sample.yaml", "--input", str(input_list), "--output", str(out),
+            "--direct_num_workers=1"]
+    assert main(args) == 0
+    audit = json.loads((out / "report" / "audit.json").read_text())
+    assert audit["counts"]["kept"] == 0
+    downloads = audit["counts"]["rejected_by_stage"]["download"]
+    assert downloads == {"blocked_address": len(ROWS) - 1}  # the short caption is dropped before download
+
+
+@pytest.mark.parametrize("runner", [[], ["--runner=DirectRunner"]])
+def test_local_runner_never_starts_prism(input_list, tmp_path, monkeypatch, runner):
+    from apache_beam.runners.portability import prism_runner
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the Prism runner was started")
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse)
+    monkeypatch.setattr(prism_runner.PrismJobServer, "__init__", refuse)
+    run_curate(input_list, tmp_path / "o", "--direct_num_workers=1", *runner)
+    assert (tmp_path / "o" / "_SUCCESS").exists()

@@ -1,0 +1,88 @@
+import textwrap
+
+import pytest
+
+from pipeline.recipe import RecipeError, load_recipe
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_bundled_recipe_loads_with_defaults_filled():
+    recipe = load_recipe("manifests/local-sample.yaml")
+    assert [s.name for s in recipe.stages] == ["caption", "resolution", "dedup_exact"]
+    assert recipe.resize.image_size == 256
+    assert recipe.download.allow_private_network is False
+    assert recipe.output.samples_per_shard == 100
+
+
+def test_unknown_stage_names_the_line(tmp_path):
+    path = write(tmp_path, """\
+        stages:
+          - caption
+          - captoin: {min_chars: 3}
+        """)
+    with pytest.raises(RecipeError, match=r"line 3: unknown stage 'captoin'"):
+        load_recipe(path)
+
+
+def test_wrong_parameter_type_names_line_and_parameter(tmp_path):
+    path = write(tmp_path, """\
+        stages:
+          - caption: {min_chars: many}
+        """)
+    with pytest.raises(RecipeError, match=r"line 2 \(stage 'caption'\)\.min_chars: expected int, got 'many'"):
+        load_recipe(path)
+
+
+def test_unknown_parameter_lists_known_ones(tmp_path):
+    path = write(tmp_path, "stages:\n  - resolution: {min_sid: 3}\n")
+    with pytest.raises(RecipeError, match=r"unknown parameter\(s\) min_sid; known: .*min_side"):
+        load_recipe(path)
+
+
+def test_unknown_section_and_duplicate_stage(tmp_path):
+    with pytest.raises(RecipeError, match="unknown key 'donwload'"):
+        load_recipe(write(tmp_path, "donwload: {}\nstages: []\n"))
+    with pytest.raises(RecipeError, match="appears twice"):
+        load_recipe(write(tmp_path, "stages: [caption, caption]\n"))
+
+
+def test_set_overrides_are_typed_by_schema():
+    recipe = load_recipe(
+        "manifests/local-sample.yaml",
+        ["caption.min_chars=12", "download.timeout=2.5", "resize.resize_mode=center_crop",
+         "download.allow_private_network=true", "resolution.max_side=none"],
+    )
+    assert recipe.stages[0].params.min_chars == 12
+    assert recipe.download.timeout == 2.5
+    assert recipe.resize.resize_mode == "center_crop"
+    assert recipe.download.allow_private_network is True
+    assert recipe.stages[1].params.max_side is None
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("caption.min_chars=abc", "expected int"),
+        ("resize.resize_mode=squash", "not one of"),
+        ("nosuch.x=1", "neither a section nor a stage"),
+        ("caption=3", "expected STAGE.PARAM=VALUE"),
+        ("caption.nope=3", "unknown parameter"),
+    ],
+)
+def test_bad_overrides_fail_clearly(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("manifests/local-sample.yaml", [override])
+
+
+def test_every_bundled_manifest_loads():
+    import glob
+
+    paths = sorted(glob.glob("manifests/*.yaml"))
+    assert paths
+    for path in paths:
+        load_recipe(path)
