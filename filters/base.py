@@ -64,6 +64,14 @@ class SampleStage(Stage):
 
 
 class DatasetStage(Stage):
+    # Section of report/audit.json that this stage's "report" output goes under.
+    report_section: ClassVar[str] = "stages"
+
     def transform(self):
-        """A PTransform: PCollection[Sample] -> {"kept": PCollection[Sample], "rejected": PCollection[Reject]}."""
+        """A PTransform: PCollection[Sample] -> {"kept": PCollection[Sample], "rejected": PCollection[Reject]}.
+
+        It may add "report": a PCollection holding one JSON-friendly dict (e.g.
+        cluster statistics), written to audit.json under
+        `[report_section][stage name]`.
+        """
         raise NotImplementedError

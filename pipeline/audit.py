@@ -11,6 +11,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.writers import AtomicFile
+
 SUCCESS_FILE = "_SUCCESS"
 
 
@@ -26,7 +28,9 @@ def merge_counts(summaries) -> dict[str, int]:
     return total
 
 
-def build_audit(input_rows: int, counts: dict[str, int], recipe: dict[str, Any]) -> dict[str, Any]:
+def build_audit(
+    input_rows: int, counts: dict[str, int], stage_reports: list[tuple[str, str, dict]], recipe: dict[str, Any]
+) -> dict[str, Any]:
     by_stage: dict[str, dict[str, int]] = {}
     for name, count in sorted(counts.items()):
         if name.startswith("rejected/"):
@@ -34,12 +38,15 @@ def build_audit(input_rows: int, counts: dict[str, int], recipe: dict[str, Any])
             by_stage.setdefault(stage, {})[reason] = count
     order = ["read", "download", *(next(iter(s)) for s in recipe["stages"])]
     by_stage = {stage: by_stage[stage] for stage in sorted(by_stage, key=_position_in(order))}
-    return {
+    result = {
         "counts": {"input": input_rows, "kept": counts.get("kept", 0), "rejected_by_stage": by_stage},
         "stage_order": order,
-        "recipe": recipe,
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    for section, stage, report in sorted(stage_reports, key=lambda r: r[:2]):
+        result.setdefault(section, {})[stage] = report
+    result["recipe"] = recipe
+    result["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return result
 
 
 def _position_in(order: list[str]):
@@ -56,16 +63,20 @@ def check_accounting(audit: dict[str, Any]) -> None:
 
 
 def write_json(path: str, value: Any) -> None:
-    from pipeline.writers import AtomicFile
-
     out = AtomicFile(path)
     out.handle.write(json.dumps(value, indent=2, sort_keys=False).encode("utf-8") + b"\n")
     out.commit()
 
 
-def finalize(counts: dict[str, int], input_rows: int, recipe: dict[str, Any], output_dir: str) -> dict[str, Any]:
+def finalize(
+    counts: dict[str, int],
+    input_rows: int,
+    stage_reports: list[tuple[str, str, dict]],
+    recipe: dict[str, Any],
+    output_dir: str,
+) -> dict[str, Any]:
     """Write the audit, check the invariant, then mark the output complete."""
-    audit = build_audit(input_rows, counts, recipe)
+    audit = build_audit(input_rows, counts, stage_reports, recipe)
     write_json(f"{output_dir}/report/audit.json", audit)
     check_accounting(audit)
     with FileSystems.create(f"{output_dir}/{SUCCESS_FILE}") as handle:

@@ -37,7 +37,7 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         | "AllInputRows" >> beam.Flatten()
         | "CountInput" >> beam.combiners.Count.Globally()
     )
-    samples, rejects = read.samples, [read[REJECTED]]
+    samples, rejects, reports = read.samples, [read[REJECTED]], []
     downloaded = False
     for stage in recipe.build_stages():
         if stage.needs_image and not downloaded:
@@ -45,6 +45,8 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         result = samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
         samples = result["samples"]
         rejects.append(result[REJECTED])
+        if "report" in result:
+            reports.append(result["report"])
     if not downloaded:
         samples = _download(recipe, samples, rejects)
 
@@ -54,12 +56,19 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         | "AllRejects" >> beam.Flatten()
         | "WriteRejects" >> WriteByShard("rejects", recipe.output, output_dir)
     )
+    stage_reports = reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
     _ = (
         (kept_summaries, reject_summaries)
         | "AllSummaries" >> beam.Flatten()
         | "MergeCounts" >> beam.CombineGlobally(audit.merge_counts)
         | "Finalize"
-        >> beam.Map(audit.finalize, beam.pvalue.AsSingleton(input_rows), recipe.to_dict(), output_dir)
+        >> beam.Map(
+            audit.finalize,
+            beam.pvalue.AsSingleton(input_rows),
+            beam.pvalue.AsList(stage_reports),
+            recipe.to_dict(),
+            output_dir,
+        )
     )
 
 

@@ -266,7 +266,11 @@ class ApplyStage(beam.PTransform):
         stage = self._stage
         if isinstance(stage, DatasetStage):
             result = samples | stage.transform()
-            return {"samples": result["kept"], REJECTED: result["rejected"]}
+            outputs = {"samples": result["kept"], REJECTED: result["rejected"]}
+            if "report" in result:
+                section, name = stage.report_section, stage.name
+                outputs["report"] = result["report"] | "NameReport" >> beam.Map(lambda r: (section, name, r))
+            return outputs
         if stage.uses_model:
             samples = samples | "Score" >> RunInference(_StageModelHandler(stage))
         outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, scored=stage.uses_model)).with_outputs(
