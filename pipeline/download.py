@@ -1,0 +1,431 @@
+"""Fetch images over HTTP(S): bounded, retried, and guarded against SSRF.
+
+`Downloader.fetch(url)` never raises: every failure becomes a `FetchResult`
+with a short snake_case `reason`:
+
+  invalid_url          not http/https, no host, unparsable (also a bad redirect Location)
+  blocked_address      the host resolves to, or the socket reached, a non-public address
+  dns_error            the host name does not resolve
+  tls_error            TLS handshake or certificate failure
+  http_<status>        a non-2xx final status, e.g. http_404 (http_503 after retries)
+  timeout              connect/read timeout, or the whole fetch exceeded `deadline`
+  connection_error     refused, reset, or cut before the response started
+  too_many_redirects   more than `max_redirects` hops
+  too_large            Content-Length or the streamed body exceeds `max_bytes`
+  incomplete_read      body shorter than Content-Length, or the connection was cut mid-body
+  empty_body           2xx with no bytes
+  not_an_image         the magic bytes are not an image format (Content-Type is ignored)
+  unexpected_error     a bug in this module; logged with its traceback
+
+Retries (with deterministic exponential backoff) happen only for transient
+failures: timeout, connection_error, incomplete_read, http_429 and http_5xx.
+
+SSRF guard (unless `allow_private_network`): before each hop every address the
+host resolves to must be public, and the connection classes check the peer of
+the connected socket before a byte is sent, so a DNS answer that changes
+between the check and the connect (rebinding) is still refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import socket
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from pipeline.params import ParamError
+
+log = logging.getLogger(__name__)
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CHUNK_BYTES = 64 * 1024
+_TRANSIENT_REASONS = frozenset({"timeout", "connection_error", "incomplete_read", "http_429"})
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    timeout: float = 10.0  # seconds for connect and for each read
+    retries: int = 2  # retries on transient errors only
+    backoff: float = 0.5  # first retry waits about this long, then doubles
+    max_redirects: int = 5
+    max_bytes: int = 20_000_000
+    threads: int = 32  # concurrent downloads per worker process
+    user_agent: str = "curate/0.1 (image-text dataset curation; +https://github.com/curate-dev/curate)"
+    allow_private_network: bool = False
+    # Wall-clock limit for one fetch (all hops, retries and the body), so a
+    # server that drips a byte per read timeout cannot hold a thread for hours.
+    deadline: float = 60.0
+
+    def __post_init__(self):
+        positive = {"timeout": self.timeout, "max_bytes": self.max_bytes, "threads": self.threads, "deadline": self.deadline}
+        not_negative = {"retries": self.retries, "backoff": self.backoff, "max_redirects": self.max_redirects}
+        problems = [f"{name} must be > 0, got {value}" for name, value in positive.items() if value <= 0]
+        problems += [f"{name} must be >= 0, got {value}" for name, value in not_negative.items() if value < 0]
+        if problems:
+            raise ParamError(f"download: {'; '.join(problems)}")
+
+
+@dataclass
+class FetchResult:
+    url: str  # as requested
+    final_url: str | None  # the last URL requested (after redirects); None if none was
+    data: bytes | None  # body on success
+    reason: str | None  # None on success, else a short snake_case reason
+    status: int | None
+    headers: dict[str, str] = field(default_factory=dict)  # final response, lower-cased names
+    mime: str | None = None  # sniffed from magic bytes, never from Content-Type
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+# --- image sniffing ----------------------------------------------------------
+
+_HEIF_BRANDS = {
+    b"avif": "image/avif", b"avis": "image/avif",
+    b"heic": "image/heic", b"heix": "image/heic", b"hevc": "image/heic", b"hevx": "image/heic",
+    b"heim": "image/heic", b"heis": "image/heic",
+    b"mif1": "image/heif", b"msf1": "image/heif",
+}
+# BITMAPINFOHEADER sizes: "BM" alone is too weak a signature.
+_BMP_DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
+
+
+def sniff_image_mime(data: bytes) -> str | None:
+    """The image MIME type from the magic bytes, or None if `data` is not an image."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _BMP_DIB_HEADER_SIZES:
+        return "image/bmp"
+    if data[4:8] == b"ftyp":
+        return _sniff_heif(data)
+    return None
+
+
+def _sniff_heif(data: bytes) -> str | None:
+    """AVIF/HEIC/HEIF: the major brand or a compatible brand of the `ftyp` box."""
+    box_size = int.from_bytes(data[:4], "big")
+    brands = [data[8:12]] + [data[i : i + 4] for i in range(16, min(box_size, len(data)) - 3, 4)]
+    found = {_HEIF_BRANDS[b] for b in brands if b in _HEIF_BRANDS}
+    for mime in ("image/avif", "image/heic", "image/heif"):  # most specific first
+        if mime in found:
+            return mime
+    return None
+
+
+# --- address policy ------------------------------------------------------------
+
+class BlockedAddressError(Exception):
+    """A host or peer address is not public.  Deliberately not an OSError, so
+    urllib3 lets it through unwrapped instead of turning it into a retryable error."""
+
+
+def is_public_address(address: str) -> bool:
+    """True if `address` (an IP literal) is a globally routable unicast address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return _is_public_ip(_embedded_ipv4(ip) or ip)
+
+
+def _is_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    # is_global alone lets multicast through, so every category is named.
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+        or ip.is_reserved or ip.is_unspecified
+    )
+
+
+_NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, Teredo, NAT64), if any."""
+    if ip.version != 6:
+        return None
+    if ip.ipv4_mapped or ip.sixtofour:
+        return ip.ipv4_mapped or ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]  # the client address
+    if ip in _NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (raises socket.gaierror if none)."""
+    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+def check_resolved_host(host: str, port: int) -> None:
+    """Resolve `host`; raise BlockedAddressError unless ALL its addresses are public."""
+    blocked = sorted({address for address in resolve(host, port) if not is_public_address(address)})
+    if blocked:
+        raise BlockedAddressError(f"{host} resolves to non-public {', '.join(blocked)}")
+
+
+def check_peer(sock: socket.socket) -> None:
+    """Raise BlockedAddressError if the connected socket's peer is not public."""
+    peer = sock.getpeername()[0]
+    if not is_public_address(peer):
+        raise BlockedAddressError(f"connected to non-public address {peer}")
+
+
+class _PeerCheckedMixin:
+    def _new_conn(self) -> socket.socket:
+        # urllib3 opens the socket here, before the TLS handshake and the
+        # request, so the check runs before any byte reaches the peer.
+        sock = super()._new_conn()
+        try:
+            check_peer(sock)
+        except BlockedAddressError:
+            sock.close()
+            raise
+        return sock
+
+
+class _PeerCheckedHTTPConnection(_PeerCheckedMixin, HTTPConnection):
+    pass
+
+
+class _PeerCheckedHTTPSConnection(_PeerCheckedMixin, HTTPSConnection):
+    pass
+
+
+class _PeerCheckedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPConnection
+
+
+class _PeerCheckedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _PeerCheckedHTTPSConnection
+
+
+# --- fetching --------------------------------------------------------------------
+
+class _Failure(Exception):
+    """A fetch attempt failed with `reason`; carries the response status and headers if any."""
+
+    def __init__(self, reason: str, status: int | None = None, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.headers = headers or {}
+
+    @property
+    def transient(self) -> bool:
+        return self.reason in _TRANSIENT_REASONS or (self.status is not None and 500 <= self.status <= 599)
+
+
+@dataclass
+class _Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes | None  # None for a redirect
+
+
+class Downloader:
+    """Thread-safe: one instance (one connection pool) serves a whole thread pool."""
+
+    def __init__(self, params: DownloadParams):
+        self.params = params
+        self._pool = urllib3.PoolManager(
+            num_pools=max(100, params.threads),
+            maxsize=params.threads,
+            block=False,
+            retries=False,
+            headers={"User-Agent": params.user_agent, "Accept": "image/*,*/*;q=0.5"},
+        )
+        if not params.allow_private_network:
+            self._pool.pool_classes_by_scheme = {
+                "http": _PeerCheckedHTTPConnectionPool,
+                "https": _PeerCheckedHTTPSConnectionPool,
+            }
+
+    def fetch(self, url: str) -> FetchResult:
+        """Download `url`; never raises."""
+        deadline = time.monotonic() + self.params.deadline
+        current: str | None = None
+        try:
+            current = _checked_url(url)
+            for _hop in range(self.params.max_redirects + 1):
+                reply = self._get_with_retries(current, deadline)
+                if reply.body is None:
+                    current = _checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
+                    continue
+                return _success(url, current, reply)
+            raise _Failure("too_many_redirects")
+        except _Failure as failure:
+            return FetchResult(url, current, None, failure.reason, failure.status, failure.headers)
+        except Exception:  # fetch must never take down a worker
+            log.exception("unexpected error fetching %s", url)
+            return FetchResult(url, current, None, "unexpected_error", None, {})
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def _get_with_retries(self, url: str, deadline: float) -> _Reply:
+        for attempt in range(self.params.retries + 1):
+            try:
+                return self._get_once(url, deadline)
+            except _Failure as failure:
+                delay = _backoff_delay(self.params.backoff, url, attempt)
+                out_of_time = time.monotonic() + delay >= deadline
+                if not failure.transient or attempt == self.params.retries or out_of_time:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _get_once(self, url: str, deadline: float) -> _Reply:
+        """One request for one hop: a redirect (body None) or a 2xx with its body."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Failure("timeout")
+        host, port = _host_and_port(url)
+        seconds = min(self.params.timeout, remaining)
+        with _errors_as_reasons(before_body=True):
+            if not self.params.allow_private_network:
+                check_resolved_host(host, port)
+            response = self._pool.request(
+                "GET",
+                url,
+                redirect=False,
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=seconds, read=seconds),
+            )
+        try:
+            headers = {name.lower(): value for name, value in response.headers.itermerged()}
+            if response.status in REDIRECT_STATUSES and "location" in headers:
+                return _Reply(response.status, headers, None)
+            if not 200 <= response.status <= 299:
+                raise _Failure(f"http_{response.status}", response.status, headers)
+            self._check_declared_length(headers, response.status)
+            with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
+                body = self._read_body(response, deadline, headers)
+            return _Reply(response.status, headers, body)
+        finally:
+            # A response read to the end keeps its connection for reuse; any other
+            # is closed, so its unread bytes never reach the next request.
+            if not response.isclosed():
+                response.close()
+            response.release_conn()
+
+    def _check_declared_length(self, headers: dict[str, str], status: int) -> None:
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.params.max_bytes:
+            raise _Failure("too_large", status, headers)
+
+    def _read_body(self, response, deadline: float, headers: dict[str, str]) -> bytes:
+        body = bytearray()
+        # read1 returns what has arrived, so the deadline is checked even when
+        # a server drips bytes slower than the read timeout would notice.
+        while chunk := response.read1(_CHUNK_BYTES):
+            body += chunk
+            if len(body) > self.params.max_bytes:
+                raise _Failure("too_large", response.status, headers)
+            if time.monotonic() > deadline:
+                raise _Failure("timeout", response.status, headers)
+        return bytes(body)
+
+
+def _success(url: str, final_url: str, reply: _Reply) -> FetchResult:
+    if not reply.body:
+        return FetchResult(url, final_url, None, "empty_body", reply.status, reply.headers)
+    mime = sniff_image_mime(reply.body)
+    if mime is None:
+        return FetchResult(url, final_url, None, "not_an_image", reply.status, reply.headers)
+    return FetchResult(url, final_url, reply.body, None, reply.status, reply.headers, mime)
+
+
+def _checked_url(url: str) -> str:
+    """`url` if it is an absolute http(s) URL with a host; else _Failure(invalid_url)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except (ValueError, TypeError, AttributeError):
+        raise _Failure("invalid_url") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise _Failure("invalid_url")
+    return url
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    """The host and port exactly as urllib3 will connect to them."""
+    try:
+        parsed = urllib3.util.parse_url(url)
+    except LocationParseError:
+        raise _Failure("invalid_url") from None
+    if not parsed.host:
+        raise _Failure("invalid_url")
+    return parsed.host.strip("[]"), parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def _backoff_delay(backoff: float, url: str, attempt: int) -> float:
+    """Exponential backoff with jitter in [0.5, 1.5) derived from (url, attempt):
+    spreads retries of different URLs apart, yet a re-run waits the same."""
+    digest = hashlib.sha256(f"{url}#{attempt}".encode()).digest()
+    jitter = 0.5 + int.from_bytes(digest[:4], "big") / 2**32
+    return backoff * (2**attempt) * jitter
+
+
+@contextlib.contextmanager
+def _errors_as_reasons(before_body: bool, status: int | None = None, headers: dict[str, str] | None = None):
+    """Turn socket/urllib3 errors into `_Failure(reason)`.
+
+    The same error means different things before and during the body: a
+    broken connection is a connection_error before the status line and an
+    incomplete_read after it.
+    """
+    try:
+        yield
+    except _Failure:
+        raise
+    except Exception as exc:
+        reason = _reason_for_error(exc, before_body)
+        if reason is None:
+            raise
+        raise _Failure(reason, status, headers) from exc
+
+
+def _reason_for_error(exc: BaseException, before_body: bool) -> str | None:
+    if isinstance(exc, BlockedAddressError):
+        return "blocked_address"
+    if isinstance(exc, (socket.gaierror, NameResolutionError)):
+        return "dns_error"
+    if isinstance(exc, NewConnectionError):  # before timeouts: it subclasses ConnectTimeoutError
+        return "connection_error"
+    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, SSLError):
+        return "tls_error"
+    if isinstance(exc, (LocationParseError, UnicodeError)):  # UnicodeError: host fails IDNA encoding
+        return "invalid_url"
+    if isinstance(exc, (ProtocolError, HTTPError, OSError)):
+        return "connection_error" if before_body else "incomplete_read"
+    return None

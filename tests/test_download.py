@@ -1,0 +1,381 @@
+"""The downloader against the loopback server's fault routes (no internet needed)."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import socket
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import urllib3
+from PIL import Image
+
+from pipeline import download
+from pipeline.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
+from pipeline.localweb import LocalWeb, tiny_jpeg
+from pipeline.params import ParamError, build
+
+# Tiny backoff and timeouts keep the whole module at a few seconds.
+LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    (root / "a.jpg").write_bytes(tiny_jpeg())
+    (root / "page.html").write_bytes(b"<html><body>hello</body></html>")
+    with LocalWeb(root) as server:
+        yield server
+
+
+def fetch(url: str, params: DownloadParams = LOCAL) -> FetchResult:
+    downloader = Downloader(params)
+    try:
+        return downloader.fetch(url)
+    finally:
+        downloader.close()
+
+
+def local(**changes) -> DownloadParams:
+    return dataclasses.replace(LOCAL, **changes)
+
+
+def fault(web: LocalWeb, route: str, **query) -> str:
+    """The URL of a fault route, e.g. fault(web, "slow", seconds=3)."""
+    return web.url(f"_fault/{route}") + ("?" + urllib.parse.urlencode(query) if query else "")
+
+
+# --- success --------------------------------------------------------------------
+
+def test_fetches_an_image(web):
+    result = fetch(web.url("a.jpg"))
+    assert result.reason is None and result.ok
+    assert result.data == tiny_jpeg()
+    assert result.mime == "image/jpeg"
+    assert result.status == 200
+    assert result.final_url == result.url == web.url("a.jpg")
+    assert result.headers["content-length"] == str(len(tiny_jpeg()))
+
+
+def test_html_page_is_not_an_image(web):
+    assert fetch(web.url("page.html")).reason == "not_an_image"
+
+
+# --- status codes and retries -----------------------------------------------------
+
+def test_404_is_not_retried(web):
+    result = fetch(fault(web, "status/404"))
+    assert (result.reason, result.status, result.data) == ("http_404", 404, None)
+    assert web.hits("_fault/status/404") == 1
+
+
+def test_500_fails_after_all_retries(web):
+    result = fetch(fault(web, "status/500"), local(retries=2))
+    assert (result.reason, result.status) == ("http_500", 500)
+    assert web.hits("_fault/status/500") == 3
+
+
+def test_flaky_503_then_success(web):
+    result = fetch(fault(web, "flaky/recovers", fails=2), local(retries=2))
+    assert result.ok, result.reason
+    assert result.data == tiny_jpeg()
+    assert web.hits("_fault/flaky/recovers") == 3
+
+
+def test_flaky_503_with_too_few_retries(web):
+    result = fetch(fault(web, "flaky/gives-up", fails=2), local(retries=1))
+    assert result.reason == "http_503"
+    assert web.hits("_fault/flaky/gives-up") == 2
+
+
+def test_connection_refused(web):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert fetch(f"http://127.0.0.1:{port}/a.jpg", local(retries=1)).reason == "connection_error"
+
+
+def test_dns_failure_is_not_retried(web, monkeypatch):
+    calls = []
+
+    def no_such_host(host, port):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(download, "resolve", no_such_host)
+    result = fetch("http://no-such-host.invalid/a.jpg", DownloadParams(retries=2, backoff=0.01))
+    assert result.reason == "dns_error"
+    assert calls == ["no-such-host.invalid"]
+
+
+def test_backoff_is_deterministic_and_grows():
+    first = [download._backoff_delay(1.0, "http://x/a", attempt) for attempt in range(4)]
+    again = [download._backoff_delay(1.0, "http://x/a", attempt) for attempt in range(4)]
+    assert first == again
+    for attempt, delay in enumerate(first):
+        assert 0.5 * 2**attempt <= delay < 1.5 * 2**attempt
+    assert download._backoff_delay(1.0, "http://x/b", 0) != first[0]  # jitter differs per URL
+
+
+# --- time limits ----------------------------------------------------------------
+
+def test_slow_server_times_out(web):
+    started = time.monotonic()
+    result = fetch(fault(web, "slow", seconds=3), local(timeout=0.3, retries=0))
+    assert result.reason == "timeout"
+    assert time.monotonic() - started < 2
+
+
+def test_slow_drip_hits_the_deadline(web):
+    # Each byte arrives well within the read timeout; only the deadline stops it.
+    started = time.monotonic()
+    result = fetch(fault(web, "drip", bytes=200, interval=0.05), local(timeout=2.0, deadline=0.6, retries=0))
+    assert result.reason == "timeout"
+    assert time.monotonic() - started < 2
+
+
+# --- bodies ------------------------------------------------------------------------
+
+def test_truncated_body(web):
+    result = fetch(fault(web, "truncated"), local(retries=0))
+    assert result.reason == "incomplete_read"
+    assert result.status == 200
+
+
+def test_html_labelled_as_jpeg_is_rejected(web):
+    result = fetch(fault(web, "wrong-type", serve="html"))
+    assert result.headers["content-type"] == "image/jpeg"
+    assert (result.reason, result.data, result.mime) == ("not_an_image", None, None)
+
+
+def test_image_labelled_as_html_is_accepted(web):
+    result = fetch(fault(web, "wrong-type", serve="image"))
+    assert result.headers["content-type"] == "text/html"
+    assert result.ok and result.mime == "image/jpeg" and result.data == tiny_jpeg()
+
+
+def test_empty_body(web):
+    assert fetch(fault(web, "empty")).reason == "empty_body"
+
+
+def test_too_large_by_content_length(web):
+    result = fetch(fault(web, "big", bytes=5000), local(max_bytes=4000))
+    assert result.reason == "too_large"
+
+
+def test_too_large_while_streaming_without_content_length(web):
+    result = fetch(fault(web, "big", bytes=3_000_000, length="no"), local(max_bytes=100_000))
+    assert result.reason == "too_large"
+    assert "content-length" not in result.headers
+
+
+@pytest.mark.parametrize("length", ["yes", "no"])
+def test_body_of_exactly_max_bytes_is_accepted(web, length):
+    result = fetch(fault(web, "big", bytes=4000, length=length), local(max_bytes=4000))
+    assert result.ok and len(result.data) == 4000 and result.mime == "image/jpeg"
+
+
+# --- redirects ------------------------------------------------------------------------
+
+def test_redirect_loop(web):
+    result = fetch(fault(web, "redirect-loop"), local(max_redirects=3))
+    assert result.reason == "too_many_redirects"
+    assert web.hits("_fault/redirect-loop") == 4  # the first request and 3 followed hops
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_redirect_to_an_image(web, absolute):
+    target = web.url("a.jpg") if absolute else "/a.jpg"
+    result = fetch(fault(web, "redirect", to=target))
+    assert result.ok, result.reason
+    assert result.data == tiny_jpeg()
+    assert result.final_url == web.url("a.jpg")
+
+
+def redirect_chain(web: LocalWeb, hops: int) -> str:
+    url = web.url("a.jpg")
+    for _ in range(hops):
+        url = fault(web, "redirect", to=url)
+    return url
+
+
+def test_redirect_limit_is_exact(web):
+    assert fetch(redirect_chain(web, 3), local(max_redirects=3)).ok
+    assert fetch(redirect_chain(web, 4), local(max_redirects=3)).reason == "too_many_redirects"
+
+
+def test_redirect_to_a_non_http_url(web):
+    assert fetch(fault(web, "redirect", to="ftp://example.com/a.jpg")).reason == "invalid_url"
+
+
+# --- invalid URLs ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://x", "http://", "not a url", "", "//example.com/a.jpg", "javascript:alert(1)",
+     "http://exa mple.com/a.jpg", "http://example.com:99999/a.jpg", "file:///etc/passwd"],
+)
+def test_invalid_urls(url):
+    result = fetch(url, DownloadParams())
+    assert (result.reason, result.final_url, result.data) == ("invalid_url", None, None)
+
+
+# --- SSRF guard ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1", "0.0.0.0"])
+def test_private_hosts_are_blocked_before_connecting(host, monkeypatch):
+    def no_connections(*args):
+        raise AssertionError("the guard must refuse before any connection is attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_connections)
+    monkeypatch.setattr("urllib3.util.connection.create_connection", no_connections)
+    assert fetch(f"http://{host}/a.jpg", DownloadParams(backoff=0.01)).reason == "blocked_address"
+
+
+@pytest.fixture
+def fresh_web(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(tiny_jpeg())
+    with LocalWeb(tmp_path) as server:
+        yield server
+
+
+def test_loopback_is_blocked_by_default(fresh_web):
+    assert fetch(fresh_web.url("a.jpg"), DownloadParams(backoff=0.01)).reason == "blocked_address"
+    assert fresh_web.hits("a.jpg") == 0
+    assert fetch(fresh_web.url("a.jpg")).ok  # control: the same URL works when private is allowed
+
+
+def loopback_public_for_first_hop_only(monkeypatch, web: LocalWeb) -> None:
+    """Make the loopback server count as public until it has answered the first
+    hop, and fail loudly if anything connects after that: a redirect must be
+    refused by the address check before connecting, not by luck."""
+    real_policy = download.is_public_address
+    real_connect = urllib3.util.connection.create_connection
+    monkeypatch.setattr(
+        download, "is_public_address",
+        lambda address: web.hits("_fault/redirect") == 0 or real_policy(address),
+    )
+
+    def connect_only_for_first_hop(*args, **kwargs):
+        assert web.hits("_fault/redirect") == 0, "connected for a redirect hop that should be refused"
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", connect_only_for_first_hop)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["a.jpg",  # the same loopback server, a URL that would succeed: only the hop check stops it
+     "http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]/a.jpg", "http://10.0.0.1/a.jpg"],
+)
+def test_redirect_hop_is_checked(fresh_web, monkeypatch, target):
+    target = fresh_web.url(target) if target == "a.jpg" else target
+    loopback_public_for_first_hop_only(monkeypatch, fresh_web)
+    result = fetch(fault(fresh_web, "redirect", to=target), DownloadParams(backoff=0.01))
+    assert result.reason == "blocked_address"
+    assert result.final_url == target
+    assert fresh_web.hits("_fault/redirect") == 1  # the first hop really was fetched
+    assert fresh_web.hits("a.jpg") == 0
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_peer_check_catches_dns_rebinding(fresh_web, monkeypatch, scheme):
+    """Resolution says public, but the socket actually connects to loopback.
+    For https the refusal comes before the TLS handshake (the server speaks
+    plain HTTP, so reaching the handshake would give tls_error instead)."""
+    monkeypatch.setattr(download, "resolve", lambda host, port: ["93.184.216.34"])
+    url = fresh_web.url("a.jpg").replace("http:", f"{scheme}:", 1)
+    result = fetch(url, DownloadParams(backoff=0.01))
+    assert result.reason == "blocked_address"
+    assert fresh_web.hits("a.jpg") == 0  # refused before the request was sent
+
+
+def test_check_peer_on_a_real_socket(fresh_web):
+    port = int(fresh_web.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        with pytest.raises(download.BlockedAddressError):
+            download.check_peer(sock)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["127.0.0.1", "127.1.2.3", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
+     "0.0.0.0", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.0.2.1",
+     "::1", "::", "fe80::1", "fe80::1%lo", "fc00::1", "ff02::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254",
+     "2002:7f00:1::", "64:ff9b::a9fe:a9fe", "not-an-address", ""],
+)
+def test_non_public_addresses(address):
+    assert not is_public_address(address)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+def test_public_addresses(address):
+    assert is_public_address(address)
+
+
+@pytest.mark.parametrize("field, value", [("retries", -1), ("timeout", 0), ("max_bytes", 0), ("threads", 0)])
+def test_bad_params_are_refused(field, value):
+    with pytest.raises(ParamError, match=field):
+        DownloadParams(**{field: value})
+
+
+def test_params_build_from_recipe_values():
+    params = build(DownloadParams, {"timeout": "3", "allow_private_network": "true"}, "download")
+    assert params.timeout == 3.0 and params.allow_private_network is True
+
+
+# --- robustness ----------------------------------------------------------------------------
+
+def test_fetch_never_raises(web, monkeypatch):
+    def broken(self, url, deadline):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Downloader, "_get_once", broken)
+    result = fetch(web.url("a.jpg"))
+    assert (result.reason, result.data) == ("unexpected_error", None)
+
+
+def test_concurrent_fetches_share_one_downloader(web):
+    downloader = Downloader(local(threads=16))
+    urls = [web.url("a.jpg") if i % 2 else fault(web, "wrong-type", serve="image", i=i) for i in range(50)]
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(downloader.fetch, urls))
+    finally:
+        downloader.close()
+    assert [r.reason for r in results] == [None] * 50
+    assert all(r.data == tiny_jpeg() for r in results)
+    assert [r.url for r in results] == urls
+
+
+# --- sniffing --------------------------------------------------------------------------------
+
+def encoded(fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "fmt, mime",
+    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"), ("WEBP", "image/webp"),
+     ("BMP", "image/bmp"), ("TIFF", "image/tiff"), ("AVIF", "image/avif")],
+)
+def test_sniffs_real_images(fmt, mime):
+    assert sniff_image_mime(encoded(fmt)) == mime
+
+
+def test_sniffs_heic_brand():
+    ftyp = (24).to_bytes(4, "big") + b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
+    assert sniff_image_mime(ftyp + b"\x00" * 32) == "image/heic"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"<html></html>", b"BMW makes cars, not bitmaps", b"%PDF-1.7", b"GIF",
+     (20).to_bytes(4, "big") + b"ftypisom\x00\x00\x02\x00isom" + b"\x00" * 16],  # an MP4 video
+)
+def test_non_images_sniff_as_none(data):
+    assert sniff_image_mime(data) is None
