@@ -47,6 +47,15 @@ class Stage:
 
 class SampleStage(Stage):
     uses_model: ClassVar[bool] = False
+    # Hooks for stages that must act around the download (e.g. opt-out signals).
+    # Whatever the stage's place in the recipe, `before_download` runs before
+    # any image is fetched and `check_response` runs in the download thread on
+    # the raw response (headers and original bytes), before decoding.
+    checks_before_download: ClassVar[bool] = False
+    checks_response: ClassVar[bool] = False
+    # The recipe's download settings (user agent, SSRF guard), for stages that
+    # fetch something themselves (robots.txt): set by the pipeline.
+    download_params: Any = None
 
     def setup(self) -> None:
         """Load models or tables; called once per worker before any sample."""
@@ -60,6 +69,13 @@ class SampleStage(Stage):
         """Add fields to one sample."""
 
     def keep(self, sample: Sample) -> Verdict:
+        return KEEP
+
+    def before_download(self, sample: Sample) -> Verdict:
+        return KEEP
+
+    def check_response(self, sample: Sample, response: Any) -> Verdict:
+        """`response` is a pipeline.download.FetchResult (url, final_url, status, headers, data)."""
         return KEEP
 
 

@@ -129,11 +129,25 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     options = PipelineOptions(default_beam_args(beam_args))
     print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
     audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
-    run(recipe, inputs, output_dir, options)
+    try:
+        run(recipe, inputs, output_dir, options)
+    except Exception as err:  # the runner's traceback is in the log above
+        raise UserError(f"the run failed, no _SUCCESS written: {_root_cause(err)}") from None
     result = audit.read_audit(output_dir)
     print(audit.summary_table(result))
     print(f"shards: {output_dir}/shards/  rejects: {output_dir}/rejects/  report: {output_dir}/report/audit.json")
     return 0
+
+
+def _root_cause(err: BaseException) -> str:
+    """The error that says what went wrong: our own if there is one, else the innermost."""
+    chain = [err]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    ours = [e for e in chain if type(e).__module__.split(".")[0] in ("pipeline", "filters")]
+    err = ours[0] if ours else chain[-1]
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
 
 
 def _check_stages(recipe) -> None:

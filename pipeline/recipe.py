@@ -68,7 +68,10 @@ class Recipe:
         return self.sections["output"]
 
     def build_stages(self) -> list:
-        return [get_stage(spec.name)(spec.params) for spec in self.stages]
+        stages = [get_stage(spec.name)(spec.params) for spec in self.stages]
+        for stage in stages:
+            stage.download_params = self.download
+        return stages
 
     def to_dict(self) -> dict:
         """The resolved recipe (defaults filled in): saved beside the output."""

@@ -38,17 +38,18 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         | "CountInput" >> beam.combiners.Count.Globally()
     )
     samples, rejects, reports = read.samples, [read[REJECTED]], []
+    stages = recipe.build_stages()
     downloaded = False
-    for stage in recipe.build_stages():
+    for stage in stages:
         if stage.needs_image and not downloaded:
-            samples, downloaded = _download(recipe, samples, rejects), True
+            samples, downloaded = _download(recipe, stages, samples, rejects), True
         result = samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
         samples = result["samples"]
         rejects.append(result[REJECTED])
         if "report" in result:
             reports.append(result["report"])
     if not downloaded:
-        samples = _download(recipe, samples, rejects)
+        samples = _download(recipe, stages, samples, rejects)
 
     kept_summaries = samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
     reject_summaries = (
@@ -72,8 +73,15 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
     )
 
 
-def _download(recipe: Recipe, samples, rejects: list):
-    result = samples | "Download" >> DownloadImages(recipe.download, recipe.resize)
+def _download(recipe: Recipe, stages: list, samples, rejects: list):
+    """Stages' before-download checks, then the download with their response checks."""
+    for stage in stages:
+        if getattr(stage, "checks_before_download", False):
+            result = samples | f"Stage[{stage.name}]BeforeDownload" >> ApplyStage(stage, before_download=True)
+            samples = result["samples"]
+            rejects.append(result[REJECTED])
+    response_checks = [stage for stage in stages if getattr(stage, "checks_response", False)]
+    result = samples | "Download" >> DownloadImages(recipe.download, recipe.resize, response_checks)
     rejects.append(result[REJECTED])
     return result.samples
 

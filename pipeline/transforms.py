@@ -110,10 +110,16 @@ class _ToSample(beam.DoFn):
 # ---------------------------------------------------------------- download
 
 
-def fetch_and_resize(downloader: Downloader, resize: ResizeParams, sample: Sample) -> Sample | Reject:
+def fetch_and_resize(
+    downloader: Downloader, resize: ResizeParams, response_checks: list[SampleStage], sample: Sample
+) -> Sample | Reject:
     result = downloader.fetch(sample.url)
     if result.reason:
         return sample.reject("download", result.reason)
+    for stage in response_checks:
+        verdict = stage.check_response(sample, result)
+        if not verdict.keep:
+            return sample.reject(stage.name, verdict.reason)
     try:
         image = process_image(result.data, resize)
     except ImageRejected as err:
@@ -132,12 +138,14 @@ class _DownloadDoFn(beam.DoFn):
     bounded whatever the bundle size.
     """
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams):
-        self._download, self._resize = download, resize
+    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage]):
+        self._download, self._resize, self._checks = download, resize, response_checks
         self._done = Metrics.counter("download", "ok")
         self._failed = Metrics.counter("download", "failed")
 
     def setup(self):
+        for stage in self._checks:
+            stage.setup()
         self._downloader = Downloader(self._download)
         self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
         self._progress = _Progress("download")
@@ -146,7 +154,7 @@ class _DownloadDoFn(beam.DoFn):
         self._pending = set()
 
     def process(self, sample: Sample):
-        self._pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, sample))
+        self._pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, self._checks, sample))
         if len(self._pending) >= self._download.threads * 2:
             yield from self._collect(return_when=FIRST_COMPLETED)
 
@@ -175,14 +183,16 @@ def _split_rejects(element):
 
 
 class DownloadImages(beam.PTransform):
-    def __init__(self, download: DownloadParams, resize: ResizeParams):
+    """Fetch, run the stages' response checks, decode and resize."""
+
+    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage] = ()):
         super().__init__()
-        self._download, self._resize = download, resize
+        self._download, self._resize, self._checks = download, resize, list(response_checks)
 
     def expand(self, samples):
         return (
             samples
-            | "Fetch" >> beam.ParDo(_DownloadDoFn(self._download, self._resize))
+            | "Fetch" >> beam.ParDo(_DownloadDoFn(self._download, self._resize, self._checks))
             | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
         )
 
@@ -233,8 +243,10 @@ class _StageModelHandler(ModelHandler):
 
 
 class _ScoreAndKeep(beam.DoFn):
-    def __init__(self, stage: SampleStage, scored: bool):
-        self._stage, self._scored = stage, scored
+    """Applies a stage's decision: its keep() (scoring first unless RunInference did) or its before_download()."""
+
+    def __init__(self, stage: SampleStage, scored: bool, before_download: bool = False):
+        self._stage, self._scored, self._before_download = stage, scored, before_download
         self._kept = Metrics.counter(stage.name, "kept")
         self._dropped = Metrics.counter(stage.name, "dropped")
 
@@ -242,10 +254,15 @@ class _ScoreAndKeep(beam.DoFn):
         if not self._scored:
             self._stage.setup()
 
-    def process(self, sample: Sample):
+    def _decide(self, sample: Sample):
+        if self._before_download:
+            return self._stage.before_download(sample)
         if not self._scored:
             self._stage.score_one(sample)
-        verdict = self._stage.keep(sample)
+        return self._stage.keep(sample)
+
+    def process(self, sample: Sample):
+        verdict = self._decide(sample)
         if verdict.keep:
             self._kept.inc()
             yield sample
@@ -256,14 +273,22 @@ class _ScoreAndKeep(beam.DoFn):
 
 
 class ApplyStage(beam.PTransform):
-    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind."""
+    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind.
 
-    def __init__(self, stage):
+    With `before_download=True`, only the stage's before_download() check.
+    """
+
+    def __init__(self, stage, before_download: bool = False):
         super().__init__()
-        self._stage = stage
+        self._stage, self._before_download = stage, before_download
 
     def expand(self, samples):
         stage = self._stage
+        if self._before_download:
+            outputs = samples | "BeforeDownload" >> beam.ParDo(
+                _ScoreAndKeep(stage, scored=True, before_download=True)
+            ).with_outputs(REJECTED, main="samples")
+            return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}
         if isinstance(stage, DatasetStage):
             result = samples | stage.transform()
             outputs = {"samples": result["kept"], REJECTED: result["rejected"]}

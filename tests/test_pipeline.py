@@ -194,3 +194,19 @@ def test_local_runner_never_starts_prism(input_list, tmp_path, monkeypatch, runn
     monkeypatch.setattr(prism_runner.PrismJobServer, "__init__", refuse)
     run_curate(input_list, tmp_path / "o", "--direct_num_workers=1", *runner)
     assert (tmp_path / "o" / "_SUCCESS").exists()
+
+
+def test_input_that_breaks_mid_file_fails_the_run_with_a_clear_message(tmp_path, capsys):
+    import gzip
+
+    lines = ["url,caption"] + [f"http://127.0.0.1:9/{i}.jpg,row number {i} of many" for i in range(20000)]
+    data = gzip.compress("\n".join(lines).encode())
+    broken = tmp_path / "urls.csv.gz"
+    broken.write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "o"
+    args = ["run", "--recipe", "manifests/local-sample.yaml", "--input", str(broken), "--output", str(out),
+            "--direct_num_workers=1", "--set", "caption.min_words=99"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the run failed" in err and "urls.csv.gz" in err
+    assert not (out / "_SUCCESS").exists()

@@ -1,0 +1,54 @@
+import glob
+import io
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.schema import Sample
+from pipeline.writers import OutputParams, ParquetShardWriter, WebDatasetShardWriter, write_shard
+
+
+def make_sample(key, caption="a caption"):
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), "red").save(buffer, "JPEG")
+    return Sample(key=key, shard_id=0, url=f"http://x/{key}.jpg", caption=caption, image=buffer.getvalue(),
+                  image_format="jpg", width=4, height=4, original_width=4, original_height=4,
+                  sha256="0" * 64, fields={"score": 0.5}, extra={"source": "test"})
+
+
+@pytest.mark.parametrize("writer_cls", [WebDatasetShardWriter, ParquetShardWriter])
+def test_nothing_is_visible_under_the_final_name_until_close(tmp_path, writer_cls):
+    writer = writer_cls(str(tmp_path), "00000")
+    writer.write(make_sample("000000001"))
+    assert glob.glob(f"{tmp_path}/shards/*") == []  # only hidden temporary files so far
+    paths = writer.close()
+    assert sorted(glob.glob(f"{tmp_path}/shards/*")) == sorted(paths)
+    assert glob.glob(f"{tmp_path}/shards/.*") == []
+
+
+def test_webdataset_shard_holds_image_caption_and_metadata_in_key_order(tmp_path):
+    samples = [make_sample("000000002", "second"), make_sample("000000001", "first")]
+    tar_path, parquet_path = write_shard(OutputParams(), str(tmp_path), 0, samples)
+    with tarfile.open(tar_path) as tar:
+        names = tar.getnames()
+        assert tar.extractfile("000000001.txt").read() == b"first"
+    assert names == [f"00000000{i}.{ext}" for i in (1, 2) for ext in ("jpg", "txt", "json")]
+    table = pq.read_table(parquet_path).to_pylist()
+    assert [row["key"] for row in table] == ["000000001", "000000002"]
+    assert table[0]["score"] == 0.5 and table[0]["source"] == "test"
+
+
+def test_parquet_format_holds_the_image_bytes(tmp_path):
+    (path,) = write_shard(OutputParams(format="parquet"), str(tmp_path), 3, [make_sample("000030001")])
+    assert path.endswith("shards/00003.parquet")
+    row = pq.read_table(path).to_pylist()[0]
+    assert Image.open(io.BytesIO(row["jpg"])).size == (4, 4)
+
+
+def test_same_samples_give_identical_bytes(tmp_path):
+    first = write_shard(OutputParams(), str(tmp_path / "a"), 0, [make_sample("000000001")])
+    second = write_shard(OutputParams(), str(tmp_path / "b"), 0, [make_sample("000000001")])
+    for a, b in zip(first, second):
+        assert open(a, "rb").read() == open(b, "rb").read()
