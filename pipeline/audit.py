@@ -29,14 +29,17 @@ def merge_counts(summaries) -> dict[str, int]:
 
 
 def build_audit(
-    input_rows: int, counts: dict[str, int], stage_reports: list[tuple[str, str, dict]], recipe: dict[str, Any]
+    input_rows: int,
+    counts: dict[str, int],
+    stage_reports: list[tuple[str, str, dict]],
+    order: list[str],
+    recipe: dict[str, Any],
 ) -> dict[str, Any]:
     by_stage: dict[str, dict[str, int]] = {}
     for name, count in sorted(counts.items()):
         if name.startswith("rejected/"):
             _, stage, reason = name.split("/", 2)
             by_stage.setdefault(stage, {})[reason] = count
-    order = ["read", "download", *(next(iter(s)) for s in recipe["stages"])]
     by_stage = {stage: by_stage[stage] for stage in sorted(by_stage, key=_position_in(order))}
     result = {
         "counts": {"input": input_rows, "kept": counts.get("kept", 0), "rejected_by_stage": by_stage},
@@ -72,11 +75,12 @@ def finalize(
     counts: dict[str, int],
     input_rows: int,
     stage_reports: list[tuple[str, str, dict]],
+    order: list[str],
     recipe: dict[str, Any],
     output_dir: str,
 ) -> dict[str, Any]:
     """Write the audit, check the invariant, then mark the output complete."""
-    audit = build_audit(input_rows, counts, stage_reports, recipe)
+    audit = build_audit(input_rows, counts, stage_reports, order, recipe)
     write_json(f"{output_dir}/report/audit.json", audit)
     check_accounting(audit)
     with FileSystems.create(f"{output_dir}/{SUCCESS_FILE}") as handle:

@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_drop_known_noise)
     if args.command is None:
         parser.print_help()
         return 2
@@ -46,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
+
+
+# Harmless messages Beam prints on every local run.
+_NOISE = ("apitools not found", "semi_persistent_directory")
+
+
+def _drop_known_noise(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(noise in message for noise in _NOISE)
 
 
 class UserError(Exception):
@@ -210,6 +221,8 @@ def default_beam_args(beam_args: list[str]) -> list[str]:
     extra = []
     if "--runner" not in given and "--direct_num_workers" not in given:
         extra = [f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_processing"]
+    if "--default_sdk_harness_log_level" not in given:
+        extra.append("--default_sdk_harness_log_level=WARNING")  # worker start-up chatter hides the summary
     return [*beam_args, *extra]
 
 

@@ -8,7 +8,13 @@ to Beam unchanged.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import shlex
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -18,6 +24,7 @@ from pipeline.recipe import Recipe
 from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
+WORKER_LOG_DIR = Path(tempfile.gettempdir()) / "curate-worker-logs"
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,13 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
     )
     samples, rejects, reports = read.samples, [read[REJECTED]], []
     stages = recipe.build_stages()
+    order = ["read"]  # the order steps actually run in, for the audit's funnel
     downloaded = False
     for stage in stages:
         if stage.needs_image and not downloaded:
             samples, downloaded = _download(recipe, stages, samples, rejects), True
+            order.append("download")
+        order.append(stage.name)
         result = samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
         samples = result["samples"]
         rejects.append(result[REJECTED])
@@ -50,6 +60,7 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
             reports.append(result["report"])
     if not downloaded:
         samples = _download(recipe, stages, samples, rejects)
+        order.append("download")
 
     kept_summaries = samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
     reject_summaries = (
@@ -67,6 +78,7 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
             audit.finalize,
             beam.pvalue.AsSingleton(input_rows),
             beam.pvalue.AsList(stage_reports),
+            order,
             recipe.to_dict(),
             output_dir,
         )
@@ -89,10 +101,34 @@ def _download(recipe: Recipe, stages: list, samples, rejects: list):
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
     runner = options.view_as(StandardOptions).runner
     if runner in LOCAL_RUNNER_NAMES:
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
+        return beam.Pipeline(runner=_local_runner(options), options=options)
     return beam.Pipeline(options=options)
+
+
+def _local_runner(options: PipelineOptions):
+    """FnApiRunner; with worker processes whose start-up chatter goes to a log file.
+
+    Beam's multi_processing workers log at INFO to the terminal, drowning the
+    run's own output; their warnings and errors still reach this process
+    through Beam's logging service.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return FnApiRunner()
+    log_path = WORKER_LOG_DIR / f"{os.getpid()}.log"
+    WORKER_LOG_DIR.mkdir(parents=True, exist_ok=True)
+    command = f"{shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main 2>>{shlex.quote(str(log_path))}"
+    # The runner would replace our environment in multi_processing mode; the
+    # environment alone gives the worker processes.
+    direct.direct_running_mode = "in_memory"
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(
+        lambda record: "direct_running_mode" not in record.getMessage()
+    )
+    return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
 def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions):
