@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 _STAGES: dict[str, type] = {}
+_BROKEN: dict[str, str] = {}  # module -> why it could not be imported (e.g. an optional dependency missing)
 _loaded = False
 
 
@@ -27,7 +28,11 @@ def _load_all() -> None:
     import filters
 
     for module in pkgutil.iter_modules(filters.__path__):
-        importlib.import_module(f"filters.{module.name}")
+        try:
+            importlib.import_module(f"filters.{module.name}")
+        except ImportError as err:
+            # One stage's missing dependency must not take the others down.
+            _BROKEN[module.name] = str(err)
     _loaded = True
 
 
@@ -36,7 +41,8 @@ def get_stage(name: str) -> type:
     try:
         return _STAGES[name]
     except KeyError:
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(_STAGES))}") from None
+        broken = "".join(f"; filters/{m}.py could not be imported: {why}" for m, why in sorted(_BROKEN.items()))
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(_STAGES))}{broken}") from None
 
 
 def all_stages() -> dict[str, type]:
