@@ -10,6 +10,7 @@ Options `curate run` does not know are Beam pipeline options (`--runner`,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -123,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args, beam_args: list[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline import audit, readers
+    from pipeline import audit, checkpoint, readers
     from pipeline.recipe import RecipeError, load_recipe
     from pipeline.run import InputSpec, run, with_private_network
 
@@ -136,14 +137,22 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     _check_stages(recipe)
     inputs = _check_inputs(args, readers)
     output_dir = args.output.rstrip("/")
-    _prepare_output(output_dir, args.overwrite)
+    sections = {name: dataclasses.asdict(recipe.sections[name]) for name in ("download", "resize")}
+    sections["samples_per_shard"] = recipe.output.samples_per_shard
+    manifest = checkpoint.fingerprint(sections, list(inputs.paths), dataclasses.asdict(inputs))
+    resumable = _prepare_output(output_dir, args.overwrite, manifest)
     options = PipelineOptions(default_beam_args(beam_args))
     print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
+    if resumable:
+        print(f"curate: resuming: downloads of {resumable} input shard(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
     audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
     try:
         run(recipe, inputs, output_dir, options)
     except Exception as err:  # the runner's traceback is in the log above
-        raise UserError(f"the run failed, no _SUCCESS written: {_root_cause(err)}") from None
+        raise UserError(
+            f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}"
+        ) from None
+    checkpoint.remove(output_dir)
     result = audit.read_audit(output_dir)
     print(audit.summary_table(result))
     print(f"shards: {output_dir}/shards/  rejects: {output_dir}/rejects/  report: {output_dir}/report/audit.json")
@@ -184,15 +193,25 @@ def _check_inputs(args, readers):
     return InputSpec(tuple(paths), args.input_format, args.url_col, caption_col)
 
 
-def _prepare_output(output_dir: str, overwrite: bool) -> None:
+def _prepare_output(output_dir: str, overwrite: bool, manifest: dict) -> int:
+    """Clear or check the output folder; returns how many shard checkpoints a killed run left."""
     from apache_beam.io.filesystems import FileSystems
 
-    existing = [f"{output_dir}/{name}" for name in ("shards", "rejects", "report", "_SUCCESS", "recipe.json")]
-    existing = [path for path in existing if FileSystems.exists(path)]
-    if existing and not overwrite:
-        raise UserError(f"{output_dir} already holds results ({', '.join(existing)}); pass --overwrite to replace them")
-    if existing:
-        FileSystems.delete(existing)
+    from pipeline import checkpoint
+
+    if FileSystems.exists(f"{output_dir}/_SUCCESS") and not overwrite:
+        raise UserError(f"{output_dir} already holds a finished run; pass --overwrite to replace it")
+    results = [f"{output_dir}/{name}" for name in ("shards", "rejects", "report", "_SUCCESS", "recipe.json")]
+    if overwrite:
+        results.append(f"{output_dir}/{checkpoint.WORK_DIR}")
+    results = [path for path in results if FileSystems.exists(path)]
+    if results:
+        # Files of a killed run are rewritten identically; start them from scratch.
+        FileSystems.delete(results)
+    try:
+        return checkpoint.prepare(output_dir, manifest)
+    except checkpoint.ResumeError as err:
+        raise UserError(str(err)) from None
 
 
 def _cmd_stages(args, beam_args: list[str]) -> int:

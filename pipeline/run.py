@@ -44,31 +44,61 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         | "AllInputRows" >> beam.Flatten()
         | "CountInput" >> beam.combiners.Count.Globally()
     )
-    samples, rejects, reports = read.samples, [read[REJECTED]], []
-    stages = recipe.build_stages()
-    order = ["read"]  # the order steps actually run in, for the audit's funnel
-    downloaded = False
-    for stage in stages:
-        if stage.needs_image and not downloaded:
-            samples, downloaded = _download(recipe, stages, samples, rejects), True
-            order.append("download")
-        order.append(stage.name)
-        result = samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
-        samples = result["samples"]
-        rejects.append(result[REJECTED])
-        if "report" in result:
-            reports.append(result["report"])
-    if not downloaded:
-        samples = _download(recipe, stages, samples, rejects)
-        order.append("download")
+    flow = _Flow(recipe, output_dir, read.samples, read[REJECTED])
+    for stage in flow.stages:
+        if stage.needs_image and not flow.downloaded:
+            flow.download()
+        flow.apply(stage)
+    if not flow.downloaded:
+        flow.download()
+    _write_and_finalize(pipeline, recipe, output_dir, flow, input_rows)
 
-    kept_summaries = samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
+
+class _Flow:
+    """The samples and rejects so far, as steps are added in the order they run."""
+
+    def __init__(self, recipe: Recipe, output_dir: str, samples, rejects):
+        self.recipe, self.output_dir = recipe, output_dir
+        self.stages = recipe.build_stages()
+        self.samples, self.rejects, self.reports = samples, [rejects], []
+        self.order = ["read"]  # for the audit's funnel
+        self.downloaded = False
+
+    def apply(self, stage) -> None:
+        result = self.samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
+        self._advance(result["samples"], result[REJECTED], stage.name)
+        if "report" in result:
+            self.reports.append(result["report"])
+
+    def download(self) -> None:
+        """Stages' before-download checks, then the download with their response checks."""
+        for stage in self.stages:
+            if getattr(stage, "checks_before_download", False):
+                result = self.samples | f"Stage[{stage.name}]BeforeDownload" >> ApplyStage(stage, before_download=True)
+                self._advance(result["samples"], result[REJECTED])
+        response_checks = [stage for stage in self.stages if getattr(stage, "checks_response", False)]
+        download = DownloadImages(
+            self.recipe.download, self.recipe.resize, response_checks, self.recipe.output, self.output_dir
+        )
+        result = self.samples | "Download" >> download
+        self._advance(result.samples, result[REJECTED], "download")
+        self.downloaded = True
+
+    def _advance(self, samples, rejects, step: str | None = None) -> None:
+        self.samples = samples
+        self.rejects.append(rejects)
+        if step:
+            self.order.append(step)
+
+
+def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows) -> None:
+    kept_summaries = flow.samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
     reject_summaries = (
-        rejects
+        flow.rejects
         | "AllRejects" >> beam.Flatten()
         | "WriteRejects" >> WriteByShard("rejects", recipe.output, output_dir)
     )
-    stage_reports = reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
+    stage_reports = flow.reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
     _ = (
         (kept_summaries, reject_summaries)
         | "AllSummaries" >> beam.Flatten()
@@ -78,24 +108,11 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
             audit.finalize,
             beam.pvalue.AsSingleton(input_rows),
             beam.pvalue.AsList(stage_reports),
-            order,
+            flow.order,
             recipe.to_dict(),
             output_dir,
         )
     )
-
-
-def _download(recipe: Recipe, stages: list, samples, rejects: list):
-    """Stages' before-download checks, then the download with their response checks."""
-    for stage in stages:
-        if getattr(stage, "checks_before_download", False):
-            result = samples | f"Stage[{stage.name}]BeforeDownload" >> ApplyStage(stage, before_download=True)
-            samples = result["samples"]
-            rejects.append(result[REJECTED])
-    response_checks = [stage for stage in stages if getattr(stage, "checks_response", False)]
-    result = samples | "Download" >> DownloadImages(recipe.download, recipe.resize, response_checks)
-    rejects.append(result[REJECTED])
-    return result.samples
 
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:

@@ -16,12 +16,9 @@ from typing import Any, Iterable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
-from apache_beam.utils.windowed_value import WindowedValue
 
 from filters.base import DatasetStage, SampleStage
-from pipeline import readers
+from pipeline import checkpoint, readers
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
@@ -64,7 +61,14 @@ class ReadAndKey(beam.PTransform):
     shards depend only on the input, never on how the runner split the work.
     """
 
-    def __init__(self, paths: list[str], fmt: str | None, url_col: str, caption_col: str | None, output: OutputParams):
+    def __init__(
+        self,
+        paths: list[str],
+        fmt: str | None,
+        url_col: str,
+        caption_col: str | None,
+        output: OutputParams,
+    ):
         super().__init__()
         self._paths, self._fmt, self._url_col, self._caption_col = paths, fmt, url_col, caption_col
         self._output = output
@@ -131,17 +135,21 @@ def fetch_and_resize(
     return sample
 
 
-class _DownloadDoFn(beam.DoFn):
-    """Downloads with a bounded pool of threads, streaming results as they finish.
+class _DownloadShard(beam.DoFn):
+    """Downloads one input shard with a bounded pool of threads, streaming results as they finish.
 
-    At most `threads * 2` samples are in flight per worker, so memory stays
-    bounded whatever the bundle size.
+    Results are also written to the shard's checkpoint, which a resumed run
+    reuses row by row instead of downloading again (pipeline.checkpoint).
+    At most `threads * 2` rows are in flight, so memory stays bounded.
     """
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage]):
+    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage],
+                 output: OutputParams, output_dir: str):
         self._download, self._resize, self._checks = download, resize, response_checks
+        self._output, self._output_dir = output, output_dir
         self._done = Metrics.counter("download", "ok")
         self._failed = Metrics.counter("download", "failed")
+        self._reused = Metrics.counter("download", "reused_from_checkpoint")
 
     def setup(self):
         for stage in self._checks:
@@ -150,25 +158,29 @@ class _DownloadDoFn(beam.DoFn):
         self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
         self._progress = _Progress("download")
 
-    def start_bundle(self):
-        self._pending = set()
+    def process(self, element):
+        shard_id, samples = element
+        previous = checkpoint.load(self._output, self._output_dir, shard_id)
+        with checkpoint.ShardCheckpoint(self._output, self._output_dir, shard_id) as saved:
+            pending = set()
+            for sample in samples:
+                if sample.key in previous:
+                    self._reused.inc()
+                    yield saved.add(previous[sample.key])
+                    continue
+                pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, self._checks, sample))
+                if len(pending) >= self._download.threads * 2:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from self._finished(done, saved)
+            done, _ = wait(pending, return_when=ALL_COMPLETED)
+            yield from self._finished(done, saved)
 
-    def process(self, sample: Sample):
-        self._pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, self._checks, sample))
-        if len(self._pending) >= self._download.threads * 2:
-            yield from self._collect(return_when=FIRST_COMPLETED)
-
-    def finish_bundle(self):
-        for result in self._collect(return_when=ALL_COMPLETED):
-            yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
-
-    def _collect(self, return_when) -> Iterable[Sample | Reject]:
-        done, self._pending = wait(self._pending, return_when=return_when)
-        for future in done:
+    def _finished(self, futures, saved) -> Iterable[Sample | Reject]:
+        for future in futures:
             result = future.result()
             (self._failed if isinstance(result, Reject) else self._done).inc()
             self._progress.tick()
-            yield result
+            yield saved.add(result)
 
     def teardown(self):
         self._pool.shutdown(wait=True)
@@ -183,16 +195,25 @@ def _split_rejects(element):
 
 
 class DownloadImages(beam.PTransform):
-    """Fetch, run the stages' response checks, decode and resize."""
+    """Fetch, run the stages' response checks, decode and resize; one input shard at a time.
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage] = ()):
+    Grouping the (small, image-less) rows by shard makes the shard the unit of
+    work and of checkpointing, as in img2dataset.
+    """
+
+    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage],
+                 output: OutputParams, output_dir: str):
         super().__init__()
         self._download, self._resize, self._checks = download, resize, list(response_checks)
+        self._output, self._output_dir = output, output_dir
 
     def expand(self, samples):
+        fetch = _DownloadShard(self._download, self._resize, self._checks, self._output, self._output_dir)
         return (
             samples
-            | "Fetch" >> beam.ParDo(_DownloadDoFn(self._download, self._resize, self._checks))
+            | "KeyByShard" >> beam.Map(lambda s: (s.shard_id, s))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "Fetch" >> beam.ParDo(fetch)
             | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
         )
 

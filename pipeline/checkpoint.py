@@ -1,0 +1,115 @@
+"""Resumable runs: every input shard's download results are checkpointed.
+
+Downloading is the slow, per-row part of a run.  As each input shard is
+downloaded, its results (decoded samples and download rejects) are streamed
+into `DIR/_work/NNNNN.ckpt.parquet`, renamed into place when the shard is
+complete.  A run that is killed and started again on the same output folder
+reuses those results row by row (by key) instead of fetching again; every
+other step runs as usual over all rows, so the output equals an
+uninterrupted run's.  Because reuse is by row, a re-run with other filter
+stages or thresholds reuses the downloads too.
+
+`DIR/_work/manifest.json` records what the checkpoints depend on (inputs,
+input columns, download and resize settings, shard size); a resume with other
+values is refused.  Checkpoints are internal (pickled records in a Parquet
+column) and removed when the run succeeds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import __version__
+from pipeline.schema import Reject, Sample
+from pipeline.writers import AtomicFile, OutputParams, shard_name
+
+WORK_DIR = "_work"
+_SCHEMA = pa.schema([("key", pa.string()), ("record", pa.binary())])
+_FLUSH_EVERY = 64  # records per Parquet row group: bounded memory while writing
+
+
+class ResumeError(ValueError):
+    """The checkpoints in the output folder come from another run."""
+
+
+def fingerprint(sections: dict[str, Any], input_paths: list[str], input_spec: dict[str, Any]) -> dict[str, Any]:
+    """What the download results depend on: if it matches, checkpoints can be reused."""
+    sizes = {m.path: m.size_in_bytes for r in FileSystems.match(input_paths) for m in r.metadata_list}
+    identity = json.dumps({"sections": sections, "inputs": sizes, "spec": input_spec}, sort_keys=True, default=str)
+    return {"version": __version__, "sha256": hashlib.sha256(identity.encode()).hexdigest()}
+
+
+def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
+    """Check or start the work folder; returns how many shard checkpoints there are to reuse."""
+    manifest_path = f"{output_dir}/{WORK_DIR}/manifest.json"
+    if FileSystems.exists(manifest_path):
+        with FileSystems.open(manifest_path) as handle:
+            previous = json.loads(handle.read())
+        if previous != manifest:
+            raise ResumeError(
+                f"{output_dir} holds an unfinished run with other inputs, download/resize settings or version; "
+                "pass --overwrite to start afresh"
+            )
+    else:
+        from pipeline.audit import write_json
+
+        write_json(manifest_path, manifest)
+    return len(FileSystems.match([f"{output_dir}/{WORK_DIR}/*.ckpt.parquet"])[0].metadata_list)
+
+
+def remove(output_dir: str) -> None:
+    path = f"{output_dir}/{WORK_DIR}"
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
+def _path(output: OutputParams, output_dir: str, shard_id: int) -> str:
+    return f"{output_dir}/{WORK_DIR}/{shard_name(shard_id, output.shard_digits)}.ckpt.parquet"
+
+
+def load(output: OutputParams, output_dir: str, shard_id: int) -> dict[str, Sample | Reject]:
+    """A shard's saved results by key; empty if it has no complete checkpoint."""
+    path = _path(output, output_dir, shard_id)
+    if not FileSystems.exists(path):
+        return {}
+    with FileSystems.open(path) as handle:
+        table = pq.read_table(handle)
+    return {key: pickle.loads(blob) for key, blob in zip(table.column("key").to_pylist(), table.column("record").to_pylist())}
+
+
+class ShardCheckpoint:
+    """Streams one shard's results to its checkpoint; in place only if the shard completes."""
+
+    def __init__(self, output: OutputParams, output_dir: str, shard_id: int):
+        self._file = AtomicFile(_path(output, output_dir, shard_id))
+        self._writer = pq.ParquetWriter(self._file.handle, _SCHEMA, compression="zstd")
+        self._buffer: list[dict[str, Any]] = []
+
+    def add(self, record: Sample | Reject) -> Sample | Reject:
+        self._buffer.append({"key": record.key, "record": pickle.dumps(record, protocol=5)})
+        if len(self._buffer) >= _FLUSH_EVERY:
+            self._flush()
+        return record
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=_SCHEMA))
+            self._buffer = []
+
+    def __enter__(self) -> "ShardCheckpoint":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._flush()
+            self._writer.close()
+            self._file.commit()
+        else:
+            self._writer.close()
+            self._file.abort()

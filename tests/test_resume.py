@@ -1,0 +1,88 @@
+"""A run killed mid-way resumes from its checkpoints and ends as an uninterrupted run would."""
+import glob
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.localweb import LocalWeb
+
+ROWS = 40
+PER_SHARD = 5
+
+RECIPE = """\
+download: {threads: 2, retries: 0}
+output: {samples_per_shard: %d}
+stages:
+  - caption: {min_words: 2}
+  - dedup_exact
+""" % PER_SHARD
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    (tmp_path / "web").mkdir()
+    with LocalWeb(tmp_path / "web") as web:
+        # Every image is the same small JPEG: all but the first are duplicates, so
+        # the resumed run must see restored samples in the global dedup stage.
+        rows = [{"url": web.url(f"_fault/slow?seconds=0.15&id={i}"), "caption": f"slow picture number {i}"}
+                for i in range(ROWS)]
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "urls.parquet")
+        (tmp_path / "recipe.yaml").write_text(RECIPE)
+        yield tmp_path, web
+
+
+def args(tmp_path, output):
+    return ["run", "--recipe", str(tmp_path / "recipe.yaml"), "--input", str(tmp_path / "urls.parquet"),
+            "--output", str(output), "--allow-private-network", "--direct_num_workers=1"]
+
+
+def digests(output):
+    files = sorted(glob.glob(f"{output}/shards/*") + glob.glob(f"{output}/rejects/*"))
+    return {os.path.relpath(p, output): hashlib.sha256(open(p, "rb").read()).hexdigest() for p in files}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_matches_an_uninterrupted_run(setup):
+    tmp_path, web = setup
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", *args(tmp_path, killed)], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(glob.glob(f"{killed}/_work/*.ckpt.parquet")) < 2:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    assert not (killed / "_SUCCESS").exists()
+    checkpointed = len(glob.glob(f"{killed}/_work/*.ckpt.parquet"))
+    fetched_before = web.hits("/_fault/slow")
+
+    assert main(args(tmp_path, killed)) == 0
+    refetched = web.hits("/_fault/slow") - fetched_before
+    assert refetched <= ROWS - checkpointed * PER_SHARD  # finished shards were not downloaded again
+    assert not (killed / "_work").exists()
+
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main(args(tmp_path, uninterrupted)) == 0
+    assert digests(killed) == digests(uninterrupted)
+    assert len(pq.read_table(glob.glob(f"{killed}/shards/*.parquet")[0])) == 1  # one kept, the rest duplicates
+
+
+def test_resume_with_other_download_settings_is_refused(setup, capsys):
+    tmp_path, _ = setup
+    output = tmp_path / "out"
+    (output / "_work").mkdir(parents=True)
+    (output / "_work" / "manifest.json").write_text('{"version": "0", "sha256": "other"}')
+    assert main(args(tmp_path, output)) == 2
+    assert "--overwrite" in capsys.readouterr().err
