@@ -1,8 +1,9 @@
-"""Resumable runs: every input shard's download results are checkpointed.
+"""Resumable runs: download results are checkpointed per task.
 
-Downloading is the slow, per-row part of a run.  As each input shard is
-downloaded, its results (decoded samples and download rejects) are streamed
-into `DIR/_work/NNNNN.ckpt.parquet`, renamed into place when the shard is
+Downloading is the slow, per-row part of a run.  It is done in tasks of
+`download.rows_per_task` consecutive rows of one shard; as each task runs,
+its results (decoded samples and download rejects) are streamed into
+`DIR/_work/<shard>-<task>.ckpt.parquet`, renamed into place when the task is
 complete.  A run that is killed and started again on the same output folder
 reuses those results row by row (by key) instead of fetching again; every
 other step runs as usual over all rows, so the output equals an
@@ -46,7 +47,7 @@ def fingerprint(sections: dict[str, Any], input_paths: list[str], input_spec: di
 
 
 def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
-    """Check or start the work folder; returns how many shard checkpoints there are to reuse."""
+    """Check or start the work folder; returns how many task checkpoints there are to reuse."""
     manifest_path = f"{output_dir}/{WORK_DIR}/manifest.json"
     if FileSystems.exists(manifest_path):
         with FileSystems.open(manifest_path) as handle:
@@ -69,13 +70,14 @@ def remove(output_dir: str) -> None:
         FileSystems.delete([path])
 
 
-def _path(output: OutputParams, output_dir: str, shard_id: int) -> str:
-    return f"{output_dir}/{WORK_DIR}/{shard_name(shard_id, output.shard_digits)}.ckpt.parquet"
+def _path(output: OutputParams, output_dir: str, task: tuple[int, int]) -> str:
+    shard_id, number = task
+    return f"{output_dir}/{WORK_DIR}/{shard_name(shard_id, output.shard_digits)}-{number:05d}.ckpt.parquet"
 
 
-def load(output: OutputParams, output_dir: str, shard_id: int) -> dict[str, Sample | Reject]:
-    """A shard's saved results by key; empty if it has no complete checkpoint."""
-    path = _path(output, output_dir, shard_id)
+def load(output: OutputParams, output_dir: str, task: tuple[int, int]) -> dict[str, Sample | Reject]:
+    """A task's saved results by key; empty if it has no complete checkpoint."""
+    path = _path(output, output_dir, task)
     if not FileSystems.exists(path):
         return {}
     with FileSystems.open(path) as handle:
@@ -83,11 +85,11 @@ def load(output: OutputParams, output_dir: str, shard_id: int) -> dict[str, Samp
     return {key: pickle.loads(blob) for key, blob in zip(table.column("key").to_pylist(), table.column("record").to_pylist())}
 
 
-class ShardCheckpoint:
-    """Streams one shard's results to its checkpoint; in place only if the shard completes."""
+class TaskCheckpoint:
+    """Streams one task's results to its checkpoint; in place only if the task completes."""
 
-    def __init__(self, output: OutputParams, output_dir: str, shard_id: int):
-        self._file = AtomicFile(_path(output, output_dir, shard_id))
+    def __init__(self, output: OutputParams, output_dir: str, task: tuple[int, int]):
+        self._file = AtomicFile(_path(output, output_dir, task))
         self._writer = pq.ParquetWriter(self._file.handle, _SCHEMA, compression="zstd")
         self._buffer: list[dict[str, Any]] = []
 
@@ -102,7 +104,7 @@ class ShardCheckpoint:
             self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=_SCHEMA))
             self._buffer = []
 
-    def __enter__(self) -> "ShardCheckpoint":
+    def __enter__(self) -> "TaskCheckpoint":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

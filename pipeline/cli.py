@@ -144,7 +144,7 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     options = PipelineOptions(default_beam_args(beam_args))
     print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
     if resumable:
-        print(f"curate: resuming: downloads of {resumable} input shard(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
+        print(f"curate: resuming: downloads of {resumable} finished task(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
     audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
     try:
         run(recipe, inputs, output_dir, options)
@@ -194,7 +194,7 @@ def _check_inputs(args, readers):
 
 
 def _prepare_output(output_dir: str, overwrite: bool, manifest: dict) -> int:
-    """Clear or check the output folder; returns how many shard checkpoints a killed run left."""
+    """Clear or check the output folder; returns how many download checkpoints a killed run left."""
     from apache_beam.io.filesystems import FileSystems
 
     from pipeline import checkpoint

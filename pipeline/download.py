@@ -72,9 +72,13 @@ class DownloadParams:
     # Wall-clock limit for one fetch (all hops, retries and the body), so a
     # server that drips a byte per read timeout cannot hold a thread for hours.
     deadline: float = 60.0
+    # Rows downloaded (and checkpointed) as one unit of work: smaller units
+    # spread a shard over more workers, larger ones mean fewer files.
+    rows_per_task: int = 1000
 
     def __post_init__(self):
-        positive = {"timeout": self.timeout, "max_bytes": self.max_bytes, "threads": self.threads, "deadline": self.deadline}
+        positive = {"timeout": self.timeout, "max_bytes": self.max_bytes, "threads": self.threads,
+                    "deadline": self.deadline, "rows_per_task": self.rows_per_task}
         not_negative = {"retries": self.retries, "backoff": self.backoff, "max_redirects": self.max_redirects}
         problems = [f"{name} must be > 0, got {value}" for name, value in positive.items() if value <= 0]
         problems += [f"{name} must be >= 0, got {value}" for name, value in not_negative.items() if value < 0]

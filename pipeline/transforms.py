@@ -135,10 +135,16 @@ def fetch_and_resize(
     return sample
 
 
-class _DownloadShard(beam.DoFn):
-    """Downloads one input shard with a bounded pool of threads, streaming results as they finish.
+def download_task(sample: Sample, output: OutputParams, rows_per_task: int) -> tuple[int, int]:
+    """(shard id, task number in shard): the unit of download work and checkpointing."""
+    index_in_shard = int(sample.key[output.shard_digits:])
+    return sample.shard_id, index_in_shard // rows_per_task
 
-    Results are also written to the shard's checkpoint, which a resumed run
+
+class _DownloadTask(beam.DoFn):
+    """Downloads one task's rows with a bounded pool of threads, streaming results as they finish.
+
+    Results are also written to the task's checkpoint, which a resumed run
     reuses row by row instead of downloading again (pipeline.checkpoint).
     At most `threads * 2` rows are in flight, so memory stays bounded.
     """
@@ -159,9 +165,9 @@ class _DownloadShard(beam.DoFn):
         self._progress = _Progress("download")
 
     def process(self, element):
-        shard_id, samples = element
-        previous = checkpoint.load(self._output, self._output_dir, shard_id)
-        with checkpoint.ShardCheckpoint(self._output, self._output_dir, shard_id) as saved:
+        task, samples = element
+        previous = checkpoint.load(self._output, self._output_dir, task)
+        with checkpoint.TaskCheckpoint(self._output, self._output_dir, task) as saved:
             pending = set()
             for sample in samples:
                 if sample.key in previous:
@@ -195,10 +201,11 @@ def _split_rejects(element):
 
 
 class DownloadImages(beam.PTransform):
-    """Fetch, run the stages' response checks, decode and resize; one input shard at a time.
+    """Fetch, run the stages' response checks, decode and resize.
 
-    Grouping the (small, image-less) rows by shard makes the shard the unit of
-    work and of checkpointing, as in img2dataset.
+    The (small, image-less) rows are grouped into tasks of
+    `download.rows_per_task` consecutive rows of one shard: the unit of work
+    and of checkpointing, as img2dataset's shards are.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage],
@@ -208,11 +215,12 @@ class DownloadImages(beam.PTransform):
         self._output, self._output_dir = output, output_dir
 
     def expand(self, samples):
-        fetch = _DownloadShard(self._download, self._resize, self._checks, self._output, self._output_dir)
+        fetch = _DownloadTask(self._download, self._resize, self._checks, self._output, self._output_dir)
+        output, rows_per_task = self._output, self._download.rows_per_task
         return (
             samples
-            | "KeyByShard" >> beam.Map(lambda s: (s.shard_id, s))
-            | "GroupByShard" >> beam.GroupByKey()
+            | "KeyByTask" >> beam.Map(lambda s: (download_task(s, output, rows_per_task), s))
+            | "GroupByTask" >> beam.GroupByKey()
             | "Fetch" >> beam.ParDo(fetch)
             | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
         )

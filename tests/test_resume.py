@@ -15,15 +15,16 @@ from pipeline.cli import main
 from pipeline.localweb import LocalWeb
 
 ROWS = 40
-PER_SHARD = 5
+PER_SHARD = 10
+PER_TASK = 5  # two download tasks per shard
 
 RECIPE = """\
-download: {threads: 2, retries: 0}
+download: {threads: 2, retries: 0, rows_per_task: %d}
 output: {samples_per_shard: %d}
 stages:
   - caption: {min_words: 2}
   - dedup_exact
-""" % PER_SHARD
+""" % (PER_TASK, PER_SHARD)
 
 
 @pytest.fixture()
@@ -70,7 +71,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_run(setup):
 
     assert main(args(tmp_path, killed)) == 0
     refetched = web.hits("/_fault/slow") - fetched_before
-    assert refetched <= ROWS - checkpointed * PER_SHARD  # finished shards were not downloaded again
+    assert refetched <= ROWS - checkpointed * PER_TASK  # finished tasks were not downloaded again
     assert not (killed / "_work").exists()
 
     uninterrupted = tmp_path / "uninterrupted"
