@@ -61,7 +61,47 @@ def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
         from pipeline.audit import write_json
 
         write_json(manifest_path, manifest)
+    return finished_tasks(output_dir)
+
+
+def finished_tasks(output_dir: str) -> int:
     return len(FileSystems.match([f"{output_dir}/{WORK_DIR}/*.ckpt.parquet"])[0].metadata_list)
+
+
+class ProgressReporter:
+    """Prints how many download tasks are finished, every `every` seconds, while a run goes on.
+
+    Counting checkpoint files works the same whichever runner does the work.
+    """
+
+    def __init__(self, output_dir: str, rows_per_task: int, every: float = 15.0):
+        import threading
+
+        self._output_dir, self._rows_per_task, self._every = output_dir, rows_per_task, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._report, daemon=True)
+
+    def _report(self) -> None:
+        import sys
+        import time
+
+        start = time.monotonic()
+        while not self._stop.wait(self._every):
+            done = finished_tasks(self._output_dir)
+            elapsed = int(time.monotonic() - start)
+            print(
+                f"curate: {elapsed // 60}m{elapsed % 60:02d}s: {done} download task(s) of up to "
+                f"{self._rows_per_task} rows finished",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def __enter__(self) -> "ProgressReporter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
 
 
 def remove(output_dir: str) -> None:

@@ -147,7 +147,8 @@ def _cmd_run(args, beam_args: list[str]) -> int:
         print(f"curate: resuming: downloads of {resumable} finished task(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
     audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
     try:
-        run(recipe, inputs, output_dir, options)
+        with checkpoint.ProgressReporter(output_dir, recipe.download.rows_per_task):
+            run(recipe, inputs, output_dir, options)
     except Exception as err:  # the runner's traceback is in the log above
         raise UserError(
             f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}"

@@ -242,7 +242,7 @@ class _Progress:
             if now - self._last >= self._every:
                 self._last = now
                 rate = self._count / (now - self._start)
-                log.warning("%s: %d samples on this worker (%.1f/s)", self._what, self._count, rate)
+                log.info("%s: %d samples on this worker (%.1f/s)", self._what, self._count, rate)
 
 
 # ---------------------------------------------------------------- stages
