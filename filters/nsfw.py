@@ -1,0 +1,217 @@
+"""NSFW score per image: NudeNet's detector, or LAION's CLIP-embedding head.
+
+Default: the NudeNet 3.4 detector (`320n.onnx`, a YOLOv8n exported to ONNX,
+12 MB) that ships inside the `nudenet` package, run with onnxruntime on a
+whole batch at once.  Preprocessing is NudeNet's own: pad the image at the
+right/bottom to a square with black, resize to 320x320 (bilinear), scale
+to [0, 1], channels in B, G, R order.  (NudeNet 3.4 converts its BGR image
+with `cv2.COLOR_RGBA2BGR`, which swaps red and blue, then `blobFromImage(...,
+swapRB=True)` swaps them back, so its model sees BGR; we do the same so our
+scores equal `NudeDetector.detect`'s.)  The model outputs, for each of 2100
+anchor boxes, a confidence per class.
+
+    nsfw_score = max over anchors and over SEXUAL_EXPOSED_CLASSES of the confidence
+
+i.e. the confidence of the most confident exposed-body-part detection (NMS
+only removes overlapping boxes, never the most confident one, so it is not
+needed for the max).  FEET, ARMPITS, BELLY and MALE_BREAST "exposed" are left
+out: they are everyday beach and sports photos, not NSFW.
+
+With `clip_head_path` set, the score comes instead from a small classifier
+over the CLIP image embedding that an earlier `clip_score` stage (with
+`store_embeddings: true`) wrote to
+`sample.fields["clip_image_embedding"]`, as LAION-5B did.  The file is a
+torch state_dict of either one `nn.Linear` (keys `weight`, `bias`) or an
+`nn.Sequential` of Linear layers (keys `<i>.weight`, `<i>.bias`, optionally
+under `layers.` as in LAION's `h14_nsfw.pth`); a gap in the indices means a
+ReLU (see `mlp_from_state_dict`).  Its input size must equal the embedding
+size; the embedding is L2-normalised first, as LAION's heads expect.  Its
+output is one unit (sigmoid of it, or the raw value clipped to [0, 1] when
+`clip_head_output="probability"`, for regressors such as LAION's H14 head)
+or two units (softmax, class 1 = NSFW).
+
+Writes `nsfw_score` in [0, 1].  Verdicts: with `action="tag"` (LAION-5B's
+choice) every scored sample is kept and carries its score; with
+`action="drop"` samples scoring >= `threshold` are dropped as `nsfw`.
+Samples that cannot be scored are dropped as `image_unreadable` or
+`missing_clip_embedding` (that `clip_score` stage must run first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from filters.base import SampleStage
+from filters.model_common import (
+    decode_rgb,
+    existing_file,
+    mlp_from_state_dict,
+    onnx_session,
+    packaged_file,
+    read_state_dict,
+)
+from pipeline.registry import register
+from pipeline.schema import KEEP, Sample, Verdict, drop
+
+# The detector's classes, in output order (from nudenet/nudenet.py).
+NUDENET_CLASSES = (
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
+)
+SEXUAL_EXPOSED_CLASSES = (
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_EXPOSED",
+)
+NUDENET_INPUT_SIDE = 320
+CLIP_EMBEDDING_FIELD = "clip_image_embedding"
+_BOX_COORDINATES = 4  # each anchor's output: cx, cy, w, h, then one confidence per class
+_EXPOSED_ROWS = np.array([_BOX_COORDINATES + NUDENET_CLASSES.index(c) for c in SEXUAL_EXPOSED_CLASSES])
+
+
+@register
+class NsfwFilter(SampleStage):
+    name = "nsfw"
+    uses_model = True
+
+    @dataclass(frozen=True)
+    class Params:
+        threshold: float = 0.5
+        action: Literal["drop", "tag"] = "tag"
+        batch_size: int = 16  # ~30 ms per image on one CPU core
+        clip_head_path: str | None = None  # LAION-style head over clip_image_embedding instead of NudeNet
+        clip_head_output: Literal["logit", "probability"] = "logit"
+
+    def check(self) -> None:
+        if self.params.clip_head_path:
+            ClipHeadScorer(self._model_file(), self.params.clip_head_output)  # small: load it to check its shape
+        else:
+            self._model_file()
+
+    def setup(self) -> None:
+        self.model_path = self._model_file()
+        if self.params.clip_head_path:
+            self._scorer = ClipHeadScorer(self.model_path, self.params.clip_head_output)
+        else:
+            self._scorer = NudeNetScorer(self.model_path)
+
+    def _model_file(self) -> Path:
+        if self.params.clip_head_path:
+            return existing_file(self.params.clip_head_path, "NSFW CLIP head")
+        return packaged_file("nudenet", "320n.onnx")
+
+    def score(self, batch: list[Sample]) -> None:
+        for sample, score in zip(batch, self._scorer.scores(batch)):
+            if score is not None:
+                sample.fields["nsfw_score"] = round(score, 4)
+
+    def keep(self, sample: Sample) -> Verdict:
+        score = sample.fields.get("nsfw_score")
+        if score is None:
+            return drop("missing_clip_embedding" if self.params.clip_head_path else "image_unreadable")
+        if self.params.action == "drop" and score >= self.params.threshold:
+            return drop("nsfw")
+        return KEEP
+
+
+class NudeNetScorer:
+    def __init__(self, model_path):
+        self._session = onnx_session(model_path)
+        self._input_name = self._session.get_inputs()[0].name
+
+    def scores(self, batch: list[Sample]) -> list[float | None]:
+        images = [decode_rgb(sample.image) for sample in batch]
+        readable = [i for i, image in enumerate(images) if image is not None]
+        results: list[float | None] = [None] * len(batch)
+        if readable:
+            blob = np.stack([nudenet_input(images[i]) for i in readable])
+            (output,) = self._session.run(None, {self._input_name: blob})
+            for i, score in zip(readable, exposed_confidence(output)):
+                results[i] = float(score)
+        return results
+
+
+def nudenet_input(image) -> np.ndarray:
+    """NudeNet's preprocessing of a PIL RGB image: a (3, 320, 320) float32 BGR array."""
+    import cv2
+
+    pixels = np.asarray(image)[:, :, ::-1]
+    side = max(pixels.shape[:2])
+    square = np.zeros((side, side, 3), np.uint8)
+    square[: pixels.shape[0], : pixels.shape[1]] = pixels
+    resized = cv2.resize(square, (NUDENET_INPUT_SIDE, NUDENET_INPUT_SIDE), interpolation=cv2.INTER_LINEAR)
+    return (resized.astype(np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def exposed_confidence(output: np.ndarray) -> np.ndarray:
+    """Per image, the top confidence of an exposed class over all anchors.
+
+    `output` is the detector's (batch, 4 + classes, anchors) array.
+    """
+    return output[:, _EXPOSED_ROWS, :].max(axis=(1, 2)).clip(0.0, 1.0)
+
+
+class ClipHeadScorer:
+    def __init__(self, head_path, output: str):
+        import torch
+
+        state = read_state_dict(head_path)
+        prefix = "layers." if any(key.startswith("layers.") for key in state) else ""
+        self._head = mlp_from_state_dict(state, prefix)
+        self._output = output
+        linear_layers = [m for m in self._head.modules() if isinstance(m, torch.nn.Linear)]
+        self.input_size = linear_layers[0].in_features
+        self.output_size = linear_layers[-1].out_features
+        if self.output_size not in (1, 2):
+            raise ValueError(f"{head_path}: an NSFW head must have 1 or 2 outputs, this one has {self.output_size}")
+
+    def scores(self, batch: list[Sample]) -> list[float | None]:
+        import torch
+
+        embeddings = [sample.fields.get(CLIP_EMBEDDING_FIELD) for sample in batch]
+        present = [i for i, embedding in enumerate(embeddings) if embedding is not None]
+        results: list[float | None] = [None] * len(batch)
+        if not present:
+            return results
+        matrix = torch.tensor(np.asarray([embeddings[i] for i in present], dtype=np.float32))
+        if matrix.shape[1] != self.input_size:
+            raise ValueError(
+                f"the NSFW head takes {self.input_size}-d embeddings but {CLIP_EMBEDDING_FIELD} has "
+                f"{matrix.shape[1]}: use the head trained for the CLIP model of the clip stage"
+            )
+        matrix = torch.nn.functional.normalize(matrix, dim=1)
+        with torch.inference_mode():
+            output = self._head(matrix)
+        for i, score in zip(present, self._probabilities(output).tolist()):
+            results[i] = float(score)
+        return results
+
+    def _probabilities(self, output):
+        import torch
+
+        if self.output_size == 2:
+            return torch.softmax(output, dim=1)[:, 1]
+        if self._output == "probability":
+            return output[:, 0].clamp(0.0, 1.0)
+        return torch.sigmoid(output[:, 0])

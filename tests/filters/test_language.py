@@ -1,0 +1,136 @@
+"""The `language` stage: fastText lid.176 on captions."""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+
+from filters.language import MAX_CAPTION_CHARS, UNDETERMINED, LanguageFilter, prepare_caption
+from pipeline.params import build
+from pipeline.registry import get_stage
+from pipeline.schema import KEEP, Sample
+
+CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "lang_captions.jsonl"
+
+
+@pytest.fixture(scope="module")
+def stage() -> LanguageFilter:
+    stage = LanguageFilter()
+    stage.setup()
+    return stage
+
+
+def _samples(captions) -> list[Sample]:
+    return [Sample(key=f"{i:04d}", shard_id=0, url=f"http://x/{i}", caption=c) for i, c in enumerate(captions)]
+
+
+def _scored(stage: LanguageFilter, captions) -> list[Sample]:
+    samples = _samples(captions)
+    stage.score(samples)
+    return samples
+
+
+def test_registered_as_caption_only_model_stage():
+    cls = get_stage("language")
+    assert cls is LanguageFilter
+    assert cls.uses_model and not cls.needs_image
+    assert cls.Params().batch_size > 0
+
+
+def test_accuracy_on_labelled_captions(stage):
+    rows = [json.loads(line) for line in CAPTIONS.read_text(encoding="utf-8").splitlines()]
+    languages = {row["lang"] for row in rows}
+    assert len(rows) >= 200 and len(languages) >= 8
+    samples = []
+    for start in range(0, len(rows), stage.params.batch_size):
+        samples += _scored(stage, [row["caption"] for row in rows[start : start + stage.params.batch_size]])
+    correct, total = collections.Counter(), collections.Counter()
+    for row, sample in zip(rows, samples):
+        total[row["lang"]] += 1
+        correct[row["lang"]] += sample.fields["lang"] == row["lang"]
+    for language in sorted(total):
+        print(f"{language}: {correct[language]}/{total[language]} = {correct[language] / total[language]:.2f}")
+    accuracy = sum(correct.values()) / len(rows)
+    print(f"overall accuracy {accuracy:.3f} on {len(rows)} captions")
+    assert accuracy >= 0.95
+    assert min(correct[lang] / total[lang] for lang in total) >= 0.8
+
+
+def test_fields_are_iso_codes_with_probabilities(stage):
+    (sample,) = _scored(stage, ["Ein kleiner Hund schläft auf dem Sofa"])
+    assert sample.fields["lang"] == "de"
+    assert 0.5 < sample.fields["lang_score"] <= 1.0
+    assert isinstance(sample.fields["lang_score"], float)
+
+
+def test_batch_gives_the_same_answers_as_one_by_one(stage):
+    captions = ["A cat on a roof", "Un chat sur le toit", None, "Кошка на крыше", "屋根の上の猫"]
+    together = _scored(stage, captions)
+    alone = [_scored(stage, [caption])[0] for caption in captions]
+    assert [s.fields for s in together] == [s.fields for s in alone]
+
+
+@pytest.mark.parametrize("caption", [None, "", "   \n\t  "])
+def test_blank_captions_are_undetermined(stage, caption):
+    (sample,) = _scored(stage, [caption])
+    assert sample.fields == {"lang": UNDETERMINED, "lang_score": 0.0}
+    assert stage.keep(sample) == KEEP  # no filter configured: only tags
+    filtering = LanguageFilter(LanguageFilter.Params(languages=("en",)))
+    assert filtering.keep(sample).reason == "no_caption"
+
+
+def test_awkward_captions_do_not_break_the_batch(stage):
+    captions = [
+        "line one\nline two\r\nline three",
+        "A dog " * 50_000,
+        "bad surrogate \ud800 in a sentence about a dog",
+        "nul\x00byte in an English sentence about a dog",
+        "😀😀😀",
+    ]
+    samples = _scored(stage, captions)
+    assert [s.fields["lang"] for s in samples[:4]] == ["en"] * 4
+    assert all(0.0 <= s.fields["lang_score"] <= 1.0 for s in samples)
+
+
+def test_prepare_caption():
+    assert prepare_caption("a\nb\t c") == "a b c"
+    assert prepare_caption("DAMEN STIEFELETTEN") == "damen stiefeletten"
+    assert prepare_caption("Mostly lower With Caps") == "Mostly lower With Caps"
+    assert prepare_caption("秋天的村庄") == "秋 天 的 村 庄"
+    assert prepare_caption("京都の金閣寺") == "京 都 の 金 閣 寺"
+    assert len(prepare_caption("x" * 10 * MAX_CAPTION_CHARS)) == MAX_CAPTION_CHARS
+
+
+def test_upper_case_captions_are_read_as_lower_case(stage):
+    (sample,) = _scored(stage, ["DAMEN STIEFELETTEN AUS LEDER SCHWARZ"])
+    assert sample.fields["lang"] == "de"
+
+
+def test_keep_applies_language_list_and_min_score():
+    stage = LanguageFilter(build(LanguageFilter.Params, {"languages": "EN, de", "min_score": 0.6}, "language"))
+    assert stage.params.languages == ("EN", "de")
+    sample = _samples(["x"])[0]
+    sample.fields.update(lang="de", lang_score=0.9)
+    assert stage.keep(sample) == KEEP
+    sample.fields.update(lang="en", lang_score=0.9)
+    assert stage.keep(sample) == KEEP  # codes compare case-insensitively
+    sample.fields.update(lang="fr", lang_score=0.99)
+    assert stage.keep(sample).reason == "language_not_allowed"
+    sample.fields.update(lang="de", lang_score=0.59)
+    assert stage.keep(sample).reason == "low_language_score"
+
+
+def test_default_params_keep_everything(stage):
+    samples = _scored(stage, ["Une maison", "zzzz qqq", None])
+    assert all(stage.keep(s) == KEEP for s in samples)
+
+
+def test_missing_model_path_is_a_clear_error():
+    stage = LanguageFilter(LanguageFilter.Params(model_path="/nonexistent/lid.176.bin"))
+    with pytest.raises(FileNotFoundError, match="lid.176.bin"):
+        stage.check()
+    with pytest.raises(FileNotFoundError, match="lid.176.bin"):
+        stage.setup()
+    LanguageFilter().check()  # the packaged model is there
