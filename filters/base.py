@@ -48,9 +48,10 @@ class Stage:
 class SampleStage(Stage):
     uses_model: ClassVar[bool] = False
     # Hooks for stages that must act around the download (e.g. opt-out signals).
-    # Whatever the stage's place in the recipe, `before_download` runs before
-    # any image is fetched and `check_response` runs in the download thread on
-    # the raw response (headers and original bytes), before decoding.
+    # Whatever the stage's place in the recipe, both run in the download
+    # thread of each row, after setup(): `before_download` just before the
+    # row's image is fetched, `check_response` on the raw response (headers
+    # and original bytes) before decoding.
     checks_before_download: ClassVar[bool] = False
     checks_response: ClassVar[bool] = False
     # The recipe's download settings (user agent, SSRF guard), for stages that

@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
     demo.add_argument("--recipe", default=None, help="recipe (default: manifests/local-sample.yaml)")
     demo.set_defaults(handler=_cmd_demo)
+
+    from pipeline.takedown import add_takedown_command
+
+    add_takedown_command(commands)
     return parser
 
 

@@ -21,6 +21,11 @@ Fault routes (everything else is served from the folder as static files):
                                  &length=no to omit Content-Length and end the
                                  body by closing the connection
   /_fault/empty                  200 with an empty body
+  /_fault/headers[/any/path]?Name=value&...
+                                 a small JPEG sent with the given response
+                                 headers; the path after headers/ is ignored,
+                                 so tests can place it under a robots.txt or
+                                 tdmrep.json location
 
 `LocalWeb.hits(path)` counts the requests seen for a path (without query), so
 tests can check how often a client retried.
@@ -168,6 +173,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def _empty(self, rest, query, hit):
         self._reply(200, b"", "image/jpeg")
 
+    def _headers(self, rest, query, hit):
+        self._reply(200, tiny_jpeg(), "image/jpeg", query)
+
     _FAULTS = {
         "status": _status,
         "flaky": _flaky,
@@ -179,6 +187,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         "redirect": _redirect,
         "big": _big,
         "empty": _empty,
+        "headers": _headers,
     }
 
 

@@ -71,15 +71,12 @@ class _Flow:
             self.reports.append(result["report"])
 
     def download(self) -> None:
-        """Stages' before-download checks, then the download with their response checks."""
-        for stage in self.stages:
-            if getattr(stage, "checks_before_download", False):
-                result = self.samples | f"Stage[{stage.name}]BeforeDownload" >> ApplyStage(stage, before_download=True)
-                self._advance(result["samples"], result[REJECTED])
-        response_checks = [stage for stage in self.stages if getattr(stage, "checks_response", False)]
-        download = DownloadImages(
-            self.recipe.download, self.recipe.resize, response_checks, self.recipe.output, self.output_dir
-        )
+        """The download, with the hooks of stages that act around it (opt-out signals)."""
+        hooks = [
+            stage for stage in self.stages
+            if getattr(stage, "checks_before_download", False) or getattr(stage, "checks_response", False)
+        ]
+        download = DownloadImages(self.recipe.download, self.recipe.resize, hooks, self.recipe.output, self.output_dir)
         result = self.samples | "Download" >> download
         self._advance(result.samples, result[REJECTED], "download")
         self.downloaded = True

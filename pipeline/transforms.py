@@ -21,7 +21,7 @@ from filters.base import DatasetStage, SampleStage
 from pipeline import checkpoint, readers
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
-from pipeline.schema import Reject, Sample
+from pipeline.schema import KEEP, Reject, Sample
 from pipeline.writers import OutputParams, write_rejects, write_shard
 
 REJECTED = "rejected"
@@ -115,13 +115,21 @@ class _ToSample(beam.DoFn):
 
 
 def fetch_and_resize(
-    downloader: Downloader, resize: ResizeParams, response_checks: list[SampleStage], sample: Sample
+    downloader: Downloader, resize: ResizeParams, hooks: list[SampleStage], sample: Sample
 ) -> Sample | Reject:
+    """One row: the stages' before-download checks, fetch, their response checks, decode and resize.
+
+    Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
+    """
+    for stage in hooks:
+        verdict = stage.before_download(sample) if stage.checks_before_download else KEEP
+        if not verdict.keep:
+            return sample.reject(stage.name, verdict.reason)
     result = downloader.fetch(sample.url)
     if result.reason:
         return sample.reject("download", result.reason)
-    for stage in response_checks:
-        verdict = stage.check_response(sample, result)
+    for stage in hooks:
+        verdict = stage.check_response(sample, result) if stage.checks_response else KEEP
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
     try:
@@ -149,9 +157,9 @@ class _DownloadTask(beam.DoFn):
     At most `threads * 2` rows are in flight, so memory stays bounded.
     """
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage],
+    def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: list[SampleStage],
                  output: OutputParams, output_dir: str):
-        self._download, self._resize, self._checks = download, resize, response_checks
+        self._download, self._resize, self._checks = download, resize, hooks
         self._output, self._output_dir = output, output_dir
         self._done = Metrics.counter("download", "ok")
         self._failed = Metrics.counter("download", "failed")
@@ -201,17 +209,17 @@ def _split_rejects(element):
 
 
 class DownloadImages(beam.PTransform):
-    """Fetch, run the stages' response checks, decode and resize.
+    """Fetch (with the stages' download hooks), decode and resize.
 
     The (small, image-less) rows are grouped into tasks of
     `download.rows_per_task` consecutive rows of one shard: the unit of work
     and of checkpointing, as img2dataset's shards are.
     """
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams, response_checks: list[SampleStage],
+    def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: list[SampleStage],
                  output: OutputParams, output_dir: str):
         super().__init__()
-        self._download, self._resize, self._checks = download, resize, list(response_checks)
+        self._download, self._resize, self._checks = download, resize, list(hooks)
         self._output, self._output_dir = output, output_dir
 
     def expand(self, samples):
@@ -272,10 +280,10 @@ class _StageModelHandler(ModelHandler):
 
 
 class _ScoreAndKeep(beam.DoFn):
-    """Applies a stage's decision: its keep() (scoring first unless RunInference did) or its before_download()."""
+    """Applies a stage's keep(), scoring first unless RunInference did."""
 
-    def __init__(self, stage: SampleStage, scored: bool, before_download: bool = False):
-        self._stage, self._scored, self._before_download = stage, scored, before_download
+    def __init__(self, stage: SampleStage, scored: bool):
+        self._stage, self._scored = stage, scored
         self._kept = Metrics.counter(stage.name, "kept")
         self._dropped = Metrics.counter(stage.name, "dropped")
 
@@ -284,8 +292,6 @@ class _ScoreAndKeep(beam.DoFn):
             self._stage.setup()
 
     def _decide(self, sample: Sample):
-        if self._before_download:
-            return self._stage.before_download(sample)
         if not self._scored:
             self._stage.score_one(sample)
         return self._stage.keep(sample)
@@ -302,22 +308,14 @@ class _ScoreAndKeep(beam.DoFn):
 
 
 class ApplyStage(beam.PTransform):
-    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind.
+    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind."""
 
-    With `before_download=True`, only the stage's before_download() check.
-    """
-
-    def __init__(self, stage, before_download: bool = False):
+    def __init__(self, stage):
         super().__init__()
-        self._stage, self._before_download = stage, before_download
+        self._stage = stage
 
     def expand(self, samples):
         stage = self._stage
-        if self._before_download:
-            outputs = samples | "BeforeDownload" >> beam.ParDo(
-                _ScoreAndKeep(stage, scored=True, before_download=True)
-            ).with_outputs(REJECTED, main="samples")
-            return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}
         if isinstance(stage, DatasetStage):
             result = samples | stage.transform()
             outputs = {"samples": result["kept"], REJECTED: result["rejected"]}
