@@ -41,9 +41,10 @@ Decisions worth knowing:
 * C2PA (see optout_rules.C2paReader): manifests are read with c2pa-python,
   offline, without signature or trust validation.
 * Per-origin caches are LRU-bounded (`_MAX_ORIGINS_CACHED`) and thread-safe:
-  concurrent lookups of one origin wait for a single fetch.  Each copy of the
-  stage in a worker has its own caches (before_download and check_response run
-  in different copies, so each file is fetched once per worker copy).
+  concurrent lookups of one origin wait for a single fetch.  before_download
+  and check_response run in the download step's copy of the stage, so each
+  file is fetched once per worker process (keep() runs in another copy that
+  needs no per-origin files).
 """
 from __future__ import annotations
 
