@@ -50,6 +50,19 @@ class CaptionFilter(SampleStage):
             return drop("caption_is_file_name")
         if self.params.drop_placeholders and caption.lower().strip(" .!:-_") in _PLACEHOLDERS:
             return drop("caption_is_placeholder")
-        if len(caption.split()) < self.params.min_words:
+        if count_words(caption) < self.params.min_words:
             return drop("caption_too_few_words")
         return KEEP
+
+
+# Scripts written without spaces between words (Han, kana, Hangul syllables, Thai, Lao, Khmer, Myanmar).
+_UNSPACED = re.compile(r"[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words; in unspaced scripts, about two characters make a word."""
+    words = 0
+    for token in text.split():
+        unspaced = len(_UNSPACED.findall(token))
+        words += max(1, unspaced // 2) if unspaced else 1
+    return words

@@ -37,6 +37,16 @@ TINY = "tiny"
 NOT_AN_IMAGE = "not_an_image"
 TRUNCATED = "truncated"
 BAD_CAPTION = "bad_caption"  # row_note is "bad_caption:<why>"
+OPTED_OUT = "opted_out"  # row_note is "opted_out:<signal>"
+
+# The sample site's robots.txt: everything under /private/ is off limits.
+_ROBOTS_TXT = "User-agent: *\nDisallow: /private/\n"
+# Opt-out signals, one per opted-out row in turn: (signal, path template).
+_OPTOUT_SIGNALS = (
+    ("robots_txt", "private/photo-{n:04d}.jpg"),
+    ("x_robots_tag", "/_fault/headers?X-Robots-Tag=noai&id={n}"),
+    ("tdm_reservation", "/_fault/headers?tdm-reservation=1&id={n}"),
+)
 
 _FILENAME_CAPTIONS = (
     "IMG_2041.JPG",
@@ -102,6 +112,7 @@ _QUOTAS = (
     _Quota(TINY, 0.02, 2),
     _Quota(NOT_AN_IMAGE, 0.01, 2),
     _Quota(TRUNCATED, 0.007, 1),
+    _Quota(OPTED_OUT, 0.01, len(_OPTOUT_SIGNALS)),
     _Quota(f"{BAD_CAPTION}:empty", 0.015, 1),
     _Quota(f"{BAD_CAPTION}:none", 0.015, 1),
     _Quota(f"{BAD_CAPTION}:filename", 0.02, 1),
@@ -127,6 +138,7 @@ def generate_sample_web(root: Path, n_rows: int = 300, seed: int = 0) -> list[di
     originals = _pick_originals(web.rng, good_rows, planted)
     for kind, count in planted:
         special_rows += [web.planted_row(kind, index, originals) for index in range(count)]
+    (Path(root) / "robots.txt").write_text(_ROBOTS_TXT)
     return _interleave(web.rng, good_rows + special_rows)
 
 
@@ -295,6 +307,16 @@ class _WebWriter:
         data = _jpeg(_paint_texture(self.rng, 400, 300), quality=85)
         return self._row_with_caption(self._write("photo", "jpg", data[: len(data) * 3 // 5]), TRUNCATED)
 
+    def _opted_out_row(self, index: int) -> dict:
+        """A picture whose site says no: robots.txt, an X-Robots-Tag or a TDMRep header."""
+        signal, template = _OPTOUT_SIGNALS[index % len(_OPTOUT_SIGNALS)]
+        path = template.format(n=self._next_serial())
+        if not path.startswith("/"):
+            target = self.root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_jpeg(_paint_sky(self.rng, 320, 240), quality=85))
+        return self._row_with_caption(path, f"{OPTED_OUT}:{signal}")
+
     _PLANTERS: dict[str, Callable[["_WebWriter", int], dict]] = {
         BROKEN_LINK: _broken_link_row,
         SERVER_ERROR: _server_error_row,
@@ -302,6 +324,7 @@ class _WebWriter:
         TINY: _tiny_row,
         NOT_AN_IMAGE: _not_an_image_row,
         TRUNCATED: _truncated_row,
+        OPTED_OUT: _opted_out_row,
     }
 
     # --- helpers ---

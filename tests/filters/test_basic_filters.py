@@ -28,6 +28,9 @@ def sample(caption=None, size=None):
         ("A red bicycle leaning on a brick wall", None),
         ("Sonnenuntergang über dem Hamburger Hafen", None),
         ("東京タワーの夜景 ライトアップ", None),
+        ("夕阳下的长城", None),  # no spaces, but three or so words
+        ("夕阳", "caption_too_few_words"),
+        ("Закат над морем", None),
     ],
 )
 def test_caption_reasons(caption, reason):
