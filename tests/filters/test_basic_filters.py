@@ -29,7 +29,6 @@ def sample(caption=None, size=None):
         ("Sonnenuntergang über dem Hamburger Hafen", None),
         ("東京タワーの夜景 ライトアップ", None),
         ("夕阳下的长城", None),  # no spaces, but three or so words
-        ("夕阳", "caption_too_few_words"),
         ("Закат над морем", None),
     ],
 )
@@ -59,3 +58,13 @@ def test_caption_params_change_the_decision():
 def test_resolution_reasons(size, reason):
     stage = ResolutionFilter(ResolutionFilter.Params(min_side=64, max_side=4000, max_aspect_ratio=3.0))
     assert stage.keep(sample(size=size)).reason == reason
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("a red bicycle", 3), ("夕阳下的长城", 3), ("夕阳", 1), ("東京タワー の夜景", 3), ("Закат над морем", 3), ("", 0)],
+)
+def test_word_count_handles_unspaced_scripts(text, words):
+    from filters.caption import count_words
+
+    assert count_words(text) == words
