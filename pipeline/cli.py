@@ -3,6 +3,8 @@
     curate run --recipe manifests/local-sample.yaml --input urls.parquet --output out/
     curate stages            # every registered stage and its parameters
     curate demo --output DIR # the bundled sample, end to end, on a loopback server
+    curate report DIR        # regenerate report/audit.json, optout.json and audit.html
+    curate takedown ...      # remove opted-out samples from a built dataset
 
 Options `curate run` does not know are Beam pipeline options (`--runner`,
 `--direct_num_workers`, `--project`, ...), passed through unchanged.
@@ -27,7 +29,9 @@ which Beam would try to download), with one worker process per core.
 Output (DIR):
   shards/00000.tar + shards/00000.parquet   WebDataset shard + its metadata
   rejects/00000.parquet                     every dropped row: stage, reason, scores
-  report/audit.json                         counts: input = kept + rejected
+  report/audit.json                         counts: input = kept + rejected, score distributions
+  report/audit.html                         the same as one self-contained page with plots
+  report/optout.json                        opt-out drops by rule and by domain
   recipe.json                               the resolved recipe of this run
   _SUCCESS                                  written last, when all of the above is complete
 """
@@ -119,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--recipe", default=None, help="recipe (default: manifests/local-sample.yaml)")
     demo.set_defaults(handler=_cmd_demo)
 
+    from pipeline.report import add_report_command
     from pipeline.takedown import add_takedown_command
 
+    add_report_command(commands)
     add_takedown_command(commands)
     return parser
 
@@ -158,10 +164,23 @@ def _cmd_run(args, beam_args: list[str]) -> int:
             f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}"
         ) from None
     checkpoint.remove(output_dir)
-    result = audit.read_audit(output_dir)
-    print(audit.summary_table(result))
-    print(f"shards: {output_dir}/shards/  rejects: {output_dir}/rejects/  report: {output_dir}/report/audit.json")
+    print(audit.summary_table(audit.read_audit(output_dir)))
+    print(f"shards:  {output_dir}/shards/\nrejects: {output_dir}/rejects/")
+    _write_reports(output_dir)
     return 0
+
+
+def _write_reports(output_dir: str) -> None:
+    """The HTML/JSON reports; the run itself is complete (_SUCCESS) whatever happens here."""
+    from pipeline.report import write_reports
+
+    try:
+        paths = write_reports(output_dir)
+    except Exception as err:
+        logging.warning("the run succeeded but its report could not be written (try `curate report %s`): %s",
+                        output_dir, _root_cause(err))
+        return
+    print("report:  " + "  ".join(paths))
 
 
 def _root_cause(err: BaseException) -> str:
