@@ -9,11 +9,13 @@ and runners.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipeline.params import ParamError
 from pipeline.schema import Sample
 
 
@@ -57,3 +59,30 @@ class DropLosers(beam.PTransform):
             | "Split" >> beam.FlatMap(split).with_outputs("rejected", main="kept")
         )
         return {"kept": outputs.kept, "rejected": outputs.rejected}
+
+
+# Which sample of a near-duplicate cluster survives.  "first": the smallest
+# key (earliest input row); "largest": most original pixels; "clip_score":
+# highest fields["clip_score"] (samples without one rank last).  Ties always
+# go to the smaller key.
+KEEP_POLICIES = ("first", "largest", "clip_score")
+
+
+def keep_rank(sample: Sample, policy: str) -> tuple[float, str]:
+    """Sort key of a sample under a keep policy: the smallest rank is kept."""
+    if policy == "first":
+        rank = 0.0
+    elif policy == "largest":
+        rank = -float((sample.original_width or 0) * (sample.original_height or 0))
+    elif policy == "clip_score":
+        score = sample.fields.get("clip_score")
+        finite = isinstance(score, (int, float)) and math.isfinite(score)
+        rank = -float(score) if finite else math.inf
+    else:
+        raise ValueError(f"unknown keep policy {policy!r}; expected one of {', '.join(KEEP_POLICIES)}")
+    return rank + 0.0, sample.key  # + 0.0 turns -0.0 into 0.0: equal ranks encode equally
+
+
+def check_range(where: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ParamError(f"{where} must be within {low}-{high}, got {value}")

@@ -13,7 +13,7 @@ def write(tmp_path, text):
 
 def test_bundled_recipe_loads_with_defaults_filled():
     recipe = load_recipe("manifests/local-sample.yaml")
-    assert [s.name for s in recipe.stages] == ["caption", "resolution", "dedup_exact"]
+    assert [s.name for s in recipe.stages] == ["caption", "optout", "resolution", "dedup_exact", "dedup_image"]
     assert recipe.resize.image_size == 256
     assert recipe.download.allow_private_network is False
     assert recipe.output.samples_per_shard == 100
@@ -61,7 +61,7 @@ def test_set_overrides_are_typed_by_schema():
     assert recipe.download.timeout == 2.5
     assert recipe.resize.resize_mode == "center_crop"
     assert recipe.download.allow_private_network is True
-    assert recipe.stages[1].params.max_side is None
+    assert recipe.stages[2].params.max_side is None
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,220 @@
+"""Near-duplicate image removal across the whole dataset by perceptual hash.
+
+Each image gets a 64-bit pHash (imagehash.phash of the decoded output image,
+in `fields["phash"]` as hex), optionally a second 64-bit opinion (dhash or
+whash, in `fields["dhash"]` / `fields["whash"]`), and a 2x2 colour grid
+(`fields["colour_grid"]`, 12 bytes as hex).  Two images are near-duplicates
+when their pHashes differ in at most `max_distance` bits, the second hash (if
+any) in at most `second_max_distance` bits, and, for low-detail images, their
+colour grids agree.
+
+Why the colour grid: pHash thresholds the DCT at its median, so an image with
+almost no structure (a flat colour, a letterboxed square, a plain gradient)
+gets a hash with only a few bits set, and all such images look alike to it:
+a red and a yellow square are 3 bits apart.  When either hash has fewer than
+`LOW_DETAIL_BITS` bits set (a textured image has 32: half the coefficients
+are above the median), the pair must also have every colour-grid channel
+within `COLOUR_TOLERANCE`.  Blank images of one colour still cluster.
+
+Hashes are computed on the image as the pipeline wrote it (after resize, so
+with `border` padding), so all samples are compared like for like.
+
+Candidate pairs come from pigeonhole banding (`filters.lsh.pigeonhole_band_keys`):
+the hash is cut into `max_distance + bands_per_key` bands, and two hashes
+within `max_distance` bits share at least one band key, so no pair within
+the threshold is missed (except in sub-bucketed hot band keys, reported).
+With one band per key, a band has 64 / (max_distance + 1) bits, so random
+hashes collide in groups of about N / 2^(64 / (max_distance + 1)) samples:
+~200 per group for N = 100k at max_distance 6.  For tens of millions of
+samples use `bands_per_key: 2` (28 keys of ~16 bits at distance 6) or 3, or
+groups grow past `max_group_size` and get sub-bucketed (recall drops).
+Clustering, hot keys and the keep policy: see `filters.lsh`.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Sequence
+
+import apache_beam as beam
+import imagehash
+import numpy as np
+from PIL import Image
+
+from filters.base import DatasetStage
+from filters.dedup_common import check_range, keep_rank
+from filters.lsh import REJECTED, Candidate, NearDuplicateStage, pigeonhole_band_keys
+from pipeline.registry import register
+from pipeline.schema import Sample
+
+HASH_BITS = 64
+LOW_DETAIL_BITS = 16  # a pHash with fewer bits set describes a nearly flat image
+COLOUR_TOLERANCE = 32  # max difference of any 2x2 colour-grid channel, 0-255
+GRID_SIZE = 2
+GRID_BYTES = GRID_SIZE * GRID_SIZE * 3
+
+_SECOND_HASHES = {"dhash": imagehash.dhash, "whash": imagehash.whash}
+
+
+class UnreadableImage(ValueError):
+    pass
+
+
+class ImageSignature(NamedTuple):
+    phash: int
+    second: int  # 0 when no second hash is used
+    grid: bytes  # 2x2 mean colours, RGB, row by row
+
+    def payload(self) -> tuple[int, int, bytes]:
+        # A plain tuple crosses the shuffles: a NamedTuple would pickle its class path too.
+        return tuple(self)
+
+    def fingerprint(self) -> bytes:
+        return self.phash.to_bytes(8, "big") + self.second.to_bytes(8, "big") + self.grid
+
+
+def signature_of_image(image: Image.Image, second_hash: str) -> ImageSignature:
+    second = int(str(_SECOND_HASHES[second_hash](image)), 16) if second_hash != "none" else 0
+    grid = image.convert("RGB").resize((GRID_SIZE, GRID_SIZE), Image.Resampling.BOX).tobytes()
+    return ImageSignature(int(str(imagehash.phash(image)), 16), second, grid)
+
+
+def signature_of_bytes(data: bytes | None, second_hash: str) -> ImageSignature:
+    if not data:
+        raise UnreadableImage("no image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return signature_of_image(image, second_hash)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(str(err)) from None
+
+
+def sample_signature(sample: Sample, second_hash: str) -> ImageSignature:
+    """The sample's signature: from fields an earlier stage wrote, else from its image (then stored)."""
+    stored = _signature_from_fields(sample.fields, second_hash)
+    if stored is not None:
+        return stored
+    fields = sample.fields
+    signature = signature_of_bytes(sample.image, second_hash)
+    fields["phash"] = f"{signature.phash:016x}"
+    fields["colour_grid"] = signature.grid.hex()
+    if second_hash != "none":
+        fields[second_hash] = f"{signature.second:016x}"
+    return signature
+
+
+def _signature_from_fields(fields: dict, second_hash: str) -> ImageSignature | None:
+    try:
+        second = int(fields[second_hash], 16) if second_hash != "none" else 0
+        grid = bytes.fromhex(fields["colour_grid"])
+        signature = ImageSignature(int(fields["phash"], 16), second, grid)
+    except (KeyError, TypeError, ValueError):
+        return None  # absent or not ours: hash the image again
+    return signature if len(grid) == GRID_BYTES and signature.phash < 2**HASH_BITS else None
+
+
+@dataclass(frozen=True)
+class SignatureArrays:
+    """Signatures as arrays, for vectorised comparison."""
+
+    phash: np.ndarray  # uint64
+    second: np.ndarray  # uint64, zeros without a second hash
+    grid: np.ndarray | None  # int16, one row of GRID_BYTES per signature; None: colours unknown
+
+    @classmethod
+    def of(cls, payloads: Sequence[tuple[int, int, bytes]]) -> "SignatureArrays":
+        grid = np.frombuffer(b"".join(p[2] for p in payloads), dtype=np.uint8).reshape(len(payloads), GRID_BYTES)
+        return cls(
+            np.array([p[0] for p in payloads], dtype=np.uint64),
+            np.array([p[1] for p in payloads], dtype=np.uint64),
+            grid.astype(np.int16),
+        )
+
+    def __len__(self) -> int:
+        return len(self.phash)
+
+    def rows(self, start: int, stop: int) -> "SignatureArrays":
+        grid = None if self.grid is None else self.grid[start:stop]
+        return SignatureArrays(self.phash[start:stop], self.second[start:stop], grid)
+
+
+def near_matrix(a: SignatureArrays, b: SignatureArrays, max_distance: int, second_max_distance: int | None = None):
+    """Boolean len(a) x len(b) matrix: which pairs are near-duplicates (see the module doc)."""
+    near = np.bitwise_count(a.phash[:, None] ^ b.phash[None, :]) <= max_distance
+    if second_max_distance is not None:
+        near &= np.bitwise_count(a.second[:, None] ^ b.second[None, :]) <= second_max_distance
+    if a.grid is not None and b.grid is not None:
+        low_detail = (np.bitwise_count(a.phash) < LOW_DETAIL_BITS)[:, None] | (
+            np.bitwise_count(b.phash) < LOW_DETAIL_BITS
+        )[None, :]
+        colour_close = np.abs(a.grid[:, None, :] - b.grid[None, :, :]).max(axis=2) <= COLOUR_TOLERANCE
+        near &= colour_close | ~low_detail
+    return near
+
+
+@dataclass(frozen=True)
+class HammingMatcher:
+    """`filters.lsh.PairMatcher` for (phash, second, grid) payloads."""
+
+    max_distance: int
+    second_max_distance: int | None = None  # None: no second hash
+
+    def prepare(self, payloads: Sequence[tuple[int, int, bytes]]) -> SignatureArrays:
+        return SignatureArrays.of(payloads)
+
+    def near_block(self, prepared: SignatureArrays, start: int, stop: int) -> np.ndarray:
+        return near_matrix(prepared.rows(start, stop), prepared, self.max_distance, self.second_max_distance)
+
+
+class _HashImages(beam.DoFn):
+    def __init__(self, stage: str, second_hash: str):
+        self._stage, self._second_hash = stage, second_hash
+
+    def process(self, sample: Sample):
+        try:
+            sample_signature(sample, self._second_hash)
+        except UnreadableImage:
+            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject(self._stage, "unreadable_image"))
+            return
+        yield sample
+
+
+@register
+class ImageDedup(DatasetStage):
+    name = "dedup_image"
+    report_section = "dedup"
+
+    @dataclass(frozen=True)
+    class Params:
+        max_distance: int = 6  # pHash bits; from benchmarks/dedup_eval.py
+        second_hash: Literal["none", "dhash", "whash"] = "none"
+        second_max_distance: int = 12
+        keep: Literal["first", "largest", "clip_score"] = "first"
+        max_group_size: int = 1000  # samples per compared group; larger band keys are sub-bucketed
+        bands_per_key: int = 1  # 2 or 3 for very large datasets: see the module doc
+        component_rounds: int = 6  # large-star + small-star rounds; 6 resolves chains of ~60
+
+        def __post_init__(self) -> None:
+            check_range("dedup_image.max_distance", self.max_distance, 0, 31)
+            check_range("dedup_image.second_max_distance", self.second_max_distance, 0, 63)
+            check_range("dedup_image.max_group_size", self.max_group_size, 2, 10**7)
+            check_range("dedup_image.bands_per_key", self.bands_per_key, 1, 4)
+            check_range("dedup_image.component_rounds", self.component_rounds, 1, 64)
+
+    def matcher(self) -> HammingMatcher:
+        second = self.params.second_max_distance if self.params.second_hash != "none" else None
+        return HammingMatcher(self.params.max_distance, second)
+
+    def candidate(self, sample: Sample) -> Candidate:
+        p = self.params
+        signature = sample_signature(sample, p.second_hash)
+        return Candidate(
+            node=keep_rank(sample, p.keep),
+            fingerprint=signature.fingerprint(),
+            band_keys=pigeonhole_band_keys(signature.phash, HASH_BITS, p.max_distance, p.bands_per_key),
+            payload=signature.payload(),
+        )
+
+    def transform(self):
+        return NearDuplicateStage(self, "near_duplicate", _HashImages(self.name, self.params.second_hash))
