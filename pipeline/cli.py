@@ -18,6 +18,7 @@ import os
 import sys
 
 from pipeline import __version__
+from pipeline.readers import FORMATS
 
 EPILOG_RUN = """\
 Beam options: anything not listed above goes to Beam's PipelineOptions, e.g.
@@ -96,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         help="column holding the caption (default: caption; 'none' for no captions)",
     )
     run.add_argument(
-        "--input-format", choices=("parquet", "csv", "tsv", "jsonl", "txt"),
+        "--input-format", choices=FORMATS,
         help="input format (default: from the file extension)",
     )
     run.add_argument(
@@ -108,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
         help="allow downloads from loopback/private/link-local addresses (off by default: SSRF guard)",
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
+    run.add_argument(
+        "--save-pipeline", metavar="FILE",
+        help="write the job's pipeline graph (Beam's portable proto, as JSON) to FILE; with --dry_run=True "
+        "this builds a Dataflow job offline without running it",
+    )
     run.set_defaults(handler=_cmd_run)
 
     stages = commands.add_parser("stages", help="list the registered stages and their parameters")
@@ -132,11 +138,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args, beam_args: list[str]) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-    from pipeline import audit, checkpoint, readers
+    recipe, inputs = _load_recipe(args), _check_inputs(args)
+    output_dir = _absolute(args.output).rstrip("/")
+    options = PipelineOptions(default_beam_args(beam_args))
+    print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
+    if options.view_as(TestOptions).dry_run:
+        # Builds (and for Dataflow, submits for validation) the job graph only: nothing to prepare or read back.
+        _launch(recipe, inputs, output_dir, options, args.save_pipeline)
+        print("curate: dry run: the job graph was built; nothing ran")
+        return 0
+    _prepare_output(output_dir, args.overwrite, recipe, inputs)
+    _launch(recipe, inputs, output_dir, options, args.save_pipeline, progress=True)
+    _report_finished_run(output_dir)
+    return 0
+
+
+def _load_recipe(args):
     from pipeline.recipe import RecipeError, load_recipe
-    from pipeline.run import InputSpec, run, with_private_network
+    from pipeline.run import with_private_network
 
     try:
         recipe = load_recipe(args.recipe, args.overrides)
@@ -145,29 +166,37 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     if args.allow_private_network:
         recipe = with_private_network(recipe)
     _check_stages(recipe)
-    inputs = _check_inputs(args, readers)
-    output_dir = args.output.rstrip("/")
-    sections = {name: dataclasses.asdict(recipe.sections[name]) for name in ("download", "resize")}
-    sections["samples_per_shard"] = recipe.output.samples_per_shard
-    manifest = checkpoint.fingerprint(sections, list(inputs.paths), dataclasses.asdict(inputs))
-    resumable = _prepare_output(output_dir, args.overwrite, manifest)
-    options = PipelineOptions(default_beam_args(beam_args))
-    print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
-    if resumable:
-        print(f"curate: resuming: downloads of {resumable} finished task(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
-    audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
+    return recipe
+
+
+def _launch(recipe, inputs, output_dir: str, options, save_pipeline: str | None, progress: bool = False) -> None:
+    from contextlib import nullcontext
+
+    from pipeline import checkpoint
+    from pipeline.run import run
+
+    reporter = checkpoint.ProgressReporter(output_dir, recipe.download.rows_per_task) if progress else nullcontext()
     try:
-        with checkpoint.ProgressReporter(output_dir, recipe.download.rows_per_task):
-            run(recipe, inputs, output_dir, options)
+        with reporter:
+            run(recipe, inputs, output_dir, options, save_pipeline)
     except Exception as err:  # the runner's traceback is in the log above
-        raise UserError(
-            f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}"
-        ) from None
+        raise UserError(f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}") from None
+
+
+def _report_finished_run(output_dir: str) -> None:
+    from pipeline import audit, checkpoint
+
     checkpoint.remove(output_dir)
     print(audit.summary_table(audit.read_audit(output_dir)))
     print(f"shards:  {output_dir}/shards/\nrejects: {output_dir}/rejects/")
     _write_reports(output_dir)
-    return 0
+
+
+def _absolute(path: str) -> str:
+    """Local paths made absolute: worker processes of other runners have other working folders."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return os.path.abspath(path) if FileSystems.get_scheme(path) is None else path
 
 
 def _write_reports(output_dir: str) -> None:
@@ -203,12 +232,13 @@ def _check_stages(recipe) -> None:
             raise UserError(f"stage '{stage.name}': {err}") from None
 
 
-def _check_inputs(args, readers):
+def _check_inputs(args):
+    from pipeline import readers
     from pipeline.run import InputSpec
 
     caption_col = None if args.caption_col.lower() == "none" else args.caption_col
     try:
-        paths = sorted({path for pattern in args.input for path in readers.expand_inputs(pattern)})
+        paths = sorted({path for pattern in args.input for path in readers.expand_inputs(_absolute(pattern))})
         for path in paths:
             fmt = readers.detect_format(path, args.input_format)
             readers.check_input(path, fmt, args.url_col, caption_col)
@@ -217,11 +247,11 @@ def _check_inputs(args, readers):
     return InputSpec(tuple(paths), args.input_format, args.url_col, caption_col)
 
 
-def _prepare_output(output_dir: str, overwrite: bool, manifest: dict) -> int:
-    """Clear or check the output folder; returns how many download checkpoints a killed run left."""
+def _prepare_output(output_dir: str, overwrite: bool, recipe, inputs) -> None:
+    """Clear or check the output folder, keeping the download checkpoints a killed run left."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline import checkpoint
+    from pipeline import audit, checkpoint
 
     if FileSystems.exists(f"{output_dir}/_SUCCESS") and not overwrite:
         raise UserError(f"{output_dir} already holds a finished run; pass --overwrite to replace it")
@@ -232,10 +262,17 @@ def _prepare_output(output_dir: str, overwrite: bool, manifest: dict) -> int:
     if results:
         # Files of a killed run are rewritten identically; start them from scratch.
         FileSystems.delete(results)
+    # Download results depend on these only: other stages may change between a run and its resume.
+    depends_on = {name: dataclasses.asdict(recipe.sections[name]) for name in ("download", "resize", "crawl")}
+    depends_on["samples_per_shard"] = recipe.output.samples_per_shard
+    manifest = checkpoint.fingerprint(depends_on, list(inputs.paths), dataclasses.asdict(inputs))
     try:
-        return checkpoint.prepare(output_dir, manifest)
+        resumable = checkpoint.prepare(output_dir, manifest)
     except checkpoint.ResumeError as err:
         raise UserError(str(err)) from None
+    if resumable:
+        print(f"curate: resuming: downloads of {resumable} finished task(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
+    audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
 
 
 def _cmd_stages(args, beam_args: list[str]) -> int:

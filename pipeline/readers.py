@@ -1,4 +1,5 @@
-"""Streaming readers for the input URL lists: Parquet, CSV, TSV, JSON Lines and plain text.
+"""Streaming readers for the input URL lists: Parquet, CSV, TSV, JSON Lines, plain text,
+and web crawls (WARC pages and WAT metadata, see pipeline/crawl.py).
 
 Files are opened through Beam's `FileSystems`, so local paths, gs://, s3://
 and friends all work, and text files compressed with .gz/.bz2/.zst/.xz are
@@ -34,14 +35,19 @@ import posixpath
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt")
+if TYPE_CHECKING:
+    from pipeline.crawl import CrawlParams
+
+FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt", "warc", "wat")
+# Crawl files hold pages, not rows: each image link on a page becomes a row (pipeline/crawl.py).
+CRAWL_FORMATS = ("warc", "wat")
 
 # Row error reasons.
 MISSING_URL = "missing_url"
@@ -56,6 +62,8 @@ _EXTENSION_FORMATS = {
     ".json": "jsonl",
     ".ndjson": "jsonl",
     ".txt": "txt",
+    ".warc": "warc",  # Common Crawl: *.warc.gz
+    ".wat": "wat",  # Common Crawl: *.warc.wat.gz
 }
 # The suffixes Beam's CompressionTypes.AUTO decompresses.
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".xz", ".lzma", ".deflate")
@@ -173,19 +181,30 @@ def detect_format(path: str, override: str | None = None) -> str:
 
 
 def read_rows(
-    path: str, fmt: str, url_col: str = "url", caption_col: str | None = "caption"
+    path: str,
+    fmt: str,
+    url_col: str = "url",
+    caption_col: str | None = "caption",
+    crawl_params: CrawlParams | None = None,
 ) -> Iterator[InputRow]:
     """Stream the rows of one input file in file order.
 
-    txt: one URL per line, no caption.  Other formats: `url_col` must exist
-    (InputError before any row is yielded); a missing `caption_col`, or
-    caption_col=None, gives None captions; all other columns go to `extra`.
+    txt: one URL per line, no caption.  warc/wat: one row per image link
+    (url_col and caption_col do not apply; `crawl_params` tunes the extraction,
+    see pipeline/crawl.py).  Other formats: `url_col` must exist (InputError
+    before any row is yielded); a missing `caption_col`, or caption_col=None,
+    gives None captions; all other columns go to `extra`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; expected one of {', '.join(FORMATS)}")
     columns = _Columns(path, url_col, caption_col)
     with _reading(path, fmt):
-        if fmt == "parquet":
+        if fmt in CRAWL_FORMATS:
+            from pipeline import crawl  # crawl imports this module
+
+            with open_binary(path) as handle:
+                yield from crawl.crawl_rows(handle, path, fmt, crawl_params or crawl.CrawlParams())
+        elif fmt == "parquet":
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 yield from _parquet_rows(handle, columns)
         else:
@@ -201,9 +220,16 @@ def read_rows(
 def check_input(path: str, fmt: str, url_col: str, caption_col: str | None) -> None:
     """Cheap pre-flight check: the file opens, decodes as UTF-8 and has the url column.
 
-    Reads only the start of the file (header or schema and the first row).
+    Reads only the start of the file (header or schema and the first row;
+    for warc/wat the first record, since the first image link may be far in).
     Raises InputError with a clear message otherwise.
     """
+    if fmt in CRAWL_FORMATS:
+        from pipeline import crawl  # crawl imports this module
+
+        with _reading(path, fmt), open_binary(path) as handle:
+            crawl.check_archive(handle, path)
+        return
     if fmt != "parquet":
         _check_utf8(path, fmt)
     rows = read_rows(path, fmt, url_col, caption_col)
@@ -234,10 +260,16 @@ def _check_utf8(path: str, fmt: str) -> None:
         ) from error
 
 
-def _open_text(path: str, newline: str | None) -> io.TextIOWrapper:
-    handle = FileSystems.open(path)  # decompresses by extension
+def open_binary(path: str) -> BinaryIO:
+    """The file's bytes, decompressed by extension; a truncated compressed file raises EOFError at its end."""
+    handle = FileSystems.open(path)
     if not isinstance(handle, io.IOBase):  # Beam's CompressedFile lacks the io interface
         handle = io.BufferedReader(_RawReader(handle))
+    return handle
+
+
+def _open_text(path: str, newline: str | None) -> io.TextIOWrapper:
+    handle = open_binary(path)
     # utf-8-sig drops a leading BOM; surrogateescape keeps bad bytes so the row
     # holding them can be rejected alone instead of failing the whole file.
     return io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline=newline)

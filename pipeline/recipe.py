@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from pipeline import params as typed
+from pipeline.crawl import CrawlParams
 from pipeline.download import DownloadParams
 from pipeline.imaging import ResizeParams
 from pipeline.registry import get_stage
@@ -34,6 +35,7 @@ SECTIONS: dict[str, type] = {
     "download": DownloadParams,
     "resize": ResizeParams,
     "output": OutputParams,
+    "crawl": CrawlParams,  # only for WARC/WAT inputs
 }
 
 
@@ -66,6 +68,10 @@ class Recipe:
     @property
     def output(self) -> OutputParams:
         return self.sections["output"]
+
+    @property
+    def crawl(self) -> CrawlParams:
+        return self.sections["crawl"]
 
     def build_stages(self) -> list:
         stages = [get_stage(spec.name)(spec.params) for spec in self.stages]

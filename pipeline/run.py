@@ -37,7 +37,7 @@ class InputSpec:
 
 def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, output_dir: str) -> None:
     read = pipeline | "Read" >> ReadAndKey(
-        list(inputs.paths), inputs.format, inputs.url_col, inputs.caption_col, recipe.output
+        list(inputs.paths), inputs.format, inputs.url_col, inputs.caption_col, recipe.output, recipe.crawl
     )
     input_rows = (
         (read.samples, read[REJECTED])
@@ -145,12 +145,23 @@ def _local_runner(options: PipelineOptions):
     return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
-def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions):
+def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions, save_pipeline: str | None = None):
     pipeline = make_pipeline(options)
     build_pipeline(pipeline, recipe, inputs, output_dir.rstrip("/"))
     result = pipeline.run()
+    if save_pipeline:
+        _save_pipeline(pipeline, result, save_pipeline)
     result.wait_until_finish()
     return result
+
+
+def _save_pipeline(pipeline: beam.Pipeline, result, path: str) -> None:
+    """The graph the runner received (Dataflow's, after its own preprocessing, when there is one)."""
+    from google.protobuf import json_format
+
+    proto = getattr(getattr(result, "job", None), "proto_pipeline", None) or pipeline.to_runner_api()
+    with open(path, "w") as handle:
+        handle.write(json_format.MessageToJson(proto))
 
 
 def with_private_network(recipe: Recipe) -> Recipe:

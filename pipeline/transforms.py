@@ -19,6 +19,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from filters.base import DatasetStage, SampleStage
 from pipeline import checkpoint, readers
+from pipeline.crawl import CrawlParams
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import KEEP, Reject, Sample
@@ -34,13 +35,14 @@ log = logging.getLogger("curate")
 class ReadInputFile(beam.DoFn):
     """(file_index, path) -> (file_index, row_index, InputRow), streamed."""
 
-    def __init__(self, fmt: str | None, url_col: str, caption_col: str | None):
-        self._fmt, self._url_col, self._caption_col = fmt, url_col, caption_col
+    def __init__(self, fmt: str | None, url_col: str, caption_col: str | None, crawl: CrawlParams):
+        self._fmt, self._url_col, self._caption_col, self._crawl = fmt, url_col, caption_col, crawl
 
     def process(self, element):
         file_index, path = element
         fmt = readers.detect_format(path, self._fmt)
-        for row_index, row in enumerate(readers.read_rows(path, fmt, self._url_col, self._caption_col)):
+        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl)
+        for row_index, row in enumerate(rows):
             yield file_index, row_index, row
 
 
@@ -68,17 +70,18 @@ class ReadAndKey(beam.PTransform):
         url_col: str,
         caption_col: str | None,
         output: OutputParams,
+        crawl: CrawlParams,
     ):
         super().__init__()
         self._paths, self._fmt, self._url_col, self._caption_col = paths, fmt, url_col, caption_col
-        self._output = output
+        self._output, self._crawl = output, crawl
 
     def expand(self, pbegin):
         rows = (
             pbegin
             | "ListFiles" >> beam.Create(list(enumerate(self._paths)))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRows" >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col))
+            | "ReadRows" >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col, self._crawl))
         )
         offsets = (
             rows

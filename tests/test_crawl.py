@@ -1,0 +1,436 @@
+"""WARC/WAT ingestion: image links from crawled pages, read through pipeline.readers."""
+import gzip
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from warcio.statusandheaders import StatusAndHeaders
+from warcio.warcwriter import WARCWriter
+
+from pipeline import crawl
+from pipeline.cli import main
+from pipeline.crawl import CrawlParams, image_rows_in_html
+from pipeline.localweb import LocalWeb
+from pipeline.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
+
+SITE = "http://site.test/dir/page.html"
+
+
+# --------------------------------------------------------------------------- building crawl files
+
+
+def page(url, html, content_type="text/html; charset=utf-8", headers=()):
+    body = html if isinstance(html, bytes) else html.encode("utf-8")
+    http = StatusAndHeaders("200 OK", [("Content-Type", content_type), *headers], protocol="HTTP/1.1")
+    return lambda writer: writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
+
+
+def request(url):
+    http = StatusAndHeaders(f"GET {url} HTTP/1.1", [("Host", "site.test")], is_http_request=True)
+    return lambda writer: writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=http)
+
+
+def wat_record(url, document):
+    body = document if isinstance(document, bytes) else json.dumps(document).encode("utf-8")
+    return lambda writer: writer.create_warc_record(
+        url, "metadata", payload=io.BytesIO(body), warc_content_type="application/json"
+    )
+
+
+def write_archive(path, records, compress=None):
+    compress = str(path).endswith(".gz") if compress is None else compress
+    with open(path, "wb") as out:
+        writer = WARCWriter(out, gzip=compress)
+        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "curate tests"}))
+        for make in records:
+            writer.write_record(make(writer))
+    return path
+
+
+def rows_of(path, **params):
+    return list(read_rows(str(path), detect_format(str(path)), crawl_params=CrawlParams(**params)))
+
+
+def pairs(rows):
+    return [(row.url, row.caption) for row in rows]
+
+
+def html_rows(html, **params):
+    return list(image_rows_in_html([html], SITE, CrawlParams(**params)))
+
+
+# --------------------------------------------------------------------------- file names
+
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [
+        ("CC-MAIN-20240101-00000.warc.gz", "warc"),
+        ("pages.warc", "warc"),
+        ("CC-MAIN-20240101-00000.warc.wat.gz", "wat"),
+        ("links.wat", "wat"),
+        ("links.WAT.GZ", "wat"),
+    ],
+)
+def test_crawl_file_names_are_recognised(name, fmt):
+    assert detect_format(f"gs://bucket/crawl/{name}") == fmt
+
+
+# --------------------------------------------------------------------------- WARC
+
+
+ALL_KINDS_PAGE = """<!doctype html><html lang="en-US"><head><title>Gallery</title></head><body>
+<img src="img/a.jpg" alt="A relative image">
+<img src="/root.png" alt="From the site root">
+<img src="//cdn.test/p.webp" alt="Protocol relative">
+<img src="https://other.test/x.jpg#frag" alt="  Spread
+   over lines  ">
+<img src="data:image/png;base64,iVBORw0KGgo=" alt="inline data">
+<img src="javascript:alert(1)" alt="script">
+<img src="ftp://files.test/a.jpg" alt="ftp">
+<img src="http://[::1" alt="broken ipv6">
+<img alt="no source">
+<img src="img/no-alt.jpg">
+<img src="img/empty-alt.jpg" alt="">
+</body></html>"""
+
+
+@pytest.mark.parametrize("name", ["crawl.warc.gz", "crawl.warc"])
+def test_warc_images_resolved_and_filtered(tmp_path, name):
+    path = write_archive(tmp_path / name, [request(SITE), page(SITE, ALL_KINDS_PAGE)])
+    rows = rows_of(path)
+    assert pairs(rows) == [
+        ("http://site.test/dir/img/a.jpg", "A relative image"),
+        ("http://site.test/root.png", "From the site root"),
+        ("http://cdn.test/p.webp", "Protocol relative"),
+        ("https://other.test/x.jpg", "Spread over lines"),
+        ("http://site.test/dir/img/no-alt.jpg", None),
+        ("http://site.test/dir/img/empty-alt.jpg", ""),
+    ]
+    assert all(row.extra == {"page_url": SITE, "page_lang": "en-us"} for row in rows)
+    assert all(row.error is None for row in rows)
+
+
+def test_skip_empty_alt_drops_missing_and_blank_alt(tmp_path):
+    path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, ALL_KINDS_PAGE)])
+    captions = [row.caption for row in rows_of(path, skip_empty_alt=True)]
+    assert captions == ["A relative image", "From the site root", "Protocol relative", "Spread over lines"]
+
+
+def test_base_href_is_used_and_only_the_first_one():
+    html = """<head><base href="../assets/"><base href="http://ignored.test/"></head>
+    <img src="a.jpg" alt="one"><img src="/b.jpg" alt="two">"""
+    assert pairs(html_rows(html)) == [("http://site.test/assets/a.jpg", "one"), ("http://site.test/b.jpg", "two")]
+
+
+def test_base_href_that_is_not_http_is_ignored():
+    rows = html_rows('<base href="javascript:void(0)"><img src="a.jpg" alt="x">')
+    assert pairs(rows) == [("http://site.test/dir/a.jpg", "x")]
+
+
+def test_duplicate_pairs_are_kept_once_per_file(tmp_path):
+    first = '<img src="a.jpg" alt="Same"><img src="a.jpg" alt="Same"><img src="a.jpg" alt="Other caption">'
+    second = '<img src="http://site.test/dir/a.jpg#top" alt=" Same "><img src="b.jpg" alt="Same">'
+    path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, first), page("http://site.test/dir/two.html", second)])
+    rows = rows_of(path)
+    assert pairs(rows) == [
+        ("http://site.test/dir/a.jpg", "Same"),
+        ("http://site.test/dir/a.jpg", "Other caption"),
+        ("http://site.test/dir/b.jpg", "Same"),
+    ]
+    assert rows[2].extra["page_url"] == "http://site.test/dir/two.html"
+
+
+def test_duplicates_are_checked_per_file_not_across_files(tmp_path):
+    html = '<img src="a.jpg" alt="Same">'
+    one = write_archive(tmp_path / "one.warc.gz", [page(SITE, html)])
+    two = write_archive(tmp_path / "two.warc.gz", [page(SITE, html)])
+    assert len(rows_of(one)) == len(rows_of(two)) == 1
+
+
+def test_non_html_records_are_ignored(tmp_path):
+    looks_like_html = b'<img src="fake.jpg" alt="inside a non-HTML body">'
+    records = [
+        request(SITE),
+        page("http://site.test/photo.jpg", looks_like_html, content_type="image/jpeg"),
+        page("http://site.test/data.json", looks_like_html, content_type="application/json"),
+        wat_record(SITE, {"Envelope": {}}),
+        page(SITE, '<img src="real.jpg" alt="The real one">', content_type="application/xhtml+xml"),
+    ]
+    path = write_archive(tmp_path / "crawl.warc.gz", records)
+    assert pairs(rows_of(path)) == [("http://site.test/dir/real.jpg", "The real one")]
+
+
+MALFORMED_PAGE = b"""<html><body><div><p>unclosed <b>tags <i>everywhere
+<img src=bare.jpg alt=unquoted>
+<script>var s = "<img src='in-script.jpg' alt='not a tag'>";</script>
+<style>img[alt="<img src=css.jpg>"] {}</style>
+<img src="dup-attr.jpg" src="second.jpg" alt="first wins" alt="no">
+<img src = "spaced.jpg" ALT = "Upper case attribute">
+< not a tag <<>> </p></div></span></table>
+\xff\xfe invalid utf-8 bytes \xc3\x28
+<img src="after-garbage.jpg" alt="caf\xc3\xa9 &amp; cr\xc3\xa8me &#233;">
+<!-- <img src="commented.jpg" alt="comment"> -->
+<img src="unterminated.jpg" alt="the end"""
+
+
+def test_malformed_html_gives_the_images_a_browser_would_see(tmp_path):
+    path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, MALFORMED_PAGE), page(SITE + "?2", "<img src=z.jpg alt=ok>")])
+    assert pairs(rows_of(path)) == [
+        ("http://site.test/dir/bare.jpg", "unquoted"),
+        ("http://site.test/dir/dup-attr.jpg", "first wins"),
+        ("http://site.test/dir/spaced.jpg", "Upper case attribute"),
+        ("http://site.test/dir/after-garbage.jpg", "café & crème é"),
+        ("http://site.test/dir/z.jpg", "ok"),  # the next page is unaffected
+    ]
+
+
+def test_an_img_tag_split_across_chunks_is_found():
+    chunks = ['<p>text</p><img sr', 'c="split.jpg" al', 't="Split tag">']
+    rows = list(image_rows_in_html(chunks, SITE))
+    assert pairs(rows) == [("http://site.test/dir/split.jpg", "Split tag")]
+
+
+@pytest.mark.parametrize(
+    "html, headers, expected",
+    [
+        ('<html lang="pt-BR"><img src="a.jpg" alt="x">', [("Content-Language", "de")], "pt-br"),
+        ('<html xml:lang="fr"><img src="a.jpg" alt="x">', [], "fr"),
+        ('<meta http-equiv="Content-Language" content="es"><img src="a.jpg" alt="x">', [("Content-Language", "de")], "es"),
+        ('<html><img src="a.jpg" alt="x">', [("Content-Language", "de-AT, en")], "de-at"),
+        ('<html lang="not a tag!"><img src="a.jpg" alt="x">', [], None),
+        ('<img src="a.jpg" alt="x">', [], None),
+    ],
+)
+def test_page_language_as_declared(tmp_path, html, headers, expected):
+    path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, html, headers=headers)])
+    assert [row.extra["page_lang"] for row in rows_of(path)] == [expected]
+
+
+def encoded(alt, encoding, declaration=""):
+    return f'{declaration}<img src="a.jpg" alt="{alt}">'.encode(encoding)
+
+
+@pytest.mark.parametrize(
+    "content_type, html, expected",
+    [
+        ("text/html; charset=windows-1252", encoded("café", "cp1252"), "café"),
+        ("text/html", encoded("café", "iso-8859-15", '<meta charset="iso-8859-15">'), "café"),
+        (
+            "text/html",
+            encoded("日本の猫", "shift_jis", '<meta http-equiv="Content-Type" content="text/html; charset=Shift_JIS">'),
+            "日本の猫",
+        ),
+        ("text/html; charset=no-such-charset", encoded("café", "utf-8"), "café"),
+        ("text/html", encoded("café", "utf-16"), "café"),  # Python's utf-16 writes a byte-order mark
+    ],
+    ids=["http-charset", "meta-charset", "meta-http-equiv", "unknown-charset-is-utf8", "utf16-bom"],
+)
+def test_page_encoding(tmp_path, content_type, html, expected):
+    path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, html, content_type=content_type)])
+    assert [row.caption for row in rows_of(path)] == [expected]
+
+
+def test_surrounding_text_takes_words_on_both_sides():
+    html = """<p>one two three four</p><img src="a.jpg" alt="A">
+    <script>skipped words here</script><p>five six seven</p><img src="b.jpg" alt="B"><p>eight</p>"""
+    rows = html_rows(html, surrounding_words=2)
+    assert [row.extra["surrounding_text"] for row in rows] == ["three four five six", "six seven eight"]
+    assert pairs(rows) == [("http://site.test/dir/a.jpg", "A"), ("http://site.test/dir/b.jpg", "B")]
+
+
+def test_negative_surrounding_words_is_a_parameter_error():
+    from pipeline.params import ParamError, build
+
+    with pytest.raises(ParamError, match="surrounding_words"):
+        build(CrawlParams, {"surrounding_words": -1}, "crawl")
+    assert build(CrawlParams, {"surrounding_words": "5", "skip_empty_alt": "true"}, "crawl") == CrawlParams(5, True)
+
+
+def test_surrounding_text_is_absent_unless_asked_for():
+    [row] = html_rows('<p>words</p><img src="a.jpg" alt="A">')
+    assert "surrounding_text" not in row.extra
+
+
+def test_page_beyond_the_size_cap_is_cut_and_the_next_record_still_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(crawl, "MAX_PAGE_BYTES", 10_000)
+    big = '<img src="early.jpg" alt="early">' + "x" * 20_000 + '<img src="late.jpg" alt="late">'
+    records = [page(SITE, big), page("http://site.test/next.html", '<img src="n.jpg" alt="next">')]
+    path = write_archive(tmp_path / "crawl.warc.gz", records)
+    assert pairs(rows_of(path)) == [("http://site.test/dir/early.jpg", "early"), ("http://site.test/n.jpg", "next")]
+
+
+@pytest.mark.parametrize("name", ["crawl.warc.gz", "crawl.warc"])
+def test_truncated_file_is_an_input_error(tmp_path, name):
+    html = '<img src="a.jpg" alt="x">' + "padding " * 2000
+    whole = write_archive(tmp_path / f"whole-{name}", [page(SITE, html), page(SITE + "?2", html)])
+    cut = tmp_path / name
+    cut.write_bytes(whole.read_bytes()[:-500])
+    with pytest.raises(InputError, match=name):
+        rows_of(cut)
+
+
+def test_a_file_that_is_not_warc_is_an_input_error(tmp_path):
+    path = tmp_path / "notes.warc.gz"
+    path.write_bytes(gzip.compress(b"just some text, no WARC records here\n" * 10))
+    with pytest.raises(InputError, match="not a WARC file"):
+        rows_of(path)
+    with pytest.raises(InputError):
+        check_input(str(path), "warc", "url", "caption")
+
+
+def test_check_input_reads_only_the_first_record(tmp_path):
+    path = write_archive(tmp_path / "damaged.warc", [page(SITE, '<img src="a.jpg" alt="x">')])
+    with open(path, "ab") as out:
+        out.write(b"\x00\x01 not a record " * 100)
+    check_input(str(path), "warc", "url", "caption")  # the damage is past the first record
+    with pytest.raises(InputError, match="not a readable WARC"):
+        rows_of(path)
+
+
+def test_empty_crawl_file_has_no_rows(tmp_path):
+    path = tmp_path / "empty.warc.gz"
+    path.write_bytes(gzip.compress(b""))
+    assert rows_of(path) == []
+    check_input(str(path), "warc", "url", "caption")
+
+
+# --------------------------------------------------------------------------- WAT
+
+
+def wat_document(page_url, links, head=None, headers=None):
+    html_metadata = {"Links": links}
+    if head is not None:
+        html_metadata["Head"] = head
+    return {
+        "Container": {"Filename": "CC-MAIN-x.warc.gz"},
+        "Envelope": {
+            "Format": "WARC",
+            "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page_url},
+            "Payload-Metadata": {
+                "Actual-Content-Type": "application/http; msgtype=response",
+                "HTTP-Response-Metadata": {
+                    "Headers": headers or {"Content-Type": "text/html"},
+                    "Response-Message": {"Status": "200"},
+                    "HTML-Metadata": html_metadata,
+                },
+            },
+        },
+    }
+
+
+WAT_LINKS = [
+    {"path": "A@/href", "url": "/about", "text": "About us"},
+    {"path": "IMG@/src", "url": "img/a.jpg", "alt": "A cat on a mat"},
+    {"path": "IMG@/src", "url": "https://cdn.test/b.png", "alt": "  A dog\n in fog "},
+    {"path": "IMG@/src", "url": "data:image/gif;base64,R0lGOD", "alt": "inline"},
+    {"path": "IMG@/src", "url": "img/no-alt.jpg"},
+    {"path": "IMG@/src", "url": "img/a.jpg", "alt": "A cat on a mat"},
+    {"path": "LINK@/href", "url": "style.css", "rel": "stylesheet"},
+    {"path": "IMG@/src", "alt": "no url"},
+    {"path": "IMG@/src", "url": 42, "alt": "url is not text"},
+    "not a link object",
+]
+
+
+@pytest.mark.parametrize("name", ["CC-MAIN-0.warc.wat.gz", "links.wat"])
+def test_wat_image_links(tmp_path, name):
+    request_metadata = {"Envelope": {"WARC-Header-Metadata": {"WARC-Type": "request"}, "Payload-Metadata": {}}}
+    records = [
+        wat_record(SITE, request_metadata),  # no HTML-Metadata: not a page
+        wat_record(SITE, wat_document(SITE, WAT_LINKS, headers={"content-language": "nl"})),
+    ]
+    rows = rows_of(write_archive(tmp_path / name, records))
+    assert pairs(rows) == [
+        ("http://site.test/dir/img/a.jpg", "A cat on a mat"),
+        ("https://cdn.test/b.png", "A dog in fog"),
+        ("http://site.test/dir/img/no-alt.jpg", None),
+    ]
+    assert all(row.extra == {"page_url": SITE, "page_lang": "nl"} for row in rows)
+
+
+def test_wat_base_and_meta_language(tmp_path):
+    head = {
+        "Base": "http://static.test/assets/",
+        "Metas": [{"name": "viewport", "content": "x"}, {"http-equiv": "content-language", "content": "it"}],
+    }
+    document = wat_document(SITE, [{"path": "IMG@/src", "url": "a.jpg", "alt": "Pizza"}], head=head)
+    rows = rows_of(write_archive(tmp_path / "x.wat.gz", [wat_record(SITE, document)]), surrounding_words=3)
+    assert pairs(rows) == [("http://static.test/assets/a.jpg", "Pizza")]
+    assert rows[0].extra == {"page_url": SITE, "page_lang": "it", "surrounding_text": None}
+
+
+def test_malformed_wat_record_is_one_error_row_and_reading_goes_on(tmp_path):
+    good = wat_document(SITE, [{"path": "IMG@/src", "url": "a.jpg", "alt": "Good"}])
+    records = [
+        wat_record("http://broken.test/", b'{"Envelope": {"Payload-Metadata": '),
+        wat_record("http://list.test/", b"[1, 2, 3]"),
+        wat_record(SITE, good),
+    ]
+    rows = rows_of(write_archive(tmp_path / "x.wat.gz", records))
+    assert [(row.error, row.extra.get("page_url")) for row in rows] == [
+        (MALFORMED_ROW, "http://broken.test/"),
+        (MALFORMED_ROW, "http://list.test/"),
+        (None, SITE),
+    ]
+    assert rows[2].url == "http://site.test/dir/a.jpg"
+
+
+def test_wat_lone_surrogate_in_alt_becomes_valid_text(tmp_path):
+    body = json.dumps(wat_document(SITE, [{"path": "IMG@/src", "url": "a.jpg", "alt": "bad"}]))
+    body = body.replace('"bad"', '"bad \\ud800 escape"').encode()
+    [row] = rows_of(write_archive(tmp_path / "x.wat.gz", [wat_record(SITE, body)]))
+    row.caption.encode("utf-8")  # would raise on a lone surrogate
+    assert row.caption.startswith("bad ") and row.caption.endswith(" escape")
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def jpeg(size, colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_curate_run_on_a_warc_of_loopback_pages(tmp_path):
+    web_root = tmp_path / "web"
+    (web_root / "img").mkdir(parents=True)
+    (web_root / "img" / "red.jpg").write_bytes(jpeg((120, 90), "red"))
+    (web_root / "img" / "green.jpg").write_bytes(jpeg((90, 120), "green"))
+    (web_root / "img" / "tiny.jpg").write_bytes(jpeg((8, 8), "blue"))
+    with LocalWeb(web_root) as web:
+        first = f"""<html lang="en"><body>
+            <img src="img/red.jpg" alt="A red square on a plain background">
+            <img src="img/missing.jpg" alt="A picture that is not there">
+            <img src="data:image/gif;base64,R0lGOD" alt="inline, never a row">
+            <img src="img/red.jpg" alt="A red square on a plain background"></body></html>"""
+        second = f"""<html><head><base href="{web.url('img/')}"></head><body>
+            <img src="green.jpg" alt="A green square on a plain background">
+            <img src="tiny.jpg" alt="A tiny blue image that is too small">
+            <img src="green.jpg" alt="x"></body></html>"""
+        warc = write_archive(tmp_path / "crawl.warc.gz", [page(web.url("index.html"), first), page(web.url("p/2.html"), second)])
+        out = tmp_path / "out"
+        args = [
+            "run", "--recipe", "manifests/local-sample.yaml", "--input", str(warc), "--output", str(out),
+            "--allow-private-network", "--direct_num_workers=1",
+        ]
+        assert main(args) == 0
+
+    audit = json.loads((out / "report" / "audit.json").read_text())
+    counts = audit["counts"]
+    assert counts["input"] == 5  # the data: URI and the repeated pair are not rows
+    assert counts["kept"] == 2
+    assert counts["rejected_by_stage"]["download"] == {"http_404": 1}
+    assert counts["rejected_by_stage"]["caption"] == {"caption_too_short": 1}
+    assert counts["rejected_by_stage"]["resolution"] == {"too_small": 1}
+    kept = pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("shards/*.parquet"))]).to_pylist()
+    by_caption = {row["caption"]: row for row in kept}
+    red = by_caption["A red square on a plain background"]
+    assert red["url"] == web.url("img/red.jpg")
+    assert (red["page_url"], red["page_lang"]) == (web.url("index.html"), "en")
+    green = by_caption["A green square on a plain background"]
+    assert (green["page_url"], green["page_lang"]) == (web.url("p/2.html"), None)
