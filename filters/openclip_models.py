@@ -1,0 +1,299 @@
+"""open_clip models for the model stages: checked before the run, loaded once per process.
+
+A model is named by three parameters, the same on every stage that uses one:
+
+* `model`: an open_clip architecture name ("ViT-B-32-quickgelu", "coca_ViT-L-14").
+* `pretrained`: an open_clip pretrained tag ("openai", "laion2b_s34b_b79k") or the
+  path of a local checkpoint file.  A tag makes open_clip download the weights
+  from the Hugging Face hub (or the tag's URL) on first use: fine on a machine
+  with network access, impossible on an offline worker.  A path never touches
+  the network.
+* `model_config`: optional path of an open_clip model-config JSON, for
+  architectures open_clip does not ship.  The file is registered under the name
+  given as `model`.  Both open_clip's own layout (`embed_dim`, `vision_cfg`,
+  `text_cfg`, ...) and the hub layout (`{"model_cfg": ..., "preprocess_cfg": ...}`)
+  are accepted; the latter's image mean/std/interpolation/resize mode are used.
+
+`check_weights` lets the command line fail before the pipeline starts;
+`load_model` returns (model, preprocess, tokenizer) and keeps one instance per
+process and source, so stages sharing a model share the memory.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+from PIL import Image
+
+from pipeline.schema import Sample
+
+SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
+# open_clip only registers configs that have these keys.
+REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+# Hub-layout preprocess keys -> create_model_and_transforms arguments.
+PREPROCESS_ARGUMENTS = {
+    "mean": "image_mean",
+    "std": "image_std",
+    "interpolation": "image_interpolation",
+    "resize_mode": "image_resize_mode",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model, its weights or its config cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one model comes from; the cache key of `load_model`."""
+
+    model: str
+    pretrained: str
+    model_config: str | None = None
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        return f"{self.model} ({self.pretrained})"
+
+
+class OpenClipModel(NamedTuple):
+    model: Any  # torch.nn.Module in eval mode, on the source's device
+    preprocess: Callable[[Image.Image], Any]  # PIL image -> CHW tensor
+    tokenizer: Callable[[list[str]], Any]  # texts -> token tensor
+
+
+log = logging.getLogger(__name__)
+_cache: dict[ModelSource, OpenClipModel] = {}
+_cache_lock = threading.Lock()
+_config_dir: Path | None = None
+
+
+def check_weights(model: str, pretrained: str, model_config: str | None = None, device: str = "cpu") -> str:
+    """Check that a model can be loaded, without loading it; return where its weights come from.
+
+    Raises ModelLoadError for an unknown architecture, a missing or malformed
+    config file, a checkpoint path that does not exist, a tag open_clip does
+    not know for that architecture, or a device this machine does not have.
+    """
+    import open_clip
+
+    if model.startswith(SCHEMA_PREFIXES):
+        # open_clip would fetch the config (and weights) from the hub while merely looking the name up.
+        raise ModelLoadError(f"model {model!r}: 'hf-hub:'/'local-dir:' names are not supported; give the "
+                             "architecture name, the checkpoint file as pretrained and its config as model_config")
+    if model_config:
+        register_model_config(model, model_config)
+    if open_clip.get_model_config(model) is None:
+        raise ModelLoadError(f"unknown open_clip model {model!r}{_suggest(model, open_clip.list_models())}; "
+                             "for another architecture give its config JSON as model_config")
+    _check_device(device)
+    if not pretrained:
+        raise ModelLoadError(f"model {model!r}: pretrained is empty; give a pretrained tag or a checkpoint path")
+    if is_checkpoint_path(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"model {model!r}: checkpoint file {str(path)!r} does not exist")
+        return f"{model}: checkpoint file {path}{_hub_parts_note(model)}"
+    if not open_clip.get_pretrained_cfg(model, pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        known = f"known tags for {model}: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {model}"
+        raise ModelLoadError(f"model {model!r}: {pretrained!r} is neither a known pretrained tag nor a "
+                             f"checkpoint path ({known}); a path must contain '/' or end in "
+                             f"{'/'.join(CHECKPOINT_SUFFIXES)}")
+    return (f"{model}: pretrained tag {pretrained!r}, downloaded by open_clip from the Hugging Face hub "
+            "on first use (every worker needs network access; for offline workers pass a checkpoint path)"
+            f"{_hub_parts_note(model)}")
+
+
+def check_and_log_weights(model: str, pretrained: str, model_config: str | None, device: str) -> None:
+    """`check_weights`, then tell the user which weights the run will use; a hub download stands out."""
+    description = check_weights(model, pretrained, model_config, device)
+    offline = is_checkpoint_path(pretrained) and not _hub_parts_note(model)
+    log.log(logging.INFO if offline else logging.WARNING, description)
+
+
+def load_model(source: ModelSource) -> OpenClipModel:
+    """The model, its eval preprocessing and its tokenizer; loaded once per process and source."""
+    with _cache_lock:
+        if source not in _cache:
+            _cache[source] = _load_uncached(source)
+        return _cache[source]
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    """Tags are bare words ("laion2b_s34b_b79k"); anything path-like is a file."""
+    return ("/" in pretrained or os.sep in pretrained or pretrained.startswith(("~", "."))
+            or pretrained.lower().endswith(CHECKPOINT_SUFFIXES) or os.path.exists(pretrained))
+
+
+def register_model_config(model: str, config_path: str) -> None:
+    """Make open_clip know `model` as the architecture in `config_path` (idempotent).
+
+    open_clip names a config by its file name, so the JSON is rewritten under
+    `model` in a private directory and registered with `add_model_config`.
+    """
+    import open_clip
+
+    model_cfg, _preprocess = read_model_config(config_path)
+    known = open_clip.get_model_config(model)
+    if known is not None:
+        if known == model_cfg:
+            return
+        raise ModelLoadError(f"model_config {config_path!r}: open_clip already defines {model!r} as a different "
+                             "architecture; give this config a model name of its own")
+    if "/" in model or os.sep in model:
+        raise ModelLoadError(f"model {model!r}: a model defined by model_config needs a name without '/'")
+    path = _private_config_dir() / f"{model}.json"
+    path.write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(path)
+
+
+def read_model_config(config_path: str) -> tuple[dict, dict]:
+    """(model config, preprocess config) from an open_clip or hub-layout JSON file."""
+    path = Path(config_path).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"model_config file {str(path)!r} does not exist")
+    try:
+        document = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"model_config {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(document, dict):
+        raise ModelLoadError(f"model_config {str(path)!r} must hold a JSON object")
+    model_cfg = document.get("model_cfg", document)
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in model_cfg]
+    if missing:
+        raise ModelLoadError(f"model_config {str(path)!r} lacks {', '.join(missing)}; "
+                             "expected an open_clip model config")
+    return model_cfg, document.get("preprocess_cfg", {})
+
+
+def _load_uncached(source: ModelSource) -> OpenClipModel:
+    import open_clip
+
+    check_weights(source.model, source.pretrained, source.model_config, source.device)
+    pretrained = source.pretrained
+    if is_checkpoint_path(pretrained):
+        pretrained = str(Path(pretrained).expanduser())
+    try:
+        model, _train_preprocess, preprocess = open_clip.create_model_and_transforms(
+            source.model,
+            pretrained=pretrained,
+            device=source.device,
+            require_pretrained=True,
+            **_preprocess_overrides(source.model_config),
+        )
+    except RuntimeError as err:
+        # Mismatched checkpoints surface as torch's load_state_dict RuntimeError.
+        raise ModelLoadError(f"cannot load {source.describe()}: {err}") from err
+    model.eval()
+    return OpenClipModel(model, preprocess, open_clip.get_tokenizer(source.model))
+
+
+def _hub_parts_note(model: str) -> str:
+    """Parts open_clip fetches from the hub even when the weights are a local file."""
+    import open_clip
+
+    text_cfg = (open_clip.get_model_config(model) or {}).get("text_cfg", {})
+    if text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name") or "siglip" in model.lower():
+        return "; its tokenizer (and any Hugging Face text tower config) is fetched from the hub on first use"
+    return ""
+
+
+def _preprocess_overrides(model_config: str | None) -> dict[str, Any]:
+    if not model_config:
+        return {}
+    _model_cfg, preprocess = read_model_config(model_config)
+    return {argument: preprocess[key] for key, argument in PREPROCESS_ARGUMENTS.items() if key in preprocess}
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA device; use device=cpu")
+
+
+def _private_config_dir() -> Path:
+    global _config_dir
+    if _config_dir is None:
+        _config_dir = Path(tempfile.mkdtemp(prefix="curate-openclip-configs-"))
+    return _config_dir
+
+
+def _suggest(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+# --- inputs and embeddings shared by the stages ---------------------------------------
+
+
+def open_image(data: bytes | None) -> Image.Image | None:
+    """RGB image from encoded bytes; None when there are none or they do not decode."""
+    if data is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def caption_text(sample: Sample) -> str | None:
+    """The caption, or None when it is missing or blank: nothing to compare an image with."""
+    if sample.caption is None or not sample.caption.strip():
+        return None
+    return sample.caption
+
+
+def unscored_reason(sample: Sample, needs_caption: bool) -> str:
+    """Why a model stage could not score `sample` (it has no score field)."""
+    if sample.image is None:
+        return "no_image"
+    if needs_caption and caption_text(sample) is None:
+        return "no_caption"
+    return "undecodable_image"
+
+
+class ClipEncoder:
+    """L2-normalised image and text embeddings from one loaded open_clip model."""
+
+    def __init__(self, loaded: OpenClipModel, device: str):
+        self.loaded = loaded
+        self.device = device
+
+    def encode_images(self, images: Sequence[Image.Image]) -> Any:
+        import torch
+
+        if not images:
+            return torch.empty(0)
+        pixels = torch.stack([self.loaded.preprocess(image) for image in images]).to(self.device)
+        with torch.inference_mode():
+            return self.loaded.model.encode_image(pixels, normalize=True).float().cpu()
+
+    def encode_texts(self, texts: Sequence[str]) -> Any:
+        import torch
+
+        if not texts:
+            return torch.empty(0)
+        tokens = self.loaded.tokenizer(list(texts)).to(self.device)
+        with torch.inference_mode():
+            return self.loaded.model.encode_text(tokens, normalize=True).float().cpu()
+
+
+def encoder_for(source: ModelSource) -> ClipEncoder:
+    return ClipEncoder(load_model(source), source.device)
