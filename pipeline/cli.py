@@ -140,9 +140,14 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args, beam_args: list[str]) -> int:
     from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-    recipe, inputs = _load_recipe(args), _check_inputs(args)
-    output_dir = _absolute(args.output).rstrip("/")
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from pipeline.run import LOCAL_RUNNER_NAMES
+
     options = PipelineOptions(default_beam_args(beam_args))
+    local = options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES
+    recipe, inputs = _load_recipe(args, local), _check_inputs(args)
+    output_dir = _absolute(args.output).rstrip("/")
     print(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
     if options.view_as(TestOptions).dry_run:
         # Builds (and for Dataflow, submits for validation) the job graph only: nothing to prepare or read back.
@@ -155,7 +160,7 @@ def _cmd_run(args, beam_args: list[str]) -> int:
     return 0
 
 
-def _load_recipe(args):
+def _load_recipe(args, local: bool):
     from pipeline.recipe import RecipeError, load_recipe
     from pipeline.run import with_private_network
 
@@ -165,7 +170,7 @@ def _load_recipe(args):
         raise UserError(str(err)) from None
     if args.allow_private_network:
         recipe = with_private_network(recipe)
-    _check_stages(recipe)
+    _check_stages(recipe, local)
     return recipe
 
 
@@ -223,13 +228,19 @@ def _root_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else ''}"
 
 
-def _check_stages(recipe) -> None:
-    """Stages' own pre-flight checks (e.g. model weights exist), before any work."""
+def _check_stages(recipe, local: bool) -> None:
+    """Stages' own pre-flight checks (e.g. model weights exist), before any work.
+
+    On a remote runner the workers may see files this machine does not (models
+    baked into the worker image), so a failed check is only a warning there.
+    """
     for stage in recipe.build_stages():
         try:
             stage.check()
         except (ValueError, FileNotFoundError, ImportError) as err:
-            raise UserError(f"stage '{stage.name}': {err}") from None
+            if local:
+                raise UserError(f"stage '{stage.name}': {err}") from None
+            logging.warning("stage '%s': %s (not checked further: the workers may see other files)", stage.name, err)
 
 
 def _check_inputs(args):

@@ -210,3 +210,13 @@ def test_input_that_breaks_mid_file_fails_the_run_with_a_clear_message(tmp_path,
     err = capsys.readouterr().err
     assert "the run failed" in err and "urls.csv.gz" in err
     assert not (out / "_SUCCESS").exists()
+
+
+def test_missing_model_weights_fail_before_the_run(input_list, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages:\n  - clip_score: {model: ViT-B-32, pretrained: /nowhere/ViT-B-32.pt}\n")
+    args = ["run", "--recipe", str(recipe), "--input", str(input_list), "--output", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "stage 'clip_score'" in err and "/nowhere/ViT-B-32.pt" in err
+    assert not (tmp_path / "o").exists()
