@@ -31,7 +31,6 @@ from filters.base import SampleStage
 from filters.openclip_models import (
     ModelLoadError,
     ModelSource,
-    check_and_log_weights,
     encoder_for,
     open_image,
     unscored_reason,
@@ -59,13 +58,11 @@ class Aesthetic(SampleStage):
         device: str = "cpu"
 
     def source(self) -> ModelSource:
-        p = self.params
-        return ModelSource(p.model, p.pretrained, p.model_config, p.device)
+        return ModelSource.of(self.params)
 
     def check(self) -> None:
-        p = self.params
-        load_head(p.head_path)
-        check_and_log_weights(p.model, p.pretrained, p.model_config, p.device)
+        load_head(self.params.head_path)
+        self.source().check()
 
     def setup(self) -> None:
         self.head = load_head(self.params.head_path).to(self.params.device)

@@ -26,7 +26,6 @@ from filters.openclip_models import (
     ClipEncoder,
     ModelSource,
     caption_text,
-    check_and_log_weights,
     encoder_for,
     open_image,
     unscored_reason,
@@ -51,13 +50,10 @@ class ClipScore(SampleStage):
         device: str = "cpu"
 
     def source(self) -> ModelSource:
-        p = self.params
-        return ModelSource(p.model, p.pretrained, p.model_config, p.device)
+        return ModelSource.of(self.params)
 
     def check(self) -> None:
-        """Fail before the run if the weights cannot be found; log where they come from."""
-        p = self.params
-        check_and_log_weights(p.model, p.pretrained, p.model_config, p.device)
+        self.source().check()
 
     def setup(self) -> None:
         self.encoder: ClipEncoder = encoder_for(self.source())

@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.schema import KEEP, Verdict, drop
+
 
 class ModelFileError(FileNotFoundError):
     """A model file is not where the stage expects it."""
@@ -39,6 +41,18 @@ def existing_file(path: str, what: str) -> Path:
     if not resolved.is_file():
         raise ModelFileError(f"{what} not found: {resolved}")
     return resolved
+
+
+def tag_or_drop(score: float | None, threshold: float, action: str, reason: str, missing_reason: str) -> Verdict:
+    """A score stage's decision: always keep when tagging, drop at or above the threshold otherwise.
+
+    A sample without a score (unreadable image) is dropped either way, so it shows in the rejects.
+    """
+    if score is None:
+        return drop(missing_reason)
+    if action == "drop" and score >= threshold:
+        return drop(reason)
+    return KEEP
 
 
 def decode_rgb(data: bytes | None) -> Image.Image | None:

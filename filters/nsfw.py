@@ -52,9 +52,10 @@ from filters.model_common import (
     onnx_session,
     packaged_file,
     read_state_dict,
+    tag_or_drop,
 )
 from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.schema import Sample, Verdict
 
 # The detector's classes, in output order (from nudenet/nudenet.py).
 NUDENET_CLASSES = (
@@ -127,12 +128,9 @@ class NsfwFilter(SampleStage):
                 sample.fields["nsfw_score"] = round(score, 4)
 
     def keep(self, sample: Sample) -> Verdict:
-        score = sample.fields.get("nsfw_score")
-        if score is None:
-            return drop("missing_clip_embedding" if self.params.clip_head_path else "image_unreadable")
-        if self.params.action == "drop" and score >= self.params.threshold:
-            return drop("nsfw")
-        return KEEP
+        missing = "missing_clip_embedding" if self.params.clip_head_path else "image_unreadable"
+        p = self.params
+        return tag_or_drop(sample.fields.get("nsfw_score"), p.threshold, p.action, "nsfw", missing)
 
 
 class NudeNetScorer:

@@ -21,7 +21,6 @@ process and source, so stages sharing a model share the memory.
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from PIL import Image
 
+from filters.model_common import decode_rgb
 from pipeline.schema import Sample
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
@@ -63,6 +63,20 @@ class ModelSource:
 
     def describe(self) -> str:
         return f"{self.model} ({self.pretrained})"
+
+    @classmethod
+    def of(cls, params: Any, prefix: str = "") -> "ModelSource":
+        """From a stage's params: `{prefix}model`, `{prefix}pretrained`, `{prefix}model_config`, `device`."""
+        return cls(
+            getattr(params, f"{prefix}model"),
+            getattr(params, f"{prefix}pretrained"),
+            getattr(params, f"{prefix}model_config"),
+            params.device,
+        )
+
+    def check(self) -> None:
+        """Fail before the run if the weights cannot be found; log where they come from."""
+        check_and_log_weights(self.model, self.pretrained, self.model_config, self.device)
 
 
 class OpenClipModel(NamedTuple):
@@ -242,15 +256,8 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 # --- inputs and embeddings shared by the stages ---------------------------------------
 
 
-def open_image(data: bytes | None) -> Image.Image | None:
-    """RGB image from encoded bytes; None when there are none or they do not decode."""
-    if data is None:
-        return None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
+# RGB image from encoded bytes; None when there are none or they do not decode.
+open_image = decode_rgb
 
 
 def caption_text(sample: Sample) -> str | None:

@@ -43,7 +43,6 @@ from filters.openclip_models import (
     ModelLoadError,
     ModelSource,
     caption_text,
-    check_and_log_weights,
     encoder_for,
     load_model,
     open_image,
@@ -92,18 +91,15 @@ class Recaption(SampleStage):
             raise ParamError(f"{self.name}.max_length: must be at least {MIN_CAPTION_TOKENS + 2}")
 
     def coca_source(self) -> ModelSource:
-        p = self.params
-        return ModelSource(p.coca_model, p.coca_pretrained, p.coca_model_config, p.device)
+        return ModelSource.of(self.params, prefix="coca_")
 
     def clip_source(self) -> ModelSource:
-        p = self.params
-        return ModelSource(p.model, p.pretrained, p.model_config, p.device)
+        return ModelSource.of(self.params)
 
     def check(self) -> None:
-        p = self.params
-        check_and_log_weights(p.coca_model, p.coca_pretrained, p.coca_model_config, p.device)
-        check_and_log_weights(p.model, p.pretrained, p.model_config, p.device)
-        check_captioner_config(p.coca_model, p.max_length)
+        self.coca_source().check()
+        self.clip_source().check()
+        check_captioner_config(self.params.coca_model, self.params.max_length)
 
     def setup(self) -> None:
         self.captioner = CocaCaptioner(self.coca_source(), self.params.max_length)

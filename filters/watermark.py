@@ -69,10 +69,11 @@ from filters.model_common import (
     onnx_session,
     packaged_file,
     read_state_dict,
+    tag_or_drop,
 )
 from pipeline.params import ParamError
 from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.schema import Sample, Verdict
 
 DETECTOR_FILE = ("models", "ch_PP-OCRv4_det_infer.onnx")
 CLASSIFIER_INPUT_SIDE = 256
@@ -129,12 +130,8 @@ class WatermarkFilter(SampleStage):
             batch[i].fields["watermark_score"] = round(float(score), 4)
 
     def keep(self, sample: Sample) -> Verdict:
-        score = sample.fields.get("watermark_score")
-        if score is None:
-            return drop("image_unreadable")
-        if self.params.action == "drop" and score >= self.params.threshold:
-            return drop("watermark")
-        return KEEP
+        p = self.params
+        return tag_or_drop(sample.fields.get("watermark_score"), p.threshold, p.action, "watermark", "image_unreadable")
 
 
 # Text detector --------------------------------------------------------------

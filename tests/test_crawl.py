@@ -403,7 +403,7 @@ def test_curate_run_on_a_warc_of_loopback_pages(tmp_path):
     (web_root / "img" / "green.jpg").write_bytes(jpeg((90, 120), "green"))
     (web_root / "img" / "tiny.jpg").write_bytes(jpeg((8, 8), "blue"))
     with LocalWeb(web_root) as web:
-        first = f"""<html lang="en"><body>
+        first = """<html lang="en"><body>
             <img src="img/red.jpg" alt="A red square on a plain background">
             <img src="img/missing.jpg" alt="A picture that is not there">
             <img src="data:image/gif;base64,R0lGOD" alt="inline, never a row">
