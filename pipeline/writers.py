@@ -32,7 +32,18 @@ from pipeline.schema import REJECTS_SCHEMA, Reject, Sample
 class OutputParams:
     format: Literal["webdataset", "parquet"] = "webdataset"
     samples_per_shard: int = 10000  # input rows per shard; a shard holds the kept ones
-    shard_digits: int = 5
+    shard_digits: int = 5  # at least; more shards than this allows widen the shard part of keys
+
+    @property
+    def _index_digits(self) -> int:
+        return len(str(max(self.samples_per_shard - 1, 1)))
+
+    def key(self, shard_id: int, index_in_shard: int) -> str:
+        """`<shard><index>`, as img2dataset's keys: sorts in input order within a shard."""
+        return f"{shard_id:0{self.shard_digits}d}{index_in_shard:0{self._index_digits}d}"
+
+    def index_in_shard(self, key: str) -> int:
+        return int(key[-self._index_digits:])
 
 
 def shard_name(shard_id: int, digits: int) -> str:

@@ -52,3 +52,12 @@ def test_same_samples_give_identical_bytes(tmp_path):
     second = write_shard(OutputParams(), str(tmp_path / "b"), 0, [make_sample("000000001")])
     for a, b in zip(first, second):
         assert open(a, "rb").read() == open(b, "rb").read()
+
+
+@pytest.mark.parametrize("per_shard, shard, index, key", [
+    (10000, 3, 42, "000030042"), (4, 0, 3, "000003"), (100, 123456, 7, "12345607"),  # more shards than digits
+])
+def test_keys_name_shard_and_position(per_shard, shard, index, key):
+    params = OutputParams(samples_per_shard=per_shard)
+    assert params.key(shard, index) == key
+    assert params.index_in_shard(key) == index
