@@ -55,8 +55,10 @@ class SampleStage(Stage):
     checks_before_download: ClassVar[bool] = False
     checks_response: ClassVar[bool] = False
     # The recipe's download settings (user agent, SSRF guard), for stages that
-    # fetch something themselves (robots.txt): set by the pipeline.
+    # fetch something themselves (robots.txt), and its resize settings, for
+    # stages that map coordinates or re-encode images: set by the pipeline.
     download_params: Any = None
+    resize_params: Any = None
 
     def setup(self) -> None:
         """Load models or tables; called once per worker before any sample."""

@@ -189,11 +189,11 @@ def _decode_and_transform(data: bytes, params: ResizeParams, use_draft: bool) ->
         img.load()  # raises on truncated or corrupt data
         orientation = _orientation(img)
         (width, height) = _upright_size(header_size, orientation)
-        plan = _plan(width, height, params)
+        plan = plan_resize(width, height, params)
         if _can_keep_original(img, plan, orientation, params):
             return ProcessedImage(data, params.encode_format, width, height, width, height)
         result = _apply_plan(_upright(_to_rgb(img), orientation), plan, (width, height))
-        return ProcessedImage(_encode(result, params), params.encode_format, *result.size, width, height)
+        return ProcessedImage(encode_image(result, params), params.encode_format, *result.size, width, height)
 
 
 def _check_header_size(size: tuple[int, int], params: ResizeParams) -> None:
@@ -220,7 +220,7 @@ def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
     return (height, width) if orientation in _SIDEWAYS_ORIENTATIONS else (width, height)
 
 
-def _plan(width: int, height: int, params: ResizeParams) -> _Plan:
+def plan_resize(width: int, height: int, params: ResizeParams) -> _Plan:
     """img2dataset's Resizer decisions and rounding, for an upright width x height."""
     nothing = _Plan(None, None, None)
     mode = params.resize_mode
@@ -257,7 +257,7 @@ def _center_box(size: tuple[int, int], side: int) -> tuple[int, int, int, int] |
 def _draft_for_target(img: Image.Image, header_size: tuple[int, int], params: ResizeParams) -> None:
     """Ask the JPEG decoder for the smallest DCT scale that still covers the target."""
     orientation = _orientation(img)  # JPEG EXIF is in the header, readable before decode
-    plan = _plan(*_upright_size(header_size, orientation), params)
+    plan = plan_resize(*_upright_size(header_size, orientation), params)
     if _can_keep_original(img, plan, orientation, params):
         # Pixels are only decoded to validate the file: the smallest scale will do.
         img.draft("RGB", (1, 1))
@@ -342,7 +342,7 @@ def _pad_to_square(img: Image.Image, side: int) -> Image.Image:
     return canvas
 
 
-def _encode(img: Image.Image, params: ResizeParams) -> bytes:
+def encode_image(img: Image.Image, params: ResizeParams) -> bytes:
     out = io.BytesIO()
     try:
         if params.encode_format == "jpg":

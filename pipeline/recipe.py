@@ -76,7 +76,7 @@ class Recipe:
     def build_stages(self) -> list:
         stages = [get_stage(spec.name)(spec.params) for spec in self.stages]
         for stage in stages:
-            stage.download_params = self.download
+            stage.download_params, stage.resize_params = self.download, self.resize
         return stages
 
     def to_dict(self) -> dict:
