@@ -3,6 +3,7 @@ import glob
 import io
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -17,7 +18,10 @@ def test_thousand_urls_end_to_end(tmp_path):
     web_root = tmp_path / "web"
     web_root.mkdir()
     for i in range(250):
-        image = Image.new("RGB", (64 + i % 200, 48 + (i * 7) % 150), ((i * 37) % 256, (i * 91) % 256, (i * 13) % 256))
+        # Noise, not flat colour: distinct pictures to the perceptual dedup stage too.
+        size = (64 + i % 200, 48 + (i * 7) % 150)
+        pixels = np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
         out = io.BytesIO()
         image.save(out, "JPEG", quality=85)
         (web_root / f"{i}.jpg").write_bytes(out.getvalue())
