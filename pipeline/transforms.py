@@ -12,11 +12,10 @@ import logging
 import threading
 import time
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
-from typing import Any, Iterable
+from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from filters.base import DatasetStage, SampleStage
 from pipeline import checkpoint, readers
@@ -148,11 +147,13 @@ def _freeze_long_lived_objects() -> None:
     """Exempts what the worker holds so far (imported modules, Beam's own state) from garbage collection.
 
     Python's full collections walk every tracked object; in a Beam worker
-    that is millions of them, and the per-row allocations of a download
+    that is hundreds of thousands of them, and the per-row allocations of a download
     trigger such a walk often enough to cost ~15% of the worker's CPU.
     Freezing only skips scanning them: objects still die by reference count.
+    Once per process: later calls would also freeze the rows in flight.
     """
-    gc.freeze()
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
 
 
 def download_task(sample: Sample, output: OutputParams, rows_per_task: int) -> tuple[int, int]:
@@ -268,29 +269,6 @@ class _Progress:
 # ---------------------------------------------------------------- stages
 
 
-class _StageModelHandler(ModelHandler):
-    """Lets RunInference batch samples and share one loaded stage per process."""
-
-    def __init__(self, stage: SampleStage):
-        super().__init__()
-        self._stage = stage
-
-    def load_model(self) -> SampleStage:
-        self._stage.setup()
-        return self._stage
-
-    def run_inference(self, batch, model, inference_args=None):
-        model.score(list(batch))
-        return batch
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        size = getattr(self._stage.params, "batch_size", 32)
-        return {"min_batch_size": 1, "max_batch_size": size}
-
-    def share_model_across_processes(self) -> bool:
-        return False
-
-
 class _ScoreAndKeep(beam.DoFn):
     """Applies a stage's keep(), scoring first unless RunInference did."""
 
@@ -336,7 +314,9 @@ class ApplyStage(beam.PTransform):
                 outputs["report"] = result["report"] | "NameReport" >> beam.Map(lambda r: (section, name, r))
             return outputs
         if stage.uses_model:
-            samples = samples | "Score" >> RunInference(_StageModelHandler(stage))
+            from pipeline.inference import score_with_model  # imports torch: only for model stages
+
+            samples = samples | "Score" >> score_with_model(stage)
         outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, scored=stage.uses_model)).with_outputs(
             REJECTED, main="samples"
         )
