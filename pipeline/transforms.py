@@ -283,7 +283,7 @@ class _ScoreAndKeep(beam.DoFn):
 
     def _decide(self, sample: Sample):
         if not self._scored:
-            self._stage.score_one(sample)
+            self._stage.score([sample])
         return self._stage.keep(sample)
 
     def process(self, sample: Sample):
