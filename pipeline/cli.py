@@ -35,6 +35,9 @@ Output (DIR):
   report/optout.json                        opt-out drops by rule and by domain
   recipe.json                               the resolved recipe of this run
   _SUCCESS                                  written last, when all of the above is complete
+
+A run that stops (killed, failed) resumes when started again with the same
+--output: downloads already finished (DIR/_work/) are reused row by row.
 """
 
 
