@@ -33,10 +33,10 @@ from filters.openclip_models import (
     ModelSource,
     encoder_for,
     open_image,
-    unscored_reason,
+    min_score_verdict,
 )
 from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.schema import Sample, Verdict
 
 EMBEDDING_FIELD = "clip_image_embedding"
 
@@ -103,13 +103,7 @@ class Aesthetic(SampleStage):
         return self._encoder
 
     def keep(self, sample: Sample) -> Verdict:
-        threshold = self.params.threshold
-        if threshold is None:
-            return KEEP
-        score = sample.fields.get("aesthetic_score")
-        if score is None:
-            return drop(unscored_reason(sample, needs_caption=False))
-        return KEEP if score >= threshold else drop("low_aesthetic_score")
+        return min_score_verdict(sample, "aesthetic_score", self.params.threshold, "low_aesthetic_score", needs_caption=False)
 
 
 def load_head(head_path: str | None):

@@ -28,10 +28,10 @@ from filters.openclip_models import (
     caption_text,
     encoder_for,
     open_image,
-    unscored_reason,
+    min_score_verdict,
 )
 from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.schema import Sample, Verdict
 
 
 @register
@@ -76,13 +76,7 @@ class ClipScore(SampleStage):
                 sample.fields["clip_text_embedding"] = _float16_list(text_embedding)
 
     def keep(self, sample: Sample) -> Verdict:
-        threshold = self.params.threshold
-        if threshold is None:
-            return KEEP
-        score = sample.fields.get("clip_score")
-        if score is None:
-            return drop(unscored_reason(sample, needs_caption=True))
-        return KEEP if score >= threshold else drop("low_clip_score")
+        return min_score_verdict(sample, "clip_score", self.params.threshold, "low_clip_score", needs_caption=True)
 
 
 def _float16_list(embedding) -> list[float] | None:

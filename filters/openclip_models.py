@@ -33,7 +33,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 from PIL import Image
 
 from filters.model_common import decode_rgb
-from pipeline.schema import Sample
+from pipeline.schema import KEEP, Sample, Verdict, drop
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
@@ -274,6 +274,16 @@ def unscored_reason(sample: Sample, needs_caption: bool) -> str:
     if needs_caption and caption_text(sample) is None:
         return "no_caption"
     return "undecodable_image"
+
+
+def min_score_verdict(sample: Sample, field: str, threshold: float | None, low_reason: str, needs_caption: bool) -> Verdict:
+    """Keep at or above `threshold` (None keeps all); an unscored sample is dropped with why it has no score."""
+    if threshold is None:
+        return KEEP
+    score = sample.fields.get(field)
+    if score is None:
+        return drop(unscored_reason(sample, needs_caption))
+    return KEEP if score >= threshold else drop(low_reason)
 
 
 class ClipEncoder:
