@@ -20,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import sys
+import threading
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -27,6 +30,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
+from pipeline.audit import write_json
 from pipeline.schema import Reject, Sample
 from pipeline.writers import AtomicFile, OutputParams, shard_name
 
@@ -58,8 +62,6 @@ def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
                 "pass --overwrite to start afresh"
             )
     else:
-        from pipeline.audit import write_json
-
         write_json(manifest_path, manifest)
     return finished_tasks(output_dir)
 
@@ -75,16 +77,11 @@ class ProgressReporter:
     """
 
     def __init__(self, output_dir: str, rows_per_task: int, every: float = 15.0):
-        import threading
-
         self._output_dir, self._rows_per_task, self._every = output_dir, rows_per_task, every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._report, daemon=True)
 
     def _report(self) -> None:
-        import sys
-        import time
-
         start = time.monotonic()
         while not self._stop.wait(self._every):
             done = finished_tasks(self._output_dir)

@@ -6,7 +6,6 @@ input row becomes exactly one of the two (the accounting invariant).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -71,9 +70,6 @@ class Sample:
             fields={**_known_image_fields(self), **self.fields},
             extra=self.extra,
         )
-
-    def without_image(self) -> "Sample":
-        return dataclasses.replace(self, image=None)
 
 
 def _known_image_fields(sample: Sample) -> dict[str, Any]:
