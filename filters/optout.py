@@ -52,15 +52,12 @@ import collections
 import hashlib
 import logging
 import threading
-import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 from protego import Protego
 
 from filters.base import SampleStage
-from pipeline import download
 from pipeline import optout_rules as rules
 from pipeline.download import Downloader, DownloadParams
 from pipeline.params import ParamError
@@ -145,35 +142,6 @@ def robots_policy_from_fetch(status_reason: str | None, body: bytes | None) -> R
     if status_reason == "http_429" or status_reason.startswith("http_5"):
         return DISALLOW_ALL
     return ALLOW_ALL
-
-
-class PolicyFetcher:
-    """Fetches robots.txt and tdmrep.json like images are fetched: same user
-    agent, SSRF guard, timeouts, retries, redirect limit and byte cap, but
-    without requiring the body to be an image.
-
-    Downloader.fetch() rejects non-image bodies, so this drives its per-hop
-    request directly.  (Better: a `Downloader.fetch(url, expect_image=False)`.)
-    """
-
-    def __init__(self, download_params: DownloadParams | None):
-        self._downloader = Downloader(download_params or DownloadParams())
-
-    def fetch(self, url: str) -> tuple[str | None, bytes | None]:
-        """(None, body) on a 2xx, else (reason, None), reasons as Downloader's."""
-        params = self._downloader.params
-        deadline = time.monotonic() + params.deadline
-        try:
-            current = download._checked_url(url)
-            for _hop in range(params.max_redirects + 1):
-                reply = self._downloader._get_with_retries(current, deadline)
-                if reply.body is None:
-                    current = download._checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
-                    continue
-                return None, reply.body
-            return "too_many_redirects", None
-        except download._Failure as failure:
-            return failure.reason, None
 
 
 # ------------------------------------------------------------ the stage
@@ -321,7 +289,9 @@ class _State:
     def __init__(self, params, download_params):
         self._params = params
         self.optout_list = rules.load_optout_list(params.list) if params.list else rules.OptOutList()
-        self._fetcher = PolicyFetcher(download_params)
+        # Policy files are fetched like images (same user agent, SSRF guard,
+        # timeouts, retries, redirect limit and byte cap), just not sniffed.
+        self._downloader = Downloader(download_params or DownloadParams())
         self._robots = OncePerKey(self._fetch_robots, ALLOW_ALL)
         self._tdmrep = OncePerKey(self._fetch_tdmrep, [])
         self._c2pa_reader = None
@@ -344,9 +314,9 @@ class _State:
             return self._c2pa_reader
 
     def _fetch_robots(self, origin: str) -> RobotsPolicy:
-        reason, body = self._fetcher.fetch(f"{origin}/robots.txt")
-        return robots_policy_from_fetch(reason, body)
+        result = self._downloader.fetch(f"{origin}/robots.txt", expect_image=False)
+        return robots_policy_from_fetch(result.reason, result.data)
 
     def _fetch_tdmrep(self, origin: str) -> list[rules.TdmRepRule]:
-        reason, body = self._fetcher.fetch(f"{origin}/.well-known/tdmrep.json")
-        return rules.parse_tdmrep_json(body) if reason is None else []
+        result = self._downloader.fetch(f"{origin}/.well-known/tdmrep.json", expect_image=False)
+        return rules.parse_tdmrep_json(result.data) if result.ok else []

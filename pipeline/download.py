@@ -1,7 +1,10 @@
-"""Fetch images over HTTP(S): bounded, retried, and guarded against SSRF.
+"""Fetch images (and small documents) over HTTP(S): bounded, retried, and guarded against SSRF.
 
 `Downloader.fetch(url)` never raises: every failure becomes a `FetchResult`
-with a short snake_case `reason`:
+with a short snake_case `reason`.  `fetch(url, expect_image=False)` fetches any
+other resource (robots.txt, tdmrep.json) with the same guard, limits, retries
+and user agent, minus the two image checks: any 2xx body, even an empty one,
+is a success.  Reasons:
 
   invalid_url          not http/https, no host, unparsable (also a bad redirect Location)
   blocked_address      the host resolves to, or the socket reached, a non-public address
@@ -13,8 +16,8 @@ with a short snake_case `reason`:
   too_many_redirects   more than `max_redirects` hops
   too_large            Content-Length or the streamed body exceeds `max_bytes`
   incomplete_read      body shorter than Content-Length, or the connection was cut mid-body
-  empty_body           2xx with no bytes
-  not_an_image         the magic bytes are not an image format (Content-Type is ignored)
+  empty_body           2xx with no bytes (images only)
+  not_an_image         the magic bytes are not an image format; Content-Type is ignored (images only)
   unexpected_error     a bug in this module; logged with its traceback
 
 Retries (with deterministic exponential backoff) happen only for transient
@@ -94,7 +97,7 @@ class FetchResult:
     reason: str | None  # None on success, else a short snake_case reason
     status: int | None
     headers: dict[str, str] = field(default_factory=dict)  # final response, lower-cased names
-    mime: str | None = None  # sniffed from magic bytes, never from Content-Type
+    mime: str | None = None  # an image type sniffed from magic bytes, never from Content-Type
 
     @property
     def ok(self) -> bool:
@@ -272,8 +275,9 @@ class Downloader:
                 "https": _PeerCheckedHTTPSConnectionPool,
             }
 
-    def fetch(self, url: str) -> FetchResult:
-        """Download `url`; never raises."""
+    def fetch(self, url: str, expect_image: bool = True) -> FetchResult:
+        """Download `url`; never raises.  With `expect_image=False` any 2xx body
+        (even an empty one) is a success, e.g. for robots.txt."""
         deadline = time.monotonic() + self.params.deadline
         current: str | None = None
         try:
@@ -283,7 +287,7 @@ class Downloader:
                 if reply.body is None:
                     current = _checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
                     continue
-                return _success(url, current, reply)
+                return _success(url, current, reply, expect_image)
             raise _Failure("too_many_redirects")
         except _Failure as failure:
             return FetchResult(url, current, None, failure.reason, failure.status, failure.headers)
@@ -358,11 +362,11 @@ class Downloader:
         return bytes(body)
 
 
-def _success(url: str, final_url: str, reply: _Reply) -> FetchResult:
-    if not reply.body:
-        return FetchResult(url, final_url, None, "empty_body", reply.status, reply.headers)
+def _success(url: str, final_url: str, reply: _Reply, expect_image: bool) -> FetchResult:
     mime = sniff_image_mime(reply.body)
-    if mime is None:
+    if expect_image and not reply.body:
+        return FetchResult(url, final_url, None, "empty_body", reply.status, reply.headers)
+    if expect_image and mime is None:
         return FetchResult(url, final_url, None, "not_an_image", reply.status, reply.headers)
     return FetchResult(url, final_url, reply.body, None, reply.status, reply.headers, mime)
 

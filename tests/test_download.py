@@ -30,10 +30,10 @@ def web(tmp_path_factory):
         yield server
 
 
-def fetch(url: str, params: DownloadParams = LOCAL) -> FetchResult:
+def fetch(url: str, params: DownloadParams = LOCAL, expect_image: bool = True) -> FetchResult:
     downloader = Downloader(params)
     try:
-        return downloader.fetch(url)
+        return downloader.fetch(url, expect_image=expect_image)
     finally:
         downloader.close()
 
@@ -324,6 +324,52 @@ def test_bad_params_are_refused(field, value):
 def test_params_build_from_recipe_values():
     params = build(DownloadParams, {"timeout": "3", "allow_private_network": "true"}, "download")
     assert params.timeout == 3.0 and params.allow_private_network is True
+
+
+# --- documents (expect_image=False): robots.txt, tdmrep.json ------------------------------------
+
+def fetch_document(url: str, params: DownloadParams = LOCAL) -> FetchResult:
+    return fetch(url, params, expect_image=False)
+
+
+@pytest.mark.parametrize("via_redirect", [False, True])
+def test_document_is_returned_though_not_an_image(web, via_redirect):
+    url = fault(web, "redirect", to="/page.html") if via_redirect else web.url("page.html")
+    result = fetch_document(url)
+    assert result.ok, result.reason
+    assert (result.data, result.mime) == (b"<html><body>hello</body></html>", None)
+    assert result.final_url == web.url("page.html")
+
+
+def test_empty_document_is_a_success(web):
+    result = fetch_document(fault(web, "empty"))
+    assert (result.reason, result.data) == (None, b"")
+
+
+@pytest.mark.parametrize("status, attempts", [(410, 1), (502, 2)])
+def test_document_errors_are_retried_like_images(web, status, attempts):
+    route = f"status/{status}"  # statuses no other test uses: the module's server counts hits
+    result = fetch_document(fault(web, route), local(retries=1))
+    assert (result.reason, result.data) == (f"http_{status}", None)
+    assert web.hits(f"_fault/{route}") == attempts
+
+
+@pytest.mark.parametrize("rebinding", [False, True])
+def test_document_fetch_keeps_the_ssrf_guard(fresh_web, tmp_path, monkeypatch, rebinding):
+    (tmp_path / "robots.txt").write_text("User-agent: *\nDisallow:\n")  # fresh_web serves tmp_path
+    assert fetch_document(fresh_web.url("robots.txt")).ok  # control: fetched when private is allowed
+    if rebinding:  # resolution says public: only the peer check can refuse
+        monkeypatch.setattr(download, "resolve", lambda host, port: ["93.184.216.34"])
+    result = fetch_document(fresh_web.url("robots.txt"), DownloadParams(backoff=0.01))
+    assert (result.reason, result.data) == ("blocked_address", None)
+    assert fresh_web.hits("robots.txt") == 1  # only the control reached the server
+
+
+@pytest.mark.parametrize("length", ["yes", "no"])
+def test_document_size_cap(web, length):
+    result = fetch_document(fault(web, "big", bytes=5000, length=length), local(max_bytes=4000))
+    assert (result.reason, result.data) == ("too_large", None)
+    assert fetch_document(fault(web, "big", bytes=4000, length=length), local(max_bytes=4000)).ok  # control
 
 
 # --- robustness ----------------------------------------------------------------------------

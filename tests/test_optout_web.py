@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from filters.optout import OptOut, PolicyFetcher, robots_policy_from_fetch
+from filters.optout import OptOut, robots_policy_from_fetch
 from pipeline.cli import main
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ResizeParams, process_image
@@ -218,12 +218,13 @@ def test_robots_txt_fetch_failures_follow_rfc_9309(reason, allowed):
     assert robots_policy_from_fetch(reason, None).allows("http://a.com/x", "curate") is allowed
 
 
-def test_policy_files_are_fetched_as_documents_with_downloader_reasons(web):
-    fetcher = PolicyFetcher(LOOPBACK)
-    assert fetcher.fetch(web.url("robots.txt")) == (None, ROBOTS_TXT.encode())
-    assert fetcher.fetch(web.url("_fault/status/503")) == ("http_503", None)
-    assert fetcher.fetch(web.url("no-such-file")) == ("http_404", None)
-    assert PolicyFetcher(DownloadParams(retries=0)).fetch(web.url("robots.txt")) == ("blocked_address", None)
+def test_policy_files_are_fetched_with_the_download_ssrf_guard(web):
+    optout = OptOut(OptOut.Params())
+    optout.download_params = DownloadParams(retries=0)  # loopback not allowed
+    # robots.txt would disallow this URL, but it is never fetched: a blocked
+    # fetch allows, and the image download then fails with blocked_address.
+    assert optout.before_download(sample(web.url("private/a.jpg"))).keep
+    assert web.hits("/robots.txt") == 0
 
 
 def test_an_origin_without_robots_txt_allows_everything(tmp_path):
