@@ -88,7 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG_RUN,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--recipe", required=True, help="YAML recipe, e.g. manifests/local-sample.yaml")
+    run.add_argument(
+        "--recipe", required=True,
+        help="YAML recipe file, e.g. manifests/laion-style.yaml, or the bare name of a recipe bundled with "
+        "curate, e.g. laion-style (used when no such file exists; an unknown name lists them)",
+    )
     run.add_argument(
         "--input", required=True, action="append",
         help="input file, folder or glob (local or any Beam filesystem, e.g. gs://); repeatable",
@@ -129,7 +133,11 @@ def _parser() -> argparse.ArgumentParser:
         "serve it on 127.0.0.1, and run a recipe over it.",
     )
     demo.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--recipe", default=None, help="recipe (default: manifests/local-sample.yaml)")
+    demo.add_argument(
+        "--recipe", default=None,
+        help="YAML recipe file or bundled recipe name, as for `curate run` (default: local-sample, "
+        "the bundled manifests/local-sample.yaml)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     from pipeline.report import add_report_command

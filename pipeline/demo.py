@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pipeline.localweb import LocalWeb
 from pipeline.sample_web import generate_sample_web
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "manifests" / "local-sample.yaml"
+DEFAULT_RECIPE = "local-sample"  # bundled: found in a checkout and in an installed wheel alike
 
 
 def write_url_list(rows: list[dict], web: LocalWeb, path: Path) -> Path:
@@ -27,7 +27,7 @@ def write_url_list(rows: list[dict], web: LocalWeb, path: Path) -> Path:
 def run_demo(output: str, recipe: str | None = None, extra_args: list[str] = ()) -> int:
     from pipeline.cli import main
 
-    recipe = recipe or str(DEFAULT_RECIPE)
+    recipe = recipe or DEFAULT_RECIPE
     with tempfile.TemporaryDirectory(prefix="curate-demo-") as temp:
         root = Path(temp) / "web"
         rows = generate_sample_web(root)

@@ -13,7 +13,8 @@ stages:
 Everything is checked when the recipe is loaded: unknown sections, stages and
 parameters, and values of the wrong type fail with the file and line.
 `--set STAGE.PARAM=VALUE` / `--set SECTION.PARAM=VALUE` overrides are typed by
-the same schema.
+the same schema.  A bare name such as `local-sample` (no such file, no
+suffix) means the recipe of that name bundled with curate.
 """
 from __future__ import annotations
 
@@ -41,6 +42,33 @@ SECTIONS: dict[str, type] = {
 
 class RecipeError(ValueError):
     """The recipe cannot be used; the message names the file and line."""
+
+
+# The bundled recipes are the checkout's top-level manifests/, which a wheel
+# carries as pipeline/manifests/ (pyproject.toml, package-dir).  The installed
+# place comes first: it exists only in an installed wheel, where the folder
+# beside the package would be whatever site-packages/manifests happens to be.
+_PACKAGE = Path(__file__).resolve().parent
+BUNDLED_RECIPE_DIRS = (_PACKAGE / "manifests", _PACKAGE.parent / "manifests")
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Name -> file of every recipe bundled with curate."""
+    for folder in BUNDLED_RECIPE_DIRS:
+        if folder.is_dir():
+            return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """The recipe file: `recipe` itself, or the bundled recipe a bare name (no such file, no suffix) names."""
+    path = Path(recipe)
+    if path.exists() or path.name != str(recipe) or path.suffix:
+        return path
+    bundled = bundled_recipes()
+    if path.name not in bundled:
+        raise RecipeError(f"{recipe}: no such file, nor a bundled recipe ({', '.join(bundled)})")
+    return bundled[path.name]
 
 
 @dataclass
@@ -89,7 +117,7 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    path = str(path)
+    path = str(resolve_recipe(path))
     try:
         text = Path(path).read_text()
     except OSError as err:
