@@ -31,9 +31,29 @@ class Stage:
     # False for stages that only look at url and caption: they run before the
     # download, so rows they drop are never fetched.
     needs_image: ClassVar[bool] = True
+    # False for image stages that read only sizes and fields, never pixels:
+    # after a whole-dataset stage the pipeline then need not read the image
+    # bytes back for them (pipeline.stored_images).
+    uses_pixels: ClassVar[bool] = True
+    # True for stages that derive small fields from the pixels (a perceptual
+    # hash): `fields_from_image(sample, pixels)` then runs in the download
+    # thread of every row, right after decode and resize, whatever the stage's
+    # place in the recipe, so the stage itself needs no pixels later.  It must
+    # not raise for a bad image: leave the fields out, and let the stage decide.
+    computes_from_image: ClassVar[bool] = False
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
+
+    def setup(self) -> None:
+        """Load models or tables; called once per worker before any sample."""
+
+    def fields_from_image(self, sample: Sample, pixels: Any = None) -> None:
+        """Add fields computed from the image (see `computes_from_image`).
+
+        `pixels` is the decoded output image (PIL) when the download has it,
+        else None: decode `sample.image`.
+        """
 
     def check(self) -> None:
         """Cheap pre-flight check run before the pipeline starts (e.g. model files exist).
@@ -59,9 +79,6 @@ class SampleStage(Stage):
     # stages that map coordinates or re-encode images: set by the pipeline.
     download_params: Any = None
     resize_params: Any = None
-
-    def setup(self) -> None:
-        """Load models or tables; called once per worker before any sample."""
 
     def score(self, batch: list[Sample]) -> None:
         """Add fields to each sample of the batch (default: one at a time)."""

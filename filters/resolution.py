@@ -11,6 +11,7 @@ from pipeline.schema import KEEP, Sample, Verdict, drop
 @register
 class ResolutionFilter(SampleStage):
     name = "resolution"
+    uses_pixels = False  # sizes only
 
     @dataclass(frozen=True)
     class Params:

@@ -8,7 +8,9 @@ complete.  A run that is killed and started again on the same output folder
 reuses those results row by row (by key) instead of fetching again; every
 other step runs as usual over all rows, so the output equals an
 uninterrupted run's.  Because reuse is by row, a re-run with other filter
-stages or thresholds reuses the downloads too.
+stages or thresholds reuses the downloads too.  The same files are where the
+run reads images back after shuffling samples without them
+(`pipeline.stored_images`).
 
 `DIR/_work/manifest.json` records what the checkpoints depend on (inputs,
 input columns, download and resize settings, shard size); a resume with other
@@ -107,14 +109,14 @@ def remove(output_dir: str) -> None:
         FileSystems.delete([path])
 
 
-def _path(output: OutputParams, output_dir: str, task: tuple[int, int]) -> str:
+def task_path(output: OutputParams, output_dir: str, task: tuple[int, int]) -> str:
     shard_id, number = task
     return f"{output_dir}/{WORK_DIR}/{shard_name(shard_id, output.shard_digits)}-{number:05d}.ckpt.parquet"
 
 
 def load(output: OutputParams, output_dir: str, task: tuple[int, int]) -> dict[str, Sample | Reject]:
     """A task's saved results by key; empty if it has no complete checkpoint."""
-    path = _path(output, output_dir, task)
+    path = task_path(output, output_dir, task)
     if not FileSystems.exists(path):
         return {}
     with FileSystems.open(path) as handle:
@@ -126,7 +128,7 @@ class TaskCheckpoint:
     """Streams one task's results to its checkpoint; in place only if the task completes."""
 
     def __init__(self, output: OutputParams, output_dir: str, task: tuple[int, int]):
-        self._file = AtomicFile(_path(output, output_dir, task))
+        self._file = AtomicFile(task_path(output, output_dir, task))
         self._writer = pq.ParquetWriter(self._file.handle, _SCHEMA, compression="zstd")
         self._buffer: list[dict[str, Any]] = []
 

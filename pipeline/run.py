@@ -20,7 +20,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import audit
+from filters.base import DatasetStage
 from pipeline.recipe import Recipe
+from pipeline.stored_images import RestoreImages, StripImages
 from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
@@ -63,20 +65,28 @@ class _Flow:
         self.samples, self.rejects, self.reports = samples, [rejects], []
         self.order = ["read"]  # for the audit's funnel
         self.downloaded = False
+        self.images_stripped = False
 
     def apply(self, stage) -> None:
+        if isinstance(stage, DatasetStage):
+            # Whole-dataset stages shuffle samples: without their image bytes (pipeline.stored_images).
+            self.samples = self.samples | f"StripImages[{stage.name}]" >> StripImages()
+            self.images_stripped = True
+        elif stage.needs_image and stage.uses_pixels and self.images_stripped:
+            self.samples = self.samples | f"RestoreImages[{stage.name}]" >> RestoreImages(
+                self.recipe.output, self.output_dir
+            )
+            self.images_stripped = False
         result = self.samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
         self._advance(result["samples"], result[REJECTED], stage.name)
         if "report" in result:
             self.reports.append(result["report"])
 
     def download(self) -> None:
-        """The download, with the hooks of stages that act around it (opt-out signals)."""
-        hooks = [
-            stage for stage in self.stages
-            if getattr(stage, "checks_before_download", False) or getattr(stage, "checks_response", False)
-        ]
-        download = DownloadImages(self.recipe.download, self.recipe.resize, hooks, self.recipe.output, self.output_dir)
+        """The download, with the hooks of stages that act in its threads (opt-out signals, image hashes)."""
+        download = DownloadImages(
+            self.recipe.download, self.recipe.resize, self.stages, self.recipe.output, self.output_dir
+        )
         result = self.samples | "Download" >> download
         self._advance(result.samples, result[REJECTED], "download")
         self.downloaded = True

@@ -50,6 +50,20 @@ class Sample:
     original_height: int | None = None
     sha256: str | None = None  # of the original downloaded bytes
     fields: dict[str, Any] = field(default_factory=dict)  # scores and fields added by stages
+    # The download task whose checkpoint holds this sample's image bytes, while
+    # `image` is still the image saved there: shuffles then carry the sample
+    # without its bytes (pipeline.stored_images).  Setting a new `image`
+    # clears it, so an edited image (face_blur) travels with the sample.
+    image_ref: tuple[int, int] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "image" and value is not None:
+            object.__setattr__(self, "image_ref", None)
+        object.__setattr__(self, name, value)
+
+    def restore_image(self, data: bytes) -> None:
+        """Puts the saved image bytes back without forgetting where they came from."""
+        object.__setattr__(self, "image", data)
 
     def metadata(self) -> dict[str, Any]:
         """Everything but the image bytes, flattened: what goes into .json and .parquet."""

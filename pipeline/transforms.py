@@ -11,14 +11,15 @@ import hashlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from filters.base import DatasetStage, SampleStage
-from pipeline import checkpoint, readers
+from filters.base import DatasetStage, SampleStage, Stage
+from pipeline import checkpoint, readers, stored_images
 from pipeline.crawl import CrawlParams
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
@@ -114,22 +115,43 @@ class _ToSample(beam.DoFn):
 # ---------------------------------------------------------------- download
 
 
-def fetch_and_resize(
-    downloader: Downloader, resize: ResizeParams, hooks: list[SampleStage], sample: Sample
-) -> Sample | Reject:
-    """One row: the stages' before-download checks, fetch, their response checks, decode and resize.
+@dataclass(frozen=True)
+class DownloadHooks:
+    """The stages that act in the download thread of each row, by the point where they act."""
+
+    before_download: tuple[SampleStage, ...] = ()
+    check_response: tuple[SampleStage, ...] = ()
+    from_image: tuple[Stage, ...] = ()
+
+    @classmethod
+    def of(cls, stages: Iterable[Stage]) -> "DownloadHooks":
+        stages = list(stages)
+        return cls(
+            tuple(s for s in stages if isinstance(s, SampleStage) and s.checks_before_download),
+            tuple(s for s in stages if isinstance(s, SampleStage) and s.checks_response),
+            tuple(s for s in stages if s.computes_from_image),
+        )
+
+    def stages(self) -> list[Stage]:
+        unique = {id(s): s for s in self.before_download + self.check_response + self.from_image}
+        return list(unique.values())
+
+
+def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample) -> Sample | Reject:
+    """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
+    then the fields stages compute from the image while it is at hand.
 
     Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
     """
-    for stage in hooks:
-        verdict = stage.before_download(sample) if stage.checks_before_download else KEEP
+    for stage in hooks.before_download:
+        verdict = stage.before_download(sample)
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
     result = downloader.fetch(sample.url)
     if result.reason:
         return sample.reject("download", result.reason)
-    for stage in hooks:
-        verdict = stage.check_response(sample, result) if stage.checks_response else KEEP
+    for stage in hooks.check_response:
+        verdict = stage.check_response(sample, result)
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
     try:
@@ -140,6 +162,8 @@ def fetch_and_resize(
     sample.width, sample.height = image.width, image.height
     sample.original_width, sample.original_height = image.original_width, image.original_height
     sample.sha256 = hashlib.sha256(result.data).hexdigest()
+    for stage in hooks.from_image:
+        stage.fields_from_image(sample, image.pixels)
     return sample
 
 
@@ -169,9 +193,9 @@ class _DownloadTask(beam.DoFn):
     At most `threads * 2` rows are in flight, so memory stays bounded.
     """
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: list[SampleStage],
+    def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
                  output: OutputParams, output_dir: str):
-        self._download, self._resize, self._checks = download, resize, hooks
+        self._download, self._resize, self._hooks = download, resize, hooks
         self._output, self._output_dir = output, output_dir
         self._done = Metrics.counter("download", "ok")
         self._failed = Metrics.counter("download", "failed")
@@ -179,7 +203,7 @@ class _DownloadTask(beam.DoFn):
 
     def setup(self):
         _freeze_long_lived_objects()
-        for stage in self._checks:
+        for stage in self._hooks.stages():
             stage.setup()
         self._downloader = Downloader(self._download)
         self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
@@ -193,19 +217,30 @@ class _DownloadTask(beam.DoFn):
             for sample in samples:
                 if sample.key in previous:
                     self._reused.inc()
-                    yield saved.add(previous[sample.key])
+                    yield saved.add(self._reuse(previous[sample.key]))
                     continue
-                pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, self._checks, sample))
+                pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, self._hooks, sample))
                 if len(pending) >= self._download.threads * 2:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from self._finished(done, saved)
+                    yield from self._finished(done, task, saved)
             done, _ = wait(pending, return_when=ALL_COMPLETED)
-            yield from self._finished(done, saved)
+            yield from self._finished(done, task, saved)
 
-    def _finished(self, futures, saved) -> Iterable[Sample | Reject]:
+    def _reuse(self, record: Sample | Reject) -> Sample | Reject:
+        """A checkpointed result, with the fields that this run's stages compute from images."""
+        if isinstance(record, Sample):
+            for stage in self._hooks.from_image:
+                stage.fields_from_image(record)
+        return record
+
+    def _finished(self, futures, task, saved) -> Iterable[Sample | Reject]:
         for future in futures:
             result = future.result()
-            (self._failed if isinstance(result, Reject) else self._done).inc()
+            if isinstance(result, Reject):
+                self._failed.inc()
+            else:
+                self._done.inc()
+                result.image_ref = task  # its image can be read back from this task's checkpoint
             self._progress.tick()
             yield saved.add(result)
 
@@ -229,14 +264,14 @@ class DownloadImages(beam.PTransform):
     and of checkpointing, as img2dataset's shards are.
     """
 
-    def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: list[SampleStage],
+    def __init__(self, download: DownloadParams, resize: ResizeParams, stages: Iterable[Stage],
                  output: OutputParams, output_dir: str):
         super().__init__()
-        self._download, self._resize, self._checks = download, resize, list(hooks)
+        self._download, self._resize, self._hooks = download, resize, DownloadHooks.of(stages)
         self._output, self._output_dir = output, output_dir
 
     def expand(self, samples):
-        fetch = _DownloadTask(self._download, self._resize, self._checks, self._output, self._output_dir)
+        fetch = _DownloadTask(self._download, self._resize, self._hooks, self._output, self._output_dir)
         output, rows_per_task = self._output, self._download.rows_per_task
         return (
             samples
@@ -352,11 +387,23 @@ class _WriteGroups(beam.DoFn):
         yield self._count(items)
 
 
-_WRITE_KINDS = {"samples": (write_shard, _kept_counts), "rejects": (write_rejects, _reject_counts)}
+def _write_samples(output: OutputParams, output_dir: str, shard_id: int, samples: list[Sample]) -> list[str]:
+    load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
+    return write_shard(output, output_dir, shard_id, samples, load_images)
+
+
+# kind: (write one shard, count summary, what to do to each record before the shuffle)
+_WRITE_KINDS = {
+    "samples": (_write_samples, _kept_counts, stored_images.strip),
+    "rejects": (write_rejects, _reject_counts, None),
+}
 
 
 class WriteByShard(beam.PTransform):
     """Groups records by shard id and writes one file set per shard.
+
+    Samples are shuffled without the image bytes their checkpoint holds, and
+    the writer reads those back a download task at a time (pipeline.stored_images).
 
     Emits a count summary per shard ({"kept": n} or {"rejected/STAGE/REASON": n}),
     so whatever consumes the summaries runs after the files exist.
@@ -367,7 +414,9 @@ class WriteByShard(beam.PTransform):
         self._kind, self._output, self._output_dir = kind, output, output_dir
 
     def expand(self, records):
-        write, count = _WRITE_KINDS[self._kind]
+        write, count, prepare = _WRITE_KINDS[self._kind]
+        if prepare is not None:
+            records = records | "Prepare" >> beam.Map(prepare)
         return (
             records
             | "KeyByShard" >> beam.Map(lambda r: (r.shard_id, r))

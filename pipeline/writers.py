@@ -19,7 +19,7 @@ import json
 import tarfile
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,10 +131,20 @@ class ParquetShardWriter:
 WRITERS = {"webdataset": WebDatasetShardWriter, "parquet": ParquetShardWriter}
 
 
-def write_shard(params: OutputParams, output_dir: str, shard_id: int, samples: list[Sample]) -> list[str]:
-    """Write one shard's samples in key order; returns the final paths."""
+def write_shard(
+    params: OutputParams,
+    output_dir: str,
+    shard_id: int,
+    samples: list[Sample],
+    load_images: Callable[[Iterable[Sample]], Iterable[Sample]] = iter,
+) -> list[str]:
+    """Write one shard's samples in key order; returns the final paths.
+
+    `load_images` gets the samples in key order and yields them with their
+    image bytes, for samples shuffled without them.
+    """
     writer = WRITERS[params.format](output_dir, shard_name(shard_id, params.shard_digits))
-    for sample in sorted(samples, key=lambda s: s.key):
+    for sample in load_images(sorted(samples, key=lambda s: s.key)):
         writer.write(sample)
     return writer.close()
 

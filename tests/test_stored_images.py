@@ -1,0 +1,146 @@
+"""Image bytes stay out of shuffles and come back from the download checkpoints where needed."""
+import dataclasses
+import io
+import pickle
+import textwrap
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from PIL import Image
+
+from filters.base import DatasetStage, SampleStage
+from pipeline import checkpoint
+from pipeline.cli import main
+from pipeline.localweb import LocalWeb
+from pipeline.registry import register
+from pipeline.schema import KEEP, Sample, drop
+from pipeline.stored_images import MissingStoredImage, restore, strip
+from pipeline.writers import OutputParams
+
+OUTPUT = OutputParams(samples_per_shard=100)
+
+
+def stored_sample(key: str, image: bytes, task=(0, 0)) -> Sample:
+    sample = Sample(key=key, shard_id=0, url=f"http://x/{key}", image=image, image_format="jpg")
+    sample.image_ref = task
+    return sample
+
+
+def test_a_new_image_forgets_the_stored_one_and_a_restored_one_does_not():
+    sample = stored_sample("00000000", b"saved")
+    assert dataclasses.replace(sample, image=None).image_ref == (0, 0)
+    assert pickle.loads(pickle.dumps(sample)).image_ref == (0, 0)
+    stripped = strip(sample)
+    stripped.restore_image(b"saved")
+    assert stripped.image_ref == (0, 0)
+    sample.image = b"blurred"  # a stage edited the pixels: the checkpoint no longer has them
+    assert sample.image_ref is None
+    assert strip(sample).image == b"blurred"
+
+
+def test_strip_then_restore_gives_the_saved_bytes_back(tmp_path):
+    out = str(tmp_path)
+    saved = [stored_sample(OUTPUT.key(0, i), f"image {i}".encode()) for i in range(3)]
+    with checkpoint.TaskCheckpoint(OUTPUT, out, (0, 0)) as task:
+        for sample in saved:
+            task.add(sample)
+    unsaved = Sample(key=OUTPUT.key(0, 5), shard_id=0, url="u", image=b"edited")
+    stripped = [strip(s) for s in saved] + [unsaved]
+    assert [s.image for s in stripped] == [None, None, None, b"edited"]
+    restored = list(restore(stripped, OUTPUT, out))
+    assert [s.image for s in restored] == [b"image 0", b"image 1", b"image 2", b"edited"]
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
+    lost = strip(stored_sample(OUTPUT.key(0, 1), b"bytes", task=(0, 7)))
+    with pytest.raises(MissingStoredImage, match=f"{OUTPUT.key(0, 1)} .*00000-00007.ckpt.parquet"):
+        list(restore([lost], OUTPUT, str(tmp_path)))
+
+
+# ---------------------------------------------------------------- in a pipeline
+
+PROBE = "stored_images_probe"
+
+
+def _count_bytes(sample: Sample, where: str) -> Sample:
+    name = "with_bytes" if sample.image else "without_bytes"
+    beam.metrics.Metrics.counter(PROBE, f"{where}:{name}").inc()
+    return sample
+
+
+@register
+class DatasetProbe(DatasetStage):
+    """A whole-dataset stage that shuffles its input and counts the image bytes it sees."""
+
+    name = "probe_dataset_bytes"
+
+    def transform(self):
+        class _Shuffle(beam.PTransform):
+            def expand(self, samples):
+                kept = (
+                    samples
+                    | beam.Map(lambda s: (s.key, s))
+                    | beam.GroupByKey()
+                    | beam.FlatMap(lambda kv: kv[1])
+                    | beam.Map(_count_bytes, "dataset")
+                )
+                return {"kept": kept, "rejected": samples.pipeline | beam.Create([])}
+
+        return _Shuffle()
+
+
+@register
+class PixelProbe(SampleStage):
+    """A stage that reads pixels, placed after the whole-dataset stage."""
+
+    name = "probe_pixels"
+
+    def keep(self, sample):
+        _count_bytes(sample, "pixels")
+        with Image.open(io.BytesIO(sample.image)) as image:
+            return KEEP if image.size == (64, 64) else drop("wrong_pixels")
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("web")
+    for i, colour in enumerate(["red", "green", "blue", "white", "black"]):
+        buffer = io.BytesIO()
+        Image.new("RGB", (80 + i, 60), colour).save(buffer, "PNG")
+        (root / f"{i}.png").write_bytes(buffer.getvalue())
+    with LocalWeb(root) as server:
+        yield server
+
+
+def test_a_whole_dataset_stage_sees_no_image_bytes_and_a_later_pixel_stage_gets_them_back(web, tmp_path, monkeypatch):
+    recipe = tmp_path / "probe.yaml"
+    recipe.write_text(textwrap.dedent("""\
+        resize: {image_size: 64, resize_mode: border}
+        output: {samples_per_shard: 3}
+        download: {rows_per_task: 2}
+        stages:
+          - resolution: {min_side: 8}
+          - probe_dataset_bytes
+          - probe_pixels
+        """))
+    urls = tmp_path / "urls.txt"
+    urls.write_text("".join(web.url(f"{i}.png") + "\n" for i in range(5)))
+    results = []
+    from pipeline import run as run_module
+
+    real_run = run_module.run
+    monkeypatch.setattr(run_module, "run", lambda *a, **k: results.append(real_run(*a, **k)) or results[-1])
+    out = tmp_path / "out"
+    assert main(["run", "--recipe", str(recipe), "--input", str(urls), "--output", str(out),
+                 "--allow-private-network", "--direct_num_workers=1"]) == 0
+
+    counters = {
+        r.key.metric.name: r.committed for r in results[0].metrics().query(MetricsFilter().with_namespace(PROBE))["counters"]
+    }
+    assert counters == {"dataset:without_bytes": 5, "pixels:with_bytes": 5}
+    import webdataset as wds
+
+    written = list(wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False))
+    assert len(written) == 5
+    assert all(Image.open(io.BytesIO(s["png"] if "png" in s else s["jpg"])).size == (64, 64) for s in written)
