@@ -118,17 +118,14 @@ class JaccardMatcher:
 
 
 class _PrepareCaptions(beam.DoFn):
-    """Hashes the image when the stage needs it and no earlier stage did; never rejects."""
+    """Hashes the image when the stage needs it and the download did not; never rejects."""
 
-    def __init__(self, require_image_match: bool):
-        self._require_image_match = require_image_match
+    def __init__(self, stage: "CaptionDedup"):
+        self._stage = stage
 
     def process(self, sample: Sample):
-        if self._require_image_match:
-            try:
-                sample_signature(sample, "none")
-            except UnreadableImage:
-                pass  # no image signature: `candidate` leaves the sample out
+        if self._stage.computes_from_image:
+            self._stage.fields_from_image(sample)
         yield sample
 
 
@@ -164,6 +161,13 @@ class CaptionDedup(DatasetStage):
         # Caption-only dedup runs before the download and saves the fetches;
         # image matching and the "largest"/"clip_score" policies need it done.
         self.needs_image = self.params.require_image_match or self.params.keep != "first"
+        self.computes_from_image = self.params.require_image_match
+
+    def fields_from_image(self, sample: Sample, pixels=None) -> None:
+        try:
+            sample_signature(sample, "none", pixels)
+        except UnreadableImage:
+            pass  # no image signature: `candidate` leaves the sample out
 
     def matcher(self) -> JaccardMatcher:
         image = HammingMatcher(self.params.image_max_distance) if self.params.require_image_match else None
@@ -189,5 +193,4 @@ class CaptionDedup(DatasetStage):
         )
 
     def transform(self):
-        prepare = _PrepareCaptions(self.params.require_image_match)
-        return NearDuplicateStage(self, "near_duplicate_caption", prepare)
+        return NearDuplicateStage(self, "near_duplicate_caption", _PrepareCaptions(self))

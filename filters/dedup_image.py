@@ -16,8 +16,9 @@ a red and a yellow square are 3 bits apart.  When either hash has fewer than
 are above the median), the pair must also have every colour-grid channel
 within `COLOUR_TOLERANCE`.  Blank images of one colour still cluster.
 
-Hashes are computed on the image as the pipeline wrote it (after resize, so
-with `border` padding), so all samples are compared like for like.
+Hashes are computed on the resized image (so with `border` padding), so all
+samples are compared like for like, in the download thread while the image
+is at hand (`fields_from_image`), before any stage edits pixels (face_blur).
 
 Candidate pairs come from pigeonhole banding (`filters.lsh.pigeonhole_band_keys`):
 the hash is cut into `max_distance + bands_per_key` bands, and two hashes
@@ -90,13 +91,17 @@ def signature_of_bytes(data: bytes | None, second_hash: str) -> ImageSignature:
         raise UnreadableImage(str(err)) from None
 
 
-def sample_signature(sample: Sample, second_hash: str) -> ImageSignature:
-    """The sample's signature: from fields an earlier stage wrote, else from its image (then stored)."""
+def sample_signature(sample: Sample, second_hash: str, pixels: Image.Image | None = None) -> ImageSignature:
+    """The sample's signature: from fields an earlier step wrote, else from its decoded
+    image `pixels` or its image bytes (then stored)."""
     stored = _signature_from_fields(sample.fields, second_hash)
     if stored is not None:
         return stored
     fields = sample.fields
-    signature = signature_of_bytes(sample.image, second_hash)
+    if pixels is not None:
+        signature = signature_of_image(pixels, second_hash)
+    else:
+        signature = signature_of_bytes(sample.image, second_hash)
     fields["phash"] = f"{signature.phash:016x}"
     fields["colour_grid"] = signature.grid.hex()
     if second_hash != "none":
@@ -184,6 +189,7 @@ class _HashImages(beam.DoFn):
 class ImageDedup(DatasetStage):
     name = "dedup_image"
     report_section = "dedup"
+    computes_from_image = True
 
     @dataclass(frozen=True)
     class Params:
@@ -201,6 +207,12 @@ class ImageDedup(DatasetStage):
             check_range("dedup_image.max_group_size", self.max_group_size, 2, 10**7)
             check_range("dedup_image.bands_per_key", self.bands_per_key, 1, 4)
             check_range("dedup_image.component_rounds", self.component_rounds, 1, 64)
+
+    def fields_from_image(self, sample: Sample, pixels: Image.Image | None = None) -> None:
+        try:
+            sample_signature(sample, self.params.second_hash, pixels)
+        except UnreadableImage:
+            pass  # no hash fields: the stage rejects the sample in its place
 
     def matcher(self) -> HammingMatcher:
         second = self.params.second_max_distance if self.params.second_hash != "none" else None

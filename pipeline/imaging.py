@@ -35,7 +35,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -119,6 +119,9 @@ class ProcessedImage:
     height: int
     original_width: int  # after EXIF orientation
     original_height: int
+    # The decoded output image, for stages that compute from pixels while the
+    # download has them (perceptual hashes): not kept on samples.
+    pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
 class ImageRejected(Exception):
@@ -191,9 +194,9 @@ def _decode_and_transform(data: bytes, params: ResizeParams, use_draft: bool) ->
         (width, height) = _upright_size(header_size, orientation)
         plan = plan_resize(width, height, params)
         if _can_keep_original(img, plan, orientation, params):
-            return ProcessedImage(data, params.encode_format, width, height, width, height)
+            return ProcessedImage(data, params.encode_format, width, height, width, height, img)
         result = _apply_plan(_upright(_to_rgb(img), orientation), plan, (width, height))
-        return ProcessedImage(encode_image(result, params), params.encode_format, *result.size, width, height)
+        return ProcessedImage(encode_image(result, params), params.encode_format, *result.size, width, height, result)
 
 
 def _check_header_size(size: tuple[int, int], params: ResizeParams) -> None:
