@@ -1,7 +1,9 @@
 """Stages register here by name; recipes refer to them by that name.
 
-Every module in the `filters` package is imported on first lookup, so adding a
-stage is one new file with `@register` on its class and one line of YAML.
+A stage named X is looked for first in `filters/X.py` (the convention), so a
+run imports only the stages its recipe names, not every model library; any
+other name makes every module of the `filters` package load.  Adding a stage
+is one new file with `@register` on its class and one line of YAML.
 """
 from __future__ import annotations
 
@@ -36,8 +38,22 @@ def _load_all() -> None:
     _loaded = True
 
 
+def _load_module_named(name: str) -> None:
+    if name in _STAGES or not name.isidentifier():
+        return
+    try:
+        importlib.import_module(f"filters.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"filters.{name}":
+            _BROKEN[name] = str(err)  # the file is there, a dependency of it is not
+    except ImportError as err:
+        _BROKEN[name] = str(err)
+
+
 def get_stage(name: str) -> type:
-    _load_all()
+    _load_module_named(name)
+    if name not in _STAGES:
+        _load_all()
     try:
         return _STAGES[name]
     except KeyError:

@@ -1,8 +1,13 @@
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from pipeline.recipe import RecipeError, load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path, text):
@@ -86,3 +91,36 @@ def test_every_bundled_manifest_loads():
     assert paths
     for path in paths:
         load_recipe(path)
+
+
+def test_a_recipe_imports_only_the_stage_modules_it_names():
+    """Loading a recipe must not import every stage's libraries (start-up time of every run)."""
+    code = (
+        "import sys; from pipeline.recipe import load_recipe; "
+        "load_recipe('manifests/local-sample.yaml'); "
+        "print(sorted(m for m in sys.modules if m.startswith('filters.')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    loaded = set(eval(result.stdout))
+    assert {"filters.caption", "filters.optout", "filters.resolution", "filters.dedup_exact", "filters.dedup_image"} <= loaded
+    assert not loaded & {"filters.decontaminate", "filters.dedup_caption", "filters.clip_score", "filters.nsfw"}
+
+
+def test_a_stage_outside_the_naming_convention_is_still_found(tmp_path, monkeypatch):
+    import filters
+    from pipeline import registry
+
+    (tmp_path / "extra_stages.py").write_text(textwrap.dedent("""\
+        from filters.base import SampleStage
+        from pipeline.registry import register
+
+        @register
+        class OddlyNamed(SampleStage):
+            name = "oddly_named"
+        """))
+    monkeypatch.setattr(filters, "__path__", [*filters.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_STAGES", dict(registry._STAGES))
+    assert registry.get_stage("oddly_named").__name__ == "OddlyNamed"
+    with pytest.raises(KeyError, match="known stages: .*oddly_named"):
+        registry.get_stage("no_such_stage")
