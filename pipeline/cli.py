@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from pipeline import __version__
+from pipeline import __version__, malloc
 from pipeline.readers import FORMATS
 
 EPILOG_RUN = """\
@@ -42,6 +42,7 @@ A run that stops (killed, failed) resumes when started again with the same
 
 
 def main(argv: list[str] | None = None) -> int:
+    malloc.limit_arenas()  # first, before any thread starts
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")

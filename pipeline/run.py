@@ -19,7 +19,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import audit
+from pipeline import audit, malloc
 from filters.base import DatasetStage
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
@@ -145,7 +145,10 @@ def _local_runner(options: PipelineOptions):
         return FnApiRunner()
     log_path = WORKER_LOG_DIR / f"{os.getpid()}.log"
     WORKER_LOG_DIR.mkdir(parents=True, exist_ok=True)
-    command = f"{shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main 2>>{shlex.quote(str(log_path))}"
+    command = (
+        f"{malloc.worker_command_prefix()}{shlex.quote(sys.executable)} "
+        f"-m apache_beam.runners.worker.sdk_worker_main 2>>{shlex.quote(str(log_path))}"
+    )
     # The runner would replace our environment in multi_processing mode; the
     # environment alone gives the worker processes.
     direct.direct_running_mode = "in_memory"
