@@ -52,8 +52,6 @@ from typing import Any, Hashable, Iterable, NamedTuple, Protocol, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from filters.dedup_common import DropLosers
 
@@ -154,6 +152,10 @@ def star_edges(nodes: Sequence[Node], pairs: np.ndarray) -> list[Edge]:
     """
     if len(pairs) == 0:
         return []
+    # Imported here: scipy.sparse costs every process that hashes images ~0.15 s at start-up.
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(nodes),) * 2)
     _count, labels = connected_components(graph, directed=False)
     centre_of_label: dict[int, int] = {}
