@@ -129,7 +129,8 @@ class TaskCheckpoint:
 
     def __init__(self, output: OutputParams, output_dir: str, task: tuple[int, int]):
         self._file = AtomicFile(task_path(output, output_dir, task))
-        self._writer = pq.ParquetWriter(self._file.handle, _SCHEMA, compression="zstd")
+        # No compression: the records are mostly encoded images, which it cannot shrink.
+        self._writer = pq.ParquetWriter(self._file.handle, _SCHEMA, compression="none")
         self._buffer: list[dict[str, Any]] = []
 
     def add(self, record: Sample | Reject) -> Sample | Reject:
