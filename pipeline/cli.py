@@ -190,14 +190,17 @@ def _launch(recipe, inputs, output_dir: str, options, save_pipeline: str | None,
     from contextlib import nullcontext
 
     from pipeline import checkpoint
-    from pipeline.run import run
+    from pipeline.run import run, worker_log_path
 
     reporter = checkpoint.ProgressReporter(output_dir, recipe.download.rows_per_task) if progress else nullcontext()
     try:
         with reporter:
             run(recipe, inputs, output_dir, options, save_pipeline)
     except Exception as err:  # the runner's traceback is in the log above
-        raise UserError(f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}") from None
+        logs = f" (local worker output: {worker_log_path()})" if worker_log_path().exists() else ""
+        raise UserError(
+            f"the run failed, no _SUCCESS written (run again to resume): {_root_cause(err)}{logs}"
+        ) from None
 
 
 def _report_finished_run(output_dir: str) -> None:

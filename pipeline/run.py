@@ -143,7 +143,7 @@ def _local_runner(options: PipelineOptions):
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
         return FnApiRunner()
-    log_path = WORKER_LOG_DIR / f"{os.getpid()}.log"
+    log_path = worker_log_path()
     WORKER_LOG_DIR.mkdir(parents=True, exist_ok=True)
     command = (
         f"{malloc.worker_command_prefix()}{shlex.quote(sys.executable)} "
@@ -158,6 +158,11 @@ def _local_runner(options: PipelineOptions):
     return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
+def worker_log_path() -> Path:
+    """Where this process's local worker processes write their stderr."""
+    return WORKER_LOG_DIR / f"{os.getpid()}.log"
+
+
 def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions, save_pipeline: str | None = None):
     pipeline = make_pipeline(options)
     build_pipeline(pipeline, recipe, inputs, output_dir.rstrip("/"))
@@ -165,6 +170,7 @@ def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOpt
     if save_pipeline:
         _save_pipeline(pipeline, result, save_pipeline)
     result.wait_until_finish()
+    worker_log_path().unlink(missing_ok=True)  # kept only when a run fails, for its traceback
     return result
 
 

@@ -155,6 +155,9 @@ def test_rerun_gives_identical_shards_with_more_workers(input_list, output, tmp_
         }
 
     assert digests(again) == digests(output)
+    from pipeline.run import worker_log_path
+
+    assert not worker_log_path().exists()  # worker output is kept only for failed runs
 
 
 def test_refuses_to_overwrite_without_flag(input_list, output, capsys):
