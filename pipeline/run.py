@@ -19,8 +19,8 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import audit, malloc
 from filters.base import DatasetStage
+from pipeline import audit, malloc
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
 from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard

@@ -6,8 +6,8 @@ input row becomes exactly one of the two (the accounting invariant).
 """
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 

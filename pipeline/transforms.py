@@ -11,8 +11,8 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Iterable
 
 import apache_beam as beam
@@ -23,7 +23,7 @@ from pipeline import checkpoint, readers, stored_images
 from pipeline.crawl import CrawlParams
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
-from pipeline.schema import KEEP, Reject, Sample
+from pipeline.schema import Reject, Sample
 from pipeline.writers import OutputParams, write_rejects, write_shard
 
 REJECTED = "rejected"
