@@ -479,9 +479,8 @@ class NearDuplicateClusters(beam.PTransform):
         losers = (node_losers, collapsed_losers) | "AllLosers" >> beam.Flatten()
 
         facts = [
-            candidates
-            | "CountCandidates" >> beam.combiners.Count.Globally()
-            | "CandidateFacts" >> beam.Map(lambda count: ("candidates", count)),
+            # One fact per candidate, summed by the report's combine: a separate count would add two Beam stages.
+            candidates | "CandidateFacts" >> beam.Map(lambda _candidate: ("candidates", 1)),
             linked.facts,
             resolved.facts,
             losers | "ClusterFacts" >> _ClusterFacts(),
