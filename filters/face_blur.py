@@ -18,6 +18,17 @@ Where the faces are:
   installed cv2 (5.0, pulled in by rapidocr) no longer has
   `CascadeClassifier`; its `haarcascade_*.xml` files still ship, unused.
 
+The detector is shared with `nsfw` (filters.model_common's
+`nudenet_detections`): loaded once per process, and not run again on an
+image whose exact bytes it ran on recently in this process, when those
+results hold face candidates down to `detect_threshold` (they do unless it
+is below 0.2, NudeNet's own cut).  So put `face_blur` AFTER `nsfw`: it then
+reuses nsfw's detections of every image, and nsfw judges the image as
+downloaded.  Before nsfw, the images this stage blurs have new bytes, which
+nsfw runs the detector on again (it scores the blurred image, as it would
+alone); unchanged images are reused.  Nothing is added to the samples for
+this: the written metadata is unchanged.
+
 The stage sees only the resized output image, so column boxes are mapped
 through the resize the recipe applied (its `resize` section, which the
 pipeline hands to the stage), with pipeline.imaging's own plan, so rounding,
@@ -42,7 +53,6 @@ re-encoded; it is kept unblurred).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import math
 import typing
@@ -54,14 +64,18 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from filters.base import SampleStage
-from filters.model_common import decode_rgb, onnx_session, packaged_file
-from filters.nsfw import NUDENET_CLASSES, NUDENET_INPUT_SIDE, nudenet_input
+from filters.model_common import (
+    NudeNetDetections,
+    decode_rgb,
+    nudenet_detections,
+    nudenet_model_file,
+    nudenet_session,
+)
 from pipeline.imaging import ImageRejected, ResizeParams, encode_image, plan_resize
 from pipeline.params import ParamError
 from pipeline.registry import register
 from pipeline.schema import Sample
 
-FACE_CLASSES = ("FACE_FEMALE", "FACE_MALE")
 NMS_IOU = 0.45  # NudeNet's own
 MAX_COLUMN_BOXES = 256  # more boxes than this in one row is not face data
 # Column coordinates may stray slightly outside [0, 1] (detectors' boxes do);
@@ -110,15 +124,16 @@ class FaceBlur(SampleStage):
             self._model_file()
 
     def setup(self) -> None:
-        self._detector = FaceDetector(self._model_file(), self.params.detect_threshold) if self.params.detect else None
+        if self.params.detect:
+            nudenet_session()  # load it now, not on the first batch
 
     def _model_file(self) -> Path:
-        return packaged_file("nudenet", "320n.onnx")
+        return nudenet_model_file()
 
     def score(self, batch: list[Sample]) -> None:
         column_boxes = [self._column_boxes(sample) for sample in batch]
         images = [decode_rgb(s.image) if self._needs_pixels(b) else None for s, b in zip(batch, column_boxes)]
-        detected = self._detect(images, column_boxes)
+        detected = self._detect(batch, images, column_boxes)
         for sample, image, boxes, faces in zip(batch, images, column_boxes, detected):
             sample.fields["faces_blurred"] = 0
             if image is None:
@@ -150,15 +165,19 @@ class FaceBlur(SampleStage):
             sample.fields["face_bbox_error"] = str(err)
             return None
 
-    def _detect(self, images: list[Image.Image | None], column_boxes: list) -> list[list[Box] | None]:
+    def _detect(
+        self, batch: list[Sample], images: list[Image.Image | None], column_boxes: list
+    ) -> list[list[Box] | None]:
         """Detected faces (pixels) for the images the column says nothing about; None elsewhere."""
         wanted = [i for i, (image, boxes) in enumerate(zip(images, column_boxes)) if image is not None and boxes is None]
         found: list[list[Box] | None] = [None] * len(images)
-        if self._detector is None or not wanted:
+        if not self.params.detect or not wanted:
             return found
-        minimum = self.params.min_face_size
-        for i, faces in zip(wanted, self._detector.faces([images[i] for i in wanted])):
-            found[i] = [face for face in faces if min(face[2] - face[0], face[3] - face[1]) >= minimum]
+        p = self.params
+        detections = nudenet_detections([batch[i].image for i in wanted], [images[i] for i in wanted], p.detect_threshold)
+        for i, detected in zip(wanted, detections):
+            faces = nms_faces(detected, p.detect_threshold)
+            found[i] = [face for face in faces if min(face[2] - face[0], face[3] - face[1]) >= p.min_face_size]
         return found
 
     def _resize(self) -> ResizeParams:
@@ -269,39 +288,18 @@ def _normalised(box: Box, size: tuple[int, int]) -> list[float]:
     return [round(box[0] / width, 4), round(box[1] / height, 4), round(box[2] / width, 4), round(box[3] / height, 4)]
 
 
-class FaceDetector:
-    """NudeNet's face classes as a face detector: pixel boxes per image."""
+def nms_faces(detections: NudeNetDetections, threshold: float) -> list[Box]:
+    """The detector's face candidates at or above `threshold`, non-maximum suppressed as NudeNet does."""
+    import cv2
 
-    def __init__(self, model_path: Path, threshold: float):
-        self._session = onnx_session(model_path)
-        self._input_name = self._session.get_inputs()[0].name
-        self._threshold = threshold
-        self._face_rows = np.array([4 + NUDENET_CLASSES.index(name) for name in FACE_CLASSES])
-
-    def faces(self, images: list[Image.Image]) -> list[list[Box]]:
-        blob = np.stack([nudenet_input(image) for image in images])
-        (output,) = self._session.run(None, {self._input_name: blob})
-        return [self._image_faces(anchors, image.size) for anchors, image in zip(output, images)]
-
-    def _image_faces(self, anchors: np.ndarray, size: tuple[int, int]) -> list[Box]:
-        """`anchors`: (4 + classes, anchors) for one image, boxes as centre and size in model pixels."""
-        import cv2
-
-        confidence = anchors[self._face_rows].max(axis=0)
-        candidates = np.flatnonzero(confidence >= self._threshold)
-        if not candidates.size:
-            return []
-        # nudenet_input pads at the right and bottom to a square, then scales it to the model's side.
-        scale = max(size) / NUDENET_INPUT_SIDE
-        centre_x, centre_y, box_width, box_height = (anchors[:4, candidates] * scale).tolist()
-        corners = [
-            (max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(size[0], cx + w / 2), min(size[1], cy + h / 2))
-            for cx, cy, w, h in zip(centre_x, centre_y, box_width, box_height)
-        ]
-        scores = confidence[candidates].tolist()
-        rects = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in corners]
-        kept = cv2.dnn.NMSBoxes(rects, scores, self._threshold, NMS_IOU)
-        return [corners[i] for i in np.asarray(kept, dtype=int).reshape(-1)]
+    candidates = np.flatnonzero(detections.face_scores >= threshold)
+    if not candidates.size:
+        return []
+    corners = [detections.face_boxes[i] for i in candidates]
+    scores = detections.face_scores[candidates].tolist()
+    rects = [[x0, y0, x1 - x0, y1 - y0] for x0, y0, x1, y1 in corners]
+    kept = cv2.dnn.NMSBoxes(rects, scores, threshold, NMS_IOU)
+    return [corners[i] for i in np.asarray(kept, dtype=int).reshape(-1)]
 
 
 # Blurring --------------------------------------------------------------------

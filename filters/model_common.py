@@ -1,16 +1,25 @@
-"""Helpers shared by the model stages (language, nsfw, watermark).
+"""Helpers shared by the model stages (language, nsfw, watermark, face_blur).
 
 Model files come from inside installed packages, never from the network; heavy
-libraries (onnxruntime, torch) are imported inside the functions, so importing
-the `filters` package stays cheap for stages that do not use them.
+libraries (onnxruntime, torch, cv2) are imported inside the functions, so
+importing the `filters` package stays cheap for stages that do not use them.
+
+The NudeNet detector (used by `nsfw` and `face_blur`) lives here too, loaded
+once per process for both stages, with a small memory of its latest results:
+see `nudenet_detections`.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import importlib.util
 import io
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from pipeline.schema import KEEP, Verdict, drop
@@ -134,3 +143,176 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ValueError(f"{path} does not hold a state_dict (found {type(loaded).__name__})")
     return loaded
+
+
+# NudeNet's detector, shared by the nsfw and face_blur stages -------------------
+
+# The detector's classes, in output order (from nudenet/nudenet.py).
+NUDENET_CLASSES = (
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
+)
+FACE_CLASSES = ("FACE_FEMALE", "FACE_MALE")
+NUDENET_INPUT_SIDE = 320
+NUDENET_FACE_FLOOR = 0.2  # NudeNet's own cut: weaker face candidates are not kept unless a stage asks for them
+_BOX_COORDINATES = 4  # each anchor's output: cx, cy, w, h, then one confidence per class
+_FACE_ROWS = np.array([_BOX_COORDINATES + NUDENET_CLASSES.index(name) for name in FACE_CLASSES])
+# Enough for the samples between the two stages of one worker process (a few
+# batches per thread); each entry is a few hundred bytes.
+_REMEMBERED_IMAGES = 4096
+
+
+@dataclass(frozen=True, eq=False)  # numpy fields: compared by identity
+class NudeNetDetections:
+    """What the detector found in one image, in that image's pixels: what `nsfw` and `face_blur` need of it."""
+
+    size: tuple[int, int]  # width, height of the image it ran on
+    class_top: np.ndarray  # (classes,) float32: each class's highest confidence over all anchors
+    face_floor: float  # face candidates are the anchors whose face confidence is >= this
+    face_boxes: tuple[tuple[float, float, float, float], ...]  # their x0, y0, x1, y1, clipped; anchor order
+    face_scores: np.ndarray  # (candidates,) float32: their face confidence (max over FACE_CLASSES)
+
+
+def nudenet_model_file() -> Path:
+    return packaged_file("nudenet", "320n.onnx")
+
+
+_session_lock = threading.Lock()
+_session = None
+
+
+def nudenet_session():
+    """The detector's onnxruntime session, loaded once per process whichever stage asks first."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = onnx_session(nudenet_model_file())
+        return _session
+
+
+def nudenet_detections(
+    encoded: list[bytes | None],
+    images: list[Image.Image | None] | None = None,
+    face_threshold: float | None = None,
+) -> list[NudeNetDetections | None]:
+    """The detector's results for each encoded image; None for an unreadable one.
+
+    `images` are the decoded images when the caller has them (else the
+    images the detector must run on are decoded here).  `face_threshold` is
+    the lowest face confidence the caller will look at (None: no faces
+    needed).  An image whose exact bytes the detector saw recently in this
+    process, with face candidates down to that threshold, is not run again:
+    the stage that runs second on the same image (nsfw and face_blur) reuses
+    the first one's results.  Different bytes (an image face_blur blurred)
+    run again, so each stage's results are those it would get alone.
+    """
+    keys = [_image_key(data) for data in encoded]
+    results = [_recent.get(key, face_threshold) for key in keys]
+    to_run = [i for i, result in enumerate(results) if result is None]
+    decoded = {i: images[i] if images is not None else decode_rgb(encoded[i]) for i in to_run}
+    readable = [i for i in to_run if decoded[i] is not None]
+    if readable:
+        floor = NUDENET_FACE_FLOOR if face_threshold is None else min(NUDENET_FACE_FLOOR, face_threshold)
+        for i, detections in zip(readable, run_nudenet([decoded[i] for i in readable], floor)):
+            results[i] = detections
+            _recent.put(keys[i], detections)
+    return results
+
+
+def forget_nudenet_detections() -> None:
+    """Empty the memory of recent results (tests: make the next call run the detector)."""
+    _recent.clear()
+
+
+def run_nudenet(images: list[Image.Image], face_floor: float) -> list[NudeNetDetections]:
+    """Run the detector on a batch of RGB images."""
+    session = nudenet_session()
+    blob = np.stack([nudenet_input(image) for image in images])
+    (output,) = session.run(None, {session.get_inputs()[0].name: blob})
+    return [summarise_nudenet(anchors, image.size, face_floor) for anchors, image in zip(output, images)]
+
+
+def nudenet_input(image: Image.Image) -> np.ndarray:
+    """NudeNet's preprocessing of a PIL RGB image: a (3, 320, 320) float32 BGR array."""
+    import cv2
+
+    pixels = np.asarray(image)[:, :, ::-1]
+    side = max(pixels.shape[:2])
+    square = np.zeros((side, side, 3), np.uint8)
+    square[: pixels.shape[0], : pixels.shape[1]] = pixels
+    resized = cv2.resize(square, (NUDENET_INPUT_SIDE, NUDENET_INPUT_SIDE), interpolation=cv2.INTER_LINEAR)
+    return (resized.astype(np.float32) / 255.0).transpose(2, 0, 1)
+
+
+def summarise_nudenet(anchors: np.ndarray, size: tuple[int, int], face_floor: float) -> NudeNetDetections:
+    """`anchors`: the detector's (4 + classes, anchors) output for one image of `size`."""
+    class_top = anchors[_BOX_COORDINATES:].max(axis=1)
+    confidence = anchors[_FACE_ROWS].max(axis=0)
+    candidates = np.flatnonzero(confidence >= face_floor)
+    # nudenet_input pads at the right and bottom to a square, then scales it to the model's side.
+    scale = max(size) / NUDENET_INPUT_SIDE
+    centre_x, centre_y, box_width, box_height = (anchors[:_BOX_COORDINATES, candidates] * scale).tolist()
+    boxes = tuple(
+        (max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(size[0], cx + w / 2), min(size[1], cy + h / 2))
+        for cx, cy, w, h in zip(centre_x, centre_y, box_width, box_height)
+    )
+    return NudeNetDetections(tuple(size), _frozen(class_top), face_floor, boxes, _frozen(confidence[candidates]))
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """A read-only copy: detections are shared between stages, none may change them."""
+    array = np.array(array, dtype=np.float32)
+    array.flags.writeable = False
+    return array
+
+
+def _image_key(data: bytes | None) -> bytes | None:
+    return hashlib.blake2b(data, digest_size=16).digest() if data else None
+
+
+class _RecentDetections:
+    """The latest detector results of this process, by image bytes; oldest forgotten first."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._items: collections.OrderedDict[bytes, NudeNetDetections] = collections.OrderedDict()
+        self._lock = threading.Lock()  # RunInference may score batches in several threads
+
+    def get(self, key: bytes | None, face_threshold: float | None) -> NudeNetDetections | None:
+        with self._lock:
+            found = self._items.get(key) if key is not None else None
+        if found is None or (face_threshold is not None and found.face_floor > face_threshold):
+            return None
+        return found
+
+    def put(self, key: bytes | None, detections: NudeNetDetections) -> None:
+        if key is None:
+            return
+        with self._lock:
+            self._items[key] = detections
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_recent = _RecentDetections(_REMEMBERED_IMAGES)

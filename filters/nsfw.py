@@ -17,6 +17,19 @@ only removes overlapping boxes, never the most confident one, so it is not
 needed for the max).  FEET, ARMPITS, BELLY and MALE_BREAST "exposed" are left
 out: they are everyday beach and sports photos, not NSFW.
 
+The detector is shared with `face_blur` (filters.model_common's
+`nudenet_detections`): it is loaded once per process, and an image whose
+exact bytes it ran on recently in this process is not run again, so with
+both stages each image costs one detector run.  Put `nsfw` BEFORE
+`face_blur`: face_blur then reuses the detections of every image, and nsfw
+judges the image as downloaded (and drops, with `action="drop"`, before
+any blurring work).  After face_blur, nsfw scores the blurred image, as it
+would alone: reuse only happens for images face_blur left unchanged.
+Nothing is added to the samples for this, so the written metadata is
+unchanged.  Reuse needs both stages in one process (Beam fuses them unless a
+whole-dataset stage sits between them); otherwise the detector runs again,
+with the same results.
+
 With `clip_head_path` set, the score comes instead from a small classifier
 over the CLIP image embedding that an earlier `clip_score` stage (with
 `store_embeddings: true`) wrote to
@@ -46,38 +59,18 @@ import numpy as np
 
 from filters.base import SampleStage
 from filters.model_common import (
-    decode_rgb,
+    NUDENET_CLASSES,
     existing_file,
     mlp_from_state_dict,
-    onnx_session,
-    packaged_file,
+    nudenet_detections,
+    nudenet_model_file,
+    nudenet_session,
     read_state_dict,
     tag_or_drop,
 )
 from pipeline.registry import register
 from pipeline.schema import Sample, Verdict
 
-# The detector's classes, in output order (from nudenet/nudenet.py).
-NUDENET_CLASSES = (
-    "FEMALE_GENITALIA_COVERED",
-    "FACE_FEMALE",
-    "BUTTOCKS_EXPOSED",
-    "FEMALE_BREAST_EXPOSED",
-    "FEMALE_GENITALIA_EXPOSED",
-    "MALE_BREAST_EXPOSED",
-    "ANUS_EXPOSED",
-    "FEET_EXPOSED",
-    "BELLY_COVERED",
-    "FEET_COVERED",
-    "ARMPITS_COVERED",
-    "ARMPITS_EXPOSED",
-    "FACE_MALE",
-    "BELLY_EXPOSED",
-    "MALE_GENITALIA_EXPOSED",
-    "ANUS_COVERED",
-    "FEMALE_BREAST_COVERED",
-    "BUTTOCKS_COVERED",
-)
 SEXUAL_EXPOSED_CLASSES = (
     "BUTTOCKS_EXPOSED",
     "FEMALE_BREAST_EXPOSED",
@@ -85,10 +78,8 @@ SEXUAL_EXPOSED_CLASSES = (
     "MALE_GENITALIA_EXPOSED",
     "ANUS_EXPOSED",
 )
-NUDENET_INPUT_SIDE = 320
 CLIP_EMBEDDING_FIELD = "clip_image_embedding"
-_BOX_COORDINATES = 4  # each anchor's output: cx, cy, w, h, then one confidence per class
-_EXPOSED_ROWS = np.array([_BOX_COORDINATES + NUDENET_CLASSES.index(c) for c in SEXUAL_EXPOSED_CLASSES])
+_EXPOSED_INDICES = np.array([NUDENET_CLASSES.index(c) for c in SEXUAL_EXPOSED_CLASSES])
 
 
 @register
@@ -115,12 +106,13 @@ class NsfwFilter(SampleStage):
         if self.params.clip_head_path:
             self._scorer = ClipHeadScorer(self.model_path, self.params.clip_head_output)
         else:
-            self._scorer = NudeNetScorer(self.model_path)
+            nudenet_session()  # load it now, not on the first batch
+            self._scorer = NudeNetScorer()
 
     def _model_file(self) -> Path:
         if self.params.clip_head_path:
             return existing_file(self.params.clip_head_path, "NSFW CLIP head")
-        return packaged_file("nudenet", "320n.onnx")
+        return nudenet_model_file()
 
     def score(self, batch: list[Sample]) -> None:
         for sample, score in zip(batch, self._scorer.scores(batch)):
@@ -134,40 +126,14 @@ class NsfwFilter(SampleStage):
 
 
 class NudeNetScorer:
-    def __init__(self, model_path):
-        self._session = onnx_session(model_path)
-        self._input_name = self._session.get_inputs()[0].name
-
     def scores(self, batch: list[Sample]) -> list[float | None]:
-        images = [decode_rgb(sample.image) for sample in batch]
-        readable = [i for i, image in enumerate(images) if image is not None]
-        results: list[float | None] = [None] * len(batch)
-        if readable:
-            blob = np.stack([nudenet_input(images[i]) for i in readable])
-            (output,) = self._session.run(None, {self._input_name: blob})
-            for i, score in zip(readable, exposed_confidence(output)):
-                results[i] = float(score)
-        return results
+        detections = nudenet_detections([sample.image for sample in batch])
+        return [None if found is None else exposed_confidence(found.class_top) for found in detections]
 
 
-def nudenet_input(image) -> np.ndarray:
-    """NudeNet's preprocessing of a PIL RGB image: a (3, 320, 320) float32 BGR array."""
-    import cv2
-
-    pixels = np.asarray(image)[:, :, ::-1]
-    side = max(pixels.shape[:2])
-    square = np.zeros((side, side, 3), np.uint8)
-    square[: pixels.shape[0], : pixels.shape[1]] = pixels
-    resized = cv2.resize(square, (NUDENET_INPUT_SIDE, NUDENET_INPUT_SIDE), interpolation=cv2.INTER_LINEAR)
-    return (resized.astype(np.float32) / 255.0).transpose(2, 0, 1)
-
-
-def exposed_confidence(output: np.ndarray) -> np.ndarray:
-    """Per image, the top confidence of an exposed class over all anchors.
-
-    `output` is the detector's (batch, 4 + classes, anchors) array.
-    """
-    return output[:, _EXPOSED_ROWS, :].max(axis=(1, 2)).clip(0.0, 1.0)
+def exposed_confidence(class_top: np.ndarray) -> float:
+    """The top confidence of an exposed class, from each class's top confidence over the anchors."""
+    return float(class_top[_EXPOSED_INDICES].max().clip(0.0, 1.0))
 
 
 class ClipHeadScorer:

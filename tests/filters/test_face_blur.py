@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
+from filters import model_common
 from filters.face_blur import FaceBlur, parse_boxes
+from filters.model_common import forget_nudenet_detections
+from filters.nsfw import NsfwFilter
 from pipeline.imaging import ResizeParams, process_image
 from pipeline.params import ParamError, build
 from pipeline.registry import get_stage
@@ -282,11 +285,11 @@ def _drawn_face(side: int) -> Image.Image:
 FACE_SKIN = (45, 30, 155, 180)
 
 
-def _face_sample(extra: dict) -> tuple[Sample, tuple[float, float, float, float]]:
-    """A 320x320 png sample with a drawn face at (10, 10)-(130, 130); also the skin's pixel box."""
+def _face_sample(extra: dict, at: int = 10) -> tuple[Sample, tuple[float, float, float, float]]:
+    """A 320x320 png sample with a drawn face at (at, at)-(at + 120, at + 120); also the skin's pixel box."""
     canvas = Image.new("RGB", (320, 320), (90, 110, 130))
-    canvas.paste(_drawn_face(120), (10, 10))
-    skin = tuple(10 + v * 120 / 200 for v in FACE_SKIN)
+    canvas.paste(_drawn_face(120), (at, at))
+    skin = tuple(at + v * 120 / 200 for v in FACE_SKIN)
     sample = Sample(key="0", shard_id=0, url="u", extra=extra, image=_encode(canvas), image_format="png",
                     width=320, height=320, original_width=320, original_height=320)
     return sample, skin
@@ -339,3 +342,92 @@ def test_column_decides_over_the_detector_in_one_mixed_batch(detecting):
     assert malformed.fields["face_bbox_error"].startswith("not JSON")
     for sample in (malformed, missing):
         assert sample.fields["faces_blurred"] == 1 and len(sample.fields["face_boxes_detected"]) == 1
+
+
+# One detector run for nsfw and face_blur ---------------------------------------
+
+
+@pytest.fixture
+def detector_runs(monkeypatch) -> list[int]:
+    """Images per run of the shared NudeNet detector, counted from an empty memory of past results."""
+    forget_nudenet_detections()
+    runs: list[int] = []
+    original = model_common.run_nudenet
+
+    def counting(images, face_floor):
+        runs.append(len(images))
+        return original(images, face_floor)
+
+    monkeypatch.setattr(model_common, "run_nudenet", counting)
+    return runs
+
+
+def _mixed_batch() -> list[Sample]:
+    """Two faces to detect, a faceless image, and a face the column gives (face_blur detects nothing there)."""
+    faceless = Sample(key="2", shard_id=0, url="u", image=_encode(_noise(256, 256)), image_format="png", width=256,
+                      height=256, original_width=256, original_height=256)
+    return [_face_sample({})[0], _face_sample({}, at=150)[0], faceless, _face_sample({"face_bboxes": [BOX]})[0]]
+
+
+def _nudenet_stages(detect_threshold: float = 0.25) -> tuple[NsfwFilter, FaceBlur]:
+    nsfw, blur = NsfwFilter(), FaceBlur(FaceBlur.Params(detect_threshold=detect_threshold))
+    nsfw.setup()
+    blur.setup()
+    return nsfw, blur
+
+
+def _blur_results(samples: list[Sample]) -> list[tuple[bytes, dict]]:
+    return [(s.image, {k: v for k, v in s.fields.items() if k != "nsfw_score"}) for s in samples]
+
+
+# Below NudeNet's 0.2 cut, nsfw's run kept too few face candidates: face_blur runs
+# again on the three images it detects on.
+@pytest.mark.parametrize("detect_threshold, face_blur_runs", [(0.25, 0), (0.1, 3)])
+def test_after_nsfw_face_blur_reuses_its_detections_with_the_same_results(
+    detector_runs, detect_threshold, face_blur_runs
+):
+    nsfw, blur = _nudenet_stages(detect_threshold)
+    both = _mixed_batch()
+    nsfw.score(both)
+    assert sum(detector_runs) == len(both)
+    blur.score(both)
+    assert sum(detector_runs) == len(both) + face_blur_runs
+
+    forget_nudenet_detections()
+    nsfw_alone, blur_alone = _mixed_batch(), _mixed_batch()
+    nsfw.score(nsfw_alone)
+    forget_nudenet_detections()
+    blur.score(blur_alone)
+    assert sum(detector_runs) == 2 * len(both) + face_blur_runs + 3  # each alone ran the detector itself
+
+    assert [s.fields["faces_blurred"] for s in both] == [1, 1, 0, 1]  # real blurring to compare
+    assert _blur_results(both) == _blur_results(blur_alone)
+    assert [s.fields["nsfw_score"] for s in both] == [s.fields["nsfw_score"] for s in nsfw_alone]
+
+
+def test_before_nsfw_blurred_images_are_detected_again_and_unchanged_ones_reused(detector_runs):
+    nsfw, blur = _nudenet_stages()
+    both = _mixed_batch()
+    blur.score(both)
+    assert sum(detector_runs) == 3  # the column speaks for the last image
+    nsfw.score(both)
+    assert sum(detector_runs) == 3 + 3  # the three blurred images are new bytes; the faceless one is reused
+
+    forget_nudenet_detections()  # nsfw alone on face_blur's output gives the same scores
+    nsfw_alone = [Sample(key=s.key, shard_id=0, url="u", image=s.image) for s in both]
+    nsfw.score(nsfw_alone)
+    assert [s.fields["nsfw_score"] for s in both] == [s.fields["nsfw_score"] for s in nsfw_alone]
+
+
+def test_a_face_below_nudenets_cut_is_still_found_after_nsfw(detector_runs):
+    """nsfw's run keeps face candidates down to 0.2; a lower detect_threshold runs the detector again."""
+    background = Image.new("RGB", (320, 320), (90, 110, 130))
+    faint = background.copy()
+    faint.paste(Image.blend(background.crop((0, 0, 120, 120)), _drawn_face(120), 0.14), (10, 10))  # ~0.16
+    sample = Sample(key="0", shard_id=0, url="u", image=_encode(faint), image_format="png", width=320, height=320,
+                    original_width=320, original_height=320)
+    nsfw, blur = _nudenet_stages(detect_threshold=0.1)
+    nsfw.score([sample])
+    blur.score([sample])
+    assert sample.fields["faces_blurred"] == 1
+    assert detector_runs == [1, 1]
