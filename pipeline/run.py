@@ -86,18 +86,25 @@ class _Flow:
 
     def apply(self, stage) -> None:
         if isinstance(stage, DatasetStage):
-            # Whole-dataset stages shuffle samples: without their image bytes (pipeline.stored_images).
-            self.samples = self.samples | f"StripImages[{stage.name}]" >> StripImages()
-            self.images_stripped = True
-        elif stage.needs_image and stage.uses_pixels and self.images_stripped:
-            self.samples = self.samples | f"RestoreImages[{stage.name}]" >> RestoreImages(
-                self.recipe.output, self.output_dir
-            )
-            self.images_stripped = False
+            self._strip_images(stage.name)
+        elif stage.needs_image and stage.uses_pixels:
+            self._restore_images(stage.name)
         result = self.samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
         self._advance(result["samples"], result[REJECTED], stage.name)
         if "report" in result:
             self.reports.append(result["report"])
+
+    def _strip_images(self, before: str) -> None:
+        """Whole-dataset stages shuffle samples: without their image bytes (pipeline.stored_images)."""
+        if self.downloaded and not self.images_stripped:
+            self.samples = self.samples | f"StripImages[{before}]" >> StripImages()
+            self.images_stripped = True
+
+    def _restore_images(self, before: str) -> None:
+        if self.images_stripped:
+            restore = RestoreImages(self.recipe.output, self.output_dir)
+            self.samples = self.samples | f"RestoreImages[{before}]" >> restore
+            self.images_stripped = False
 
     def download(self) -> None:
         """The download, with the hooks of stages that act in its threads (opt-out signals, image hashes)."""

@@ -37,6 +37,10 @@ def strip(sample: Sample) -> Sample:
     return dataclasses.replace(sample, image=None)
 
 
+def needs_restoring(sample: Sample) -> bool:
+    return sample.image is None and sample.image_ref is not None
+
+
 def restore(samples: Iterable[Sample], output: OutputParams, output_dir: str) -> Iterator[Sample]:
     """The samples with their saved images back.
 
@@ -45,7 +49,7 @@ def restore(samples: Iterable[Sample], output: OutputParams, output_dir: str) ->
     """
     task, saved = None, {}
     for sample in samples:
-        if sample.image is None and sample.image_ref is not None:
+        if needs_restoring(sample):
             if sample.image_ref != task:
                 task, saved = sample.image_ref, checkpoint.load(output, output_dir, tuple(sample.image_ref))
             record = saved.get(sample.key)
@@ -65,7 +69,8 @@ class StripImages(beam.PTransform):
 
 
 class RestoreImages(beam.PTransform):
-    """Samples with their images back: grouped by download task, one checkpoint read per task."""
+    """Samples with their images back: stripped ones grouped by download task, one checkpoint
+    read per task; the others (with their bytes, or never downloaded) pass by the shuffle."""
 
     def __init__(self, output: OutputParams, output_dir: str):
         super().__init__()
@@ -81,9 +86,13 @@ class RestoreImages(beam.PTransform):
                 restored.inc()
                 yield sample
 
-        return (
-            samples
-            | "ByTask" >> beam.Map(lambda s: (s.image_ref if s.image is None else None, s))
+        stripped, whole = samples | "NeedsRestoring" >> beam.Partition(
+            lambda sample, _count: 0 if needs_restoring(sample) else 1, 2
+        )
+        restored_samples = (
+            stripped
+            | "ByTask" >> beam.Map(lambda s: (s.image_ref, s))
             | "GroupByTask" >> beam.GroupByKey()
             | "Restore" >> beam.FlatMap(restore_task)
         )
+        return (restored_samples, whole) | "All" >> beam.Flatten()

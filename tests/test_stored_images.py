@@ -144,3 +144,51 @@ def test_a_whole_dataset_stage_sees_no_image_bytes_and_a_later_pixel_stage_gets_
     written = list(wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False))
     assert len(written) == 5
     assert all(Image.open(io.BytesIO(s["png"] if "png" in s else s["jpg"])).size == (64, 64) for s in written)
+
+
+def test_only_stripped_samples_go_through_the_restoring_shuffle(tmp_path):
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.stored_images import RestoreImages
+
+    out = str(tmp_path)
+    saved = [stored_sample(OUTPUT.key(0, i), f"image {i}".encode()) for i in range(2)]
+    with checkpoint.TaskCheckpoint(OUTPUT, out, (0, 0)) as task:
+        for sample in saved:
+            task.add(sample)
+    edited = stored_sample(OUTPUT.key(0, 2), b"old")
+    edited.image = b"blurred"  # no longer the stored image
+    never_downloaded = Sample(key=OUTPUT.key(0, 3), shard_id=0, url="u")
+    inputs = [strip(s) for s in saved] + [edited, never_downloaded]
+
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    images = (
+        pipeline
+        | beam.Create(inputs)
+        | RestoreImages(OUTPUT, out)
+        | beam.Map(lambda s: (s.key, s.image))
+    )
+    assert_that(images, equal_to([
+        (OUTPUT.key(0, 0), b"image 0"), (OUTPUT.key(0, 1), b"image 1"),
+        (OUTPUT.key(0, 2), b"blurred"), (OUTPUT.key(0, 3), None),
+    ]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    (counter,) = result.metrics().query(MetricsFilter().with_name("samples"))["counters"]
+    assert counter.committed == 2  # the two stripped samples; the others bypassed the grouping
+
+
+def test_no_image_shuffle_steps_before_the_download(tmp_path):
+    """A whole-dataset stage that runs before the download has no bytes to strip, so a later
+    pixel stage has none to restore."""
+    from pipeline.recipe import load_recipe
+    from pipeline.run import InputSpec, build_pipeline
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages:\n  - dedup_caption\n  - probe_pixels\n")
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, load_recipe(recipe), InputSpec((str(tmp_path / "urls.txt"),)), str(tmp_path / "o"))
+    labels = {t.unique_name.split("/")[0] for t in pipeline.to_runner_api().components.transforms.values()}
+    assert "Download" in labels
+    assert not [label for label in labels if "Images[" in label]
