@@ -44,7 +44,7 @@ from datasketch import MinHash, MinHashLSH
 
 from filters.base import DatasetStage
 from filters.dedup_common import check_range, keep_rank
-from filters.dedup_image import HammingMatcher, UnreadableImage, sample_signature
+from filters.dedup_image import HammingMatcher, sample_signature, store_signature
 from filters.lsh import Candidate, NearDuplicateStage, signature_band_keys
 from pipeline.params import ParamError
 from pipeline.registry import register
@@ -164,10 +164,7 @@ class CaptionDedup(DatasetStage):
         self.computes_from_image = self.params.require_image_match
 
     def fields_from_image(self, sample: Sample, pixels=None) -> None:
-        try:
-            sample_signature(sample, "none", pixels)
-        except UnreadableImage:
-            pass  # no image signature: `candidate` leaves the sample out
+        store_signature(sample, "none", pixels)  # no signature: `candidate` leaves the sample out
 
     def matcher(self) -> JaccardMatcher:
         image = HammingMatcher(self.params.image_max_distance) if self.params.require_image_match else None

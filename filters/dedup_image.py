@@ -109,6 +109,14 @@ def sample_signature(sample: Sample, second_hash: str, pixels: Image.Image | Non
     return signature
 
 
+def store_signature(sample: Sample, second_hash: str, pixels: Image.Image | None = None) -> None:
+    """`sample_signature` for download hooks: an unreadable image gets no fields, and its stage decides."""
+    try:
+        sample_signature(sample, second_hash, pixels)
+    except UnreadableImage:
+        pass
+
+
 def _signature_from_fields(fields: dict, second_hash: str) -> ImageSignature | None:
     try:
         second = int(fields[second_hash], 16) if second_hash != "none" else 0
@@ -209,10 +217,7 @@ class ImageDedup(DatasetStage):
             check_range("dedup_image.component_rounds", self.component_rounds, 1, 64)
 
     def fields_from_image(self, sample: Sample, pixels: Image.Image | None = None) -> None:
-        try:
-            sample_signature(sample, self.params.second_hash, pixels)
-        except UnreadableImage:
-            pass  # no hash fields: the stage rejects the sample in its place
+        store_signature(sample, self.params.second_hash, pixels)  # no fields: rejected in this stage's place
 
     def matcher(self) -> HammingMatcher:
         second = self.params.second_max_distance if self.params.second_hash != "none" else None
