@@ -33,8 +33,12 @@ own share is shown apart) are shown as a figure that load distorts less.
 `--tree DIR` (repeatable) runs curate from other source trees too, interleaved
 with the rest, e.g. a copy with a change applied: before/after in one run.
 
-Needs img2dataset in the same environment (`NO_ALBUMENTATIONS_UPDATE=1` is set
-for it, so it does not ask PyPI for albumentations' latest version).
+img2dataset runs as its users install it: alone in its own virtualenv
+(`--img2dataset-venv`, created with `pip install img2dataset==VERSION` and
+nothing else the first time), never inside curate's environment, where torch,
+Beam and the gcp extra are importable and double its start-up.
+`NO_ALBUMENTATIONS_UPDATE=1` is set for it, so it does not ask PyPI for
+albumentations' latest version.
 """
 from __future__ import annotations
 
@@ -381,6 +385,7 @@ class Setup:
     rows_per_task: int | None
     server: Nginx | None = None
     url_lists: dict[int, Path] = field(default_factory=dict)
+    img2dataset: Path | None = None  # its command, in its own virtualenv
 
 
 def _children_cpu() -> float:
@@ -404,11 +409,28 @@ def _timed_command(name: str, command: list[str], setup: Setup, rows: int, round
                        setup.server.cpu_seconds() - nginx_before)
 
 
+IMG2DATASET_VERSION = "1.47.0"
+
+
+def img2dataset_venv(path: Path, version: str = IMG2DATASET_VERSION) -> Path:
+    """img2dataset's command in a virtualenv of its own (created once): how its users run it."""
+    command = path / "bin" / "img2dataset"
+    stamp = path / ".installed"
+    if command.exists() and stamp.exists() and stamp.read_text() == version:
+        return command
+    print(f"creating {path} with img2dataset=={version} alone (once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
+    subprocess.run([str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", f"img2dataset=={version}"],
+                   check=True)
+    stamp.write_text(version)
+    return command
+
+
 def run_img2dataset(setup: Setup, rows: int, round_number: int) -> Measurement:
     out = setup.work / "out-img2dataset"
     shutil.rmtree(out, ignore_errors=True)
     command = [
-        str(Path(sys.executable).parent / "img2dataset"),
+        str(setup.img2dataset),
         "--url_list", str(setup.url_lists[rows]), "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption",
         "--output_format", "webdataset", "--output_folder", str(out),
@@ -592,6 +614,10 @@ def machine_description() -> str:
 # ---------------------------------------------------------------- main
 
 
+def wanted_img2dataset(args) -> bool:
+    return not args.only or "img2dataset" in args.only or "startup" in args.only
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="images / URLs (default 2000)")
@@ -616,6 +642,9 @@ def main() -> None:
                         help="images, URL lists, outputs and logs (images are cached here)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--img2dataset-venv", type=Path, default=None,
+                        help="virtualenv holding img2dataset alone (default WORK/img2dataset-venv, created "
+                        f"with img2dataset=={IMG2DATASET_VERSION} on first use)")
     args = parser.parse_args()
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -624,6 +653,8 @@ def main() -> None:
     work.chmod(0o755)
     setup = Setup(work, args.count, args.processes, args.threads, args.image_size, args.resize_mode,
                   args.quality, args.shard_size or -(-args.count // args.processes), args.rows_per_task)
+    if wanted_img2dataset(args):
+        setup.img2dataset = img2dataset_venv((args.img2dataset_venv or work / "img2dataset-venv").resolve())
     specs = generate_web(work / "web", args.count, args.seed, args.processes)
     paths = [str(work / "web" / spec.name) for spec in specs]
     wanted = set(args.only) or {"img2dataset", "curate", "filters", "startup", "floor"}
