@@ -1,0 +1,136 @@
+"""Runs one download task's rows on a thread pool, host by host, as `HostPolicy` allows.
+
+Rows wait in per-host queues, not in threads: a thread is given to a row only
+when its host has a free connection slot, a rate token, no pause from a
+throttling answer and no open breaker.  Hosts are served round-robin, so a
+task whose rows are mostly one slow or throttling host still keeps the
+other hosts' rows moving.
+
+A row answered 429/503 goes back to its host's queue (the host is paused as
+its Retry-After says) until `throttle_retries` is spent (then its reason is
+the final `http_429`/`http_503`) or waiting longer would pass the row's
+deadline (`host_backoff_exceeded`).  Rows of a host whose breaker is open
+are rejected at once with `host_unavailable`.
+"""
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from pipeline.politeness import THROTTLE_STATUSES, HostDown, HostPolicy
+from pipeline.schema import Reject, Sample
+
+_THROTTLED_REASONS = frozenset(f"http_{status}" for status in THROTTLE_STATUSES)
+_IDLE_WAIT = 0.05  # seconds between looks at paused hosts while nothing finishes
+
+
+def host_of(url: str) -> str:
+    try:
+        return (urllib.parse.urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
+@dataclass
+class _Row:
+    sample: Sample
+    host: str
+    started: float | None = None  # first attempt, for the deadline
+    throttled: int = 0
+
+
+# fetch(sample) -> result; it reports its request to the policy itself.
+FetchRow = Callable[[Sample], "Sample | Reject"]
+
+
+class HostScheduler:
+    def __init__(self, policy: HostPolicy, pool: Executor, fetch: FetchRow, max_in_flight: int,
+                 throttle_retries: int, deadline: float, clock: Callable[[], float] = time.monotonic):
+        self._policy, self._pool, self._fetch = policy, pool, fetch
+        self._max_in_flight, self._throttle_retries, self._deadline = max_in_flight, throttle_retries, deadline
+        self._clock = clock
+        self._queues: dict[str, deque[_Row]] = {}
+        self._running: dict[Future, _Row] = {}
+
+    def run(self, samples: Iterable[Sample]) -> Iterator[Sample | Reject]:
+        """Results in the order they finish."""
+        for sample in samples:
+            host = host_of(sample.url)
+            self._queues.setdefault(host, deque()).append(_Row(sample, host))
+        while self._queues or self._running:
+            yield from self._dispatch()
+            if not self._running:
+                if self._queues:
+                    time.sleep(self._next_wait())
+                continue
+            done, _ = wait(list(self._running), timeout=self._next_wait(), return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from self._finished(future)
+
+    def _dispatch(self) -> Iterator[Reject]:
+        """Starts rows round-robin over the hosts that may take a request now."""
+        progress = True
+        while progress and len(self._running) < self._max_in_flight:
+            progress = False
+            for host in list(self._queues):
+                if len(self._running) >= self._max_in_flight:
+                    break
+                if host and self._is_down(host):
+                    yield from self._reject_host(host)
+                elif not host or self._policy.try_start(host):
+                    self._start(self._queues[host].popleft())
+                    progress = True
+                    if not self._queues[host]:
+                        del self._queues[host]
+
+    def _is_down(self, host: str) -> bool:
+        try:
+            self._policy.wait_time(host)
+        except HostDown:
+            return True
+        return False
+
+    def _reject_host(self, host: str) -> Iterator[Reject]:
+        for row in self._queues.pop(host):
+            self._policy.rejected_fast(host)
+            yield row.sample.reject("download", "host_unavailable")
+
+    def _start(self, row: _Row) -> None:
+        if row.started is None:
+            row.started = self._clock()
+        self._running[self._pool.submit(self._fetch, row.sample)] = row
+
+    def _finished(self, future: Future) -> Iterator[Sample | Reject]:
+        row = self._running.pop(future)
+        result = future.result()
+        if isinstance(result, Reject) and result.stage == "download" and result.reason in _THROTTLED_REASONS:
+            retry = self._retry_throttled(row, result)
+            if retry is not None:
+                yield retry
+            return
+        yield result
+
+    def _retry_throttled(self, row: _Row, result: Reject) -> Reject | None:
+        """None if the row went back to its queue; else its final reject."""
+        if row.throttled >= self._throttle_retries:
+            return result
+        resume_at = self._clock() + self._policy.paused_for(row.host)
+        if resume_at - row.started > self._deadline:
+            return row.sample.reject("download", "host_backoff_exceeded")
+        row.throttled += 1
+        self._queues.setdefault(row.host, deque()).append(row)
+        return None
+
+    def _next_wait(self) -> float:
+        """How long to wait for a finishing row before looking at the queues again."""
+        waits = []
+        for host in self._queues:
+            try:
+                waits.append(self._policy.wait_time(host) if host else 0.0)
+            except HostDown:
+                return 0.0  # reject its rows at once
+        return min(max(min(waits), 0.001), 1.0) if waits else 1.0
