@@ -391,7 +391,8 @@ def test_a_broken_dataset_is_refused_and_left_exactly_as_it_was(tmp_path, capsys
     assert tree(tmp_path) == before
 
 
-def test_a_failure_while_writing_leaves_the_dataset_exactly_as_it_was(dataset, monkeypatch):
+@pytest.mark.parametrize("into", ["in place", "an output folder"])
+def test_a_failure_while_writing_leaves_the_dataset_exactly_as_it_was(dataset, monkeypatch, into):
     out, listed, fmt = dataset
     from pipeline import takedown as module
 
@@ -406,7 +407,7 @@ def test_a_failure_while_writing_leaves_the_dataset_exactly_as_it_was(dataset, m
     monkeypatch.setattr(module.pq, "write_table", fail_on_the_second_parquet)
     before = tree(out.parent)
     with pytest.raises(OSError, match="injected"):
-        module.takedown(str(out), str(listed))
+        module.takedown(str(out), str(listed), None if into == "in place" else str(out.parent / "cleaned"))
     assert len(calls) == 2
     assert tree(out.parent) == before
 
