@@ -92,7 +92,7 @@ def open_dataset(folder: str) -> Dataset:
 
 def _unfinished_work(folder: str) -> list[str]:
     problems = []
-    if FileSystems.exists(f"{folder}/{STAGING_DIR}"):
+    if folder_exists(f"{folder}/{STAGING_DIR}"):
         problems.append(f"{STAGING_DIR}: an interrupted takedown; run `curate takedown --in-place` on it again to finish it")
     if not FileSystems.exists(f"{folder}/{audit.SUCCESS_FILE}"):
         problems.append(f"no {audit.SUCCESS_FILE}: the run that wrote it did not finish")
@@ -189,6 +189,20 @@ def match(pattern: str, hidden: bool = False) -> list[str]:
     except Exception:  # Beam raises when nothing matches on some filesystems
         return []
     return sorted(m.path for m in matches if hidden or not m.path.rpartition("/")[2].startswith("."))
+
+
+def folder_exists(path: str) -> bool:
+    """A local folder, or an object store prefix with objects under it (object stores have no folders)."""
+    if is_local(path):
+        return os.path.isdir(path)
+    return bool(match(f"{path}/**", hidden=True))
+
+
+def delete_folder(path: str) -> None:
+    """`path` and everything under it, if there is anything."""
+    if folder_exists(path):
+        # Locally a folder is deleted whole; on object stores a path ending in "/" deletes the prefix.
+        FileSystems.delete([path if is_local(path) else f"{path}/"])
 
 
 def open_file(path: str):

@@ -36,7 +36,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import audit
-from pipeline.built_dataset import AUDIT_PATH, STAGING_DIR, is_local, open_file
+from pipeline.built_dataset import AUDIT_PATH, STAGING_DIR, delete_folder, folder_exists, is_local, open_file
 
 PLAN_FILE = "plan.json"
 
@@ -76,8 +76,7 @@ class StagedSwitch:
 
     def discard(self) -> None:
         """Forget an uncommitted switch: the folder is left as it was."""
-        if FileSystems.exists(self.staging):
-            FileSystems.delete([self.staging])
+        delete_folder(self.staging)
 
     def switch(self, plan: dict[str, Any]) -> None:
         """Put the committed new files in place; idempotent, so a crash is finished by calling it again."""
@@ -94,13 +93,13 @@ class StagedSwitch:
             FileSystems.delete(existing)
         with FileSystems.create(success) as handle:
             handle.write(b"")
-        FileSystems.delete([self.staging])
+        delete_folder(self.staging)
 
 
 def recover(folder: str) -> str | None:
     """Apply the recovery rule to `folder`; a sentence saying what was done, or None if nothing was left over."""
     switch = StagedSwitch(folder)
-    if not FileSystems.exists(switch.staging):
+    if not folder_exists(switch.staging):
         return None
     plan_path = f"{switch.staging}/{PLAN_FILE}"
     if not FileSystems.exists(plan_path):

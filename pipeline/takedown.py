@@ -168,7 +168,7 @@ def takedown(
     optout_list = rules.load_optout_list(optout_path)
     matcher = matcher or OptOutListMatcher(optout_list, phash_distance)
     with _locked(source, target):
-        recovered = recover(target) if FileSystems.exists(target) else None
+        recovered = recover(target)
         if recovered:
             progress(f"takedown: {recovered}")
         built = open_dataset(source)
@@ -189,7 +189,7 @@ def takedown(
 @contextlib.contextmanager
 def _locked(source: str, target: str) -> Iterator[None]:
     """The dataset's lock, and the output folder's (created for it, and removed again if the takedown fails)."""
-    if not FileSystems.exists(source):
+    if is_local(source) and not os.path.isdir(source):
         raise DatasetError(f"{source}: no such folder: not a dataset written by `curate run`")
     with lock_output_folder(source):
         if target == source:
@@ -202,7 +202,7 @@ def _locked(source: str, target: str) -> Iterator[None]:
             with lock_output_folder(target):
                 yield
         except BaseException:
-            if created:
+            if created:  # the takedown failed: no folder of ours is left behind either
                 FileSystems.delete([target])
             raise
 
@@ -228,7 +228,7 @@ def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher
         progress(f"takedown: shard {shard.name} ({number}/{len(built.shards)}): {state}")
     if switch.folder != built.path:
         _stage_copies(built.path, switch)
-    manifest = f"report/{_manifest_name(switch.folder)}"
+    manifest = f"report/{_manifest_name(built.path)}"  # with --output, the source's manifests are copied over
     result.manifest_path = f"{switch.folder}/{manifest}"
     summary = {**about_list, "removed": len(result.removals), "shards_rewritten": result.rewritten,
                "started_at": started}
@@ -241,7 +241,7 @@ def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher
 
 def _stage_copies(source: str, switch: StagedSwitch) -> None:
     """With --output: every file the takedown does not rewrite or delete is linked (or copied) over."""
-    changed = set(switch.moves) | set(switch.deletions)
+    changed = {*switch.moves, *switch.deletions, AUDIT_PATH}  # the audit is written new
     files = [*match(f"{source}/shards/*.tar"), *match(f"{source}/shards/*.parquet"),
              *match(f"{source}/rejects/*.parquet"), *match(f"{source}/report/*"), *match(f"{source}/recipe.json")]
     for path in files:
@@ -381,10 +381,10 @@ def _updated_audit(before: dict[str, Any], removed: int, reason: str, takedown_s
     return result
 
 
-def _manifest_name(target: str) -> str:
+def _manifest_name(dataset: str) -> str:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name, number = f"takedown-{stamp}.json", 1
-    while FileSystems.exists(f"{target}/report/{name}"):  # two takedowns within one second
+    while FileSystems.exists(f"{dataset}/report/{name}"):  # two takedowns within one second
         number += 1
         name = f"takedown-{stamp}-{number}.json"
     return name

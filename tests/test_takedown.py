@@ -442,3 +442,13 @@ def test_shard_file_names_need_not_follow_the_keys(dataset):
     assert {row["url"] for row in shard_rows(out)} == kept_urls()
     assert pq.read_table(out / "shards" / "00001.parquet").num_rows == 2  # the untouched keep3/keep4 shard
     assert_accounting(out)
+
+
+def test_output_from_a_dataset_with_an_interrupted_takedown_is_refused(dataset, capsys):
+    out, listed, fmt = dataset
+    (out / ".takedown-staging").mkdir()
+    (out / ".takedown-staging" / "plan.json").write_text("{}")
+    before = tree(out.parent)
+    assert takedown("--dataset", out, "--optout", listed, "--output", out.parent / "cleaned") == 2
+    assert "an interrupted takedown" in capsys.readouterr().err
+    assert tree(out.parent) == before
