@@ -126,21 +126,23 @@ def _check_shard(folder: str, name: str, fmt: str) -> tuple[Shard, list[str]]:
     except (OSError, tarfile.TarError) as err:
         return shard, [f"shards/{name}.tar cannot be read: {err}"]
     missing, extra = sorted(set(keys) - set(samples)), sorted(set(samples) - set(keys))
-    no_image = sorted(key for key, extensions in samples.items() if not extensions & set(IMAGE_EXTENSIONS))
-    if missing or extra or no_image or len(keys) != len(set(keys)):
-        return shard, [f"shards/{name}.tar holds {len(samples)} samples ({len(no_image)} without an image) "
+    no_image = sorted(key for key, extensions in samples.items() if not set(extensions) & set(IMAGE_EXTENSIONS))
+    twice = sorted(key for key, extensions in samples.items() if len(extensions) != len(set(extensions)))
+    if missing or extra or no_image or twice or len(keys) != len(set(keys)):
+        return shard, [f"shards/{name}.tar holds {len(samples)} samples ({len(no_image)} without an image, "
+                       f"{len(twice)} with a member twice) "
                        f"but shards/{name}.parquet has {len(keys)} rows (first missing from the tar: "
                        f"{missing[:3]}, first not in the parquet: {extra[:3]})"]
     return shard, []
 
 
-def tar_samples(path: str) -> dict[str, set[str]]:
+def tar_samples(path: str) -> dict[str, list[str]]:
     """key -> the extensions of its members, read from the tar headers only."""
-    samples: dict[str, set[str]] = collections.defaultdict(set)
+    samples: dict[str, list[str]] = collections.defaultdict(list)
     with open_file(path) as handle, tarfile.open(fileobj=handle, mode="r:") as tar:
         for member in tar:
             key, _, extension = member.name.rpartition("/")[2].partition(".")
-            samples[key].add(extension)
+            samples[key].append(extension)
     return samples
 
 

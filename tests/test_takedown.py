@@ -358,6 +358,13 @@ def drop_tar_member(path, name):
             tar.addfile(member, io.BytesIO(data))
 
 
+def append_tar_member(path, name):
+    with tarfile.open(path, "a", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+
+
 BREAKAGES = {
     "no audit": (lambda out: os.remove(out / "report" / "audit.json"), "report/audit.json"),
     "tar without parquet": (lambda out: os.remove(out / "shards" / "00001.parquet"), "shards/00001.tar"),
@@ -366,6 +373,8 @@ BREAKAGES = {
     "a sample missing from a tar": (
         lambda out: [drop_tar_member(out / "shards" / "00002.tar", f"000020.{ext}") for ext in ("jpg", "txt", "json")],
         "shards/00002.tar"),
+    "a member twice in a tar": (lambda out: append_tar_member(out / "shards" / "00002.tar", "000020.txt"),
+                                "shards/00002.tar"),
     "a half-written temporary file": (
         lambda out: (out / "shards" / ".00001.tar.0123abcd.tmp").write_bytes(b"half"), ".00001.tar.0123abcd.tmp"),
     "an audit that does not add up": (
@@ -452,3 +461,23 @@ def test_output_from_a_dataset_with_an_interrupted_takedown_is_refused(dataset, 
     assert takedown("--dataset", out, "--optout", listed, "--output", out.parent / "cleaned") == 2
     assert "an interrupted takedown" in capsys.readouterr().err
     assert tree(out.parent) == before
+
+
+def test_the_matching_is_pluggable(dataset):
+    """A list of another kind (issue 17: hash lists) decides per metadata row, with its own reject reason."""
+    out, listed, fmt = dataset
+    from pipeline import takedown as module
+
+    class KeyList:
+        reason, needs_images = "key_list", False
+
+        def match_row(self, row):
+            return "key:000011" if row["key"] == "000011" else None
+
+        def match_image(self, row, image):
+            raise AssertionError("needs_images is False")
+
+    result = module.takedown(str(out), str(listed), matcher=KeyList(), progress=lambda line: None)
+    assert [removal.key for removal in result.removals] == ["000011"]
+    assert "000011" not in {row["key"] for row in shard_rows(out)}
+    assert assert_accounting(out)["counts"]["rejected_by_stage"]["takedown"] == {"key_list": 1}
