@@ -3,32 +3,44 @@
     curate takedown --dataset out/ --optout optout.txt --in-place
     curate takedown --dataset out/ --optout optout.txt --output out-v2/
 
-Every shard's metadata is matched against the opt-out list (url, prefix and
-domain rules on `url`, sha256 rules on `sha256`, the hash of the original
-bytes; phash rules on the stored image, decoded from the shard).  Only shards
-with matches are rewritten, each file under a temporary name renamed into
-place; unaffected shards are hard-linked (or copied) into `--output`.  A shard
-left empty is deleted, as a run writes no shard without samples.
+1. Check: the whole dataset is checked before anything is written
+   (pipeline/built_dataset.py: `_SUCCESS`, no temporary files, every tar with
+   its parquet and the same samples, an audit that adds up against the
+   files).  A problem is refused with an error naming it; nothing changes.
+2. Stage: every shard's metadata is matched (url, prefix and domain rules on
+   `url`, sha256 rules on `sha256`, the hash of the original bytes; phash rules
+   on the stored image, decoded from the shard).  The new versions of the
+   affected shards and rejects files, the new `report/audit.json` and a removal
+   manifest are written into `<target>/.takedown-staging/`; with `--output`,
+   every other file (unaffected shards, rejects, report, recipe.json) is
+   hard-linked (or copied) there too, so no shard is left behind.  A failure
+   here removes the staging folder: the dataset is exactly as it was.
+3. Switch (pipeline/staged_switch.py): a plan is committed, then the staged
+   files are renamed into place with `_SUCCESS` removed meanwhile.  A crash
+   after the commit is finished by running the takedown again.
+
+Shards are found by listing the files and keys are read from them: a shard's
+file name is never derived from a key.  A shard left empty is deleted, as a
+run writes no shard without samples.
 
 Accounting: the removed rows are appended to `rejects/<shard>.parquet` (stage
 `takedown`, reason `optout_list`, the matched rule in `fields.optout_rule`),
-and `report/audit.json`'s kept and rejected counts are recounted from the
-shard and rejects files, so `input == kept + rejected` keeps holding.  A
-removal manifest `report/takedown-<UTC time>.json` lists what was removed
-(key, url, shard, rule, time).
+and `report/audit.json`'s kept and rejected counts move by the rows removed, so
+`input == kept + rejected` keeps holding.  A removal manifest
+`report/takedown-<UTC time>.json` lists what was removed (key, url, shard,
+rule, time).  A second run with the same list finds nothing more to remove.
 
-Safe to interrupt and repeat: `_SUCCESS` is removed first and written last;
-rejects are appended before the shard is rewritten, and never twice for a key;
-a second run with the same list finds nothing more to remove.
+What decides a removal is a `SampleMatcher` (one metadata row, and the stored
+image if it needs one, in; the rule that matched or None out), so other lists
+(hash lists) can plug in beside the opt-out list.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime
-import io
 import os
-import shutil
 import sys
 import tarfile
 from dataclasses import dataclass, field
@@ -37,17 +49,18 @@ from typing import Any, Callable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline import audit
 from pipeline import optout_rules as rules
+from pipeline.built_dataset import (AUDIT_PATH, IMAGE_EXTENSIONS, Dataset, DatasetError, Shard, is_local,
+                                    link_or_copy, match, open_dataset, open_file, parquet_columns, read_parquet)
+from pipeline.output_lock import OutputLockedError, lock_output_folder
 from pipeline.schema import METADATA_COLUMNS, REJECTS_SCHEMA, Reject
-from pipeline.writers import AtomicFile, write_parquet_atomically
+from pipeline.staged_switch import StagedSwitch, StalePlanError, recover
+from pipeline.takedown_match import OptOutListMatcher, SampleMatcher
 
 STAGE = "takedown"
-IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 _IMAGE_FIELDS = ("width", "height", "original_width", "original_height", "sha256")
 
 EPILOG = """\
@@ -59,17 +72,26 @@ CSV/Parquet file with columns kind,value:
   sha256:<64 hex>                     the original downloaded bytes
   phash:<16 hex>                      str(imagehash.phash(image)), within --phash-distance
 
+The dataset is checked whole first (_SUCCESS, every tar with its parquet and
+the same samples, no temporary files, an audit that adds up); a problem is
+refused and nothing changes.  New files are staged in .takedown-staging/ and
+switched in at the end; if that is interrupted, run the same command again.
+
 Writes (in the dataset, or in --output):
   shards/...                          affected shards rewritten, others untouched (or hard-linked)
   rejects/<shard>.parquet             removed rows appended: stage takedown, reason optout_list
-  report/audit.json                   counts recounted: input = kept + rejected
+  report/audit.json                   counts moved: input = kept + rejected
   report/takedown-<UTC time>.json     the removal manifest: key, url, shard, rule, time
 Running it again with the same list removes nothing more.
 """
 
 
 class TakedownError(Exception):
-    """A problem with the dataset, the list or the output folder: printed, not traced."""
+    """A problem with the output folder or the dataset's rows: printed, not traced."""
+
+
+USER_ERRORS = (TakedownError, DatasetError, OutputLockedError, StalePlanError, rules.OptOutListError,
+               audit.AccountingError)
 
 
 # ------------------------------------------------------------ command line
@@ -101,7 +123,7 @@ def add_takedown_command(subparsers) -> None:
 def _cmd_takedown(args, beam_args: list[str]) -> int:
     try:
         result = takedown(args.dataset, args.optout, None if args.in_place else args.output, args.phash_distance)
-    except (TakedownError, rules.OptOutListError, audit.AccountingError) as err:
+    except USER_ERRORS as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
     print(
@@ -132,162 +154,183 @@ class TakedownResult:
     manifest_path: str = ""
 
 
-@dataclass(frozen=True)
-class Shard:
-    name: str  # "00000"
-    metadata_path: str  # shards/00000.parquet (also the image table in the parquet format)
-    tar_path: str | None  # shards/00000.tar for webdataset
-
-
 def takedown(
     dataset: str,
     optout_path: str,
     output: str | None = None,
     phash_distance: int = 4,
     progress: Callable[[str], None] = print,
+    matcher: SampleMatcher | None = None,
 ) -> TakedownResult:
-    """Remove what `optout_path` matches from `dataset`, in place or into `output`."""
+    """Remove what `optout_path` (or `matcher`) matches from `dataset`, in place or into `output`."""
     source = dataset.rstrip("/")
     target = (output or dataset).rstrip("/")
     optout_list = rules.load_optout_list(optout_path)
-    shards = list_shards(source)
-    _prepare_target(source, target)
+    matcher = matcher or OptOutListMatcher(optout_list, phash_distance)
+    with _locked(source, target):
+        recovered = recover(target)
+        if recovered:
+            progress(f"takedown: {recovered}")
+        built = open_dataset(source)
+        if target != source:
+            _check_output_folder(source, target)
+        switch = StagedSwitch(target)
+        try:
+            result = _stage_takedown(built, switch, matcher, {"list": optout_path, "list_rules": optout_list.counts()},
+                                     progress)
+            plan = switch.commit()
+        except BaseException:
+            switch.discard()
+            raise
+        switch.switch(plan)
+    return result
+
+
+@contextlib.contextmanager
+def _locked(source: str, target: str) -> Iterator[None]:
+    """The dataset's lock, and the output folder's (created for it, and removed again if the takedown fails)."""
+    if is_local(source) and not os.path.isdir(source):
+        raise DatasetError(f"{source}: no such folder: not a dataset written by `curate run`")
+    with lock_output_folder(source):
+        if target == source:
+            yield
+            return
+        created = is_local(target) and not os.path.exists(target)
+        if created:
+            os.makedirs(target)
+        try:
+            with lock_output_folder(target):
+                yield
+        except BaseException:
+            if created:  # the takedown failed: no folder of ours is left behind either
+                FileSystems.delete([target])
+            raise
+
+
+def _check_output_folder(source: str, target: str) -> None:
+    if is_local(source, target) and os.path.realpath(target).startswith(os.path.realpath(source) + os.sep):
+        raise TakedownError(f"--output {target} is inside the dataset {source}; choose a folder outside it")
+    if match(f"{target}/shards/*") or match(f"{target}/report/*") or FileSystems.exists(f"{target}/{audit.SUCCESS_FILE}"):
+        raise TakedownError(f"{target} already holds a dataset; choose an empty --output folder")
+
+
+def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher, about_list: dict[str, Any],
+                    progress: Callable[[str], None]) -> TakedownResult:
+    """Write the new files into the staging folder; returns what they remove."""
     started = _utc_now()
-    result = TakedownResult(dataset=source, shards=len(shards))
-    for number, shard in enumerate(shards, start=1):
-        removals = _take_down_shard(shard, source, target, optout_list, phash_distance, started)
+    result = TakedownResult(dataset=built.path, shards=len(built.shards))
+    for number, shard in enumerate(built.shards, start=1):
+        removals = _stage_shard(shard, built, switch, matcher, started)
         result.removals += removals
         if removals:
             result.rewritten.append(shard.name)
         state = f"removed {len(removals)}" if removals else "unchanged"
-        progress(f"takedown: shard {shard.name} ({number}/{len(shards)}): {state}")
-    summary = {"list": optout_path, "list_rules": optout_list.counts(), "removed": len(result.removals),
-               "shards_rewritten": result.rewritten, "started_at": started}
-    result.manifest_path = _write_manifest(target, source, result, summary)
-    _update_audit(target, {**summary, "manifest": result.manifest_path.rpartition("/")[2]})
-    with FileSystems.create(f"{target}/{audit.SUCCESS_FILE}") as handle:
-        handle.write(b"")
+        progress(f"takedown: shard {shard.name} ({number}/{len(built.shards)}): {state}")
+    if switch.folder != built.path:
+        _stage_copies(built.path, switch)
+    manifest = f"report/{_manifest_name(built.path)}"  # with --output, the source's manifests are copied over
+    result.manifest_path = f"{switch.folder}/{manifest}"
+    summary = {**about_list, "removed": len(result.removals), "shards_rewritten": result.rewritten,
+               "started_at": started}
+    _write_manifest(switch.stage(manifest), built.path, switch.folder, result, summary)
+    new_audit = _updated_audit(built.audit, len(result.removals), matcher.reason,
+                               {**summary, "manifest": manifest.rpartition("/")[2]})
+    audit.write_json(switch.stage(AUDIT_PATH), new_audit)
     return result
 
 
-def list_shards(dataset: str) -> list[Shard]:
-    metadata_paths = _glob(f"{dataset}/shards/*.parquet")
-    if not metadata_paths and not _glob(f"{dataset}/shards/*.tar"):
-        raise TakedownError(f"{dataset}: no shards/*.parquet: not a dataset written by `curate run`")
-    shards = []
-    for path in metadata_paths:
-        name = path.rpartition("/")[2].removesuffix(".parquet")
-        tar_path = f"{dataset}/shards/{name}.tar"
-        shards.append(Shard(name, path, tar_path if FileSystems.exists(tar_path) else None))
-    return shards
-
-
-def _prepare_target(source: str, target: str) -> None:
-    if target == source:
-        if FileSystems.exists(f"{source}/{audit.SUCCESS_FILE}"):
-            FileSystems.delete([f"{source}/{audit.SUCCESS_FILE}"])  # incomplete until the audit is rewritten
-        return
-    if _glob(f"{target}/shards/*") or _glob(f"{target}/report/*") or FileSystems.exists(f"{target}/{audit.SUCCESS_FILE}"):
-        raise TakedownError(f"{target} already holds a dataset; choose an empty --output folder")
-    for path in [f"{source}/recipe.json", *_glob(f"{source}/rejects/*.parquet"), *_glob(f"{source}/report/*")]:
-        if FileSystems.exists(path):
-            _copy(path, target + path[len(source):])
+def _stage_copies(source: str, switch: StagedSwitch) -> None:
+    """With --output: every file the takedown does not rewrite or delete is linked (or copied) over."""
+    changed = {*switch.moves, *switch.deletions, AUDIT_PATH}  # the audit is written new
+    files = [*match(f"{source}/shards/*.tar"), *match(f"{source}/shards/*.parquet"),
+             *match(f"{source}/rejects/*.parquet"), *match(f"{source}/report/*"), *match(f"{source}/recipe.json")]
+    for path in files:
+        relative = path[len(source) + 1:]
+        if relative not in changed:
+            link_or_copy(path, switch.stage(relative))
 
 
 # ------------------------------------------------------------ one shard
 
 
-def _take_down_shard(shard: Shard, source: str, target: str, optout_list: rules.OptOutList,
-                     phash_distance: int, when: str) -> list[Removal]:
-    table = _read_parquet(shard.metadata_path)
-    rows = table.to_pylist()
-    matched = _match_rows(rows, optout_list)
-    unmatched = {row["key"]: row for row in rows if row["key"] not in matched}
-    if optout_list.has_phash and unmatched:
-        for key, image in _shard_images(shard, table, set(unmatched)):
-            match = _phash_match(image, unmatched[key], optout_list, phash_distance)
-            if match:
-                matched[key] = match
+def _stage_shard(shard: Shard, built: Dataset, switch: StagedSwitch, matcher: SampleMatcher,
+                 when: str) -> list[Removal]:
+    """Stage the shard without its matched samples (and their rejects); [] and nothing staged if none match."""
+    columns = [name for name in parquet_columns(shard.metadata_path) if name not in IMAGE_EXTENSIONS]
+    rows = read_parquet(shard.metadata_path, columns=columns).to_pylist()
+    matched = _matches(shard, rows, matcher)
     if not matched:
-        if target != source:
-            for path in filter(None, (shard.metadata_path, shard.tar_path)):
-                _copy(path, target + path[len(source):])
         return []
     removed_rows = [row for row in rows if row["key"] in matched]
-    _append_rejects(target, shard.name, [_reject_of(row, matched[row["key"]]) for row in removed_rows])
-    _rewrite_shard(shard, source, target, table, set(matched))
+    rejects = [_reject_of(row, matched[row["key"]], matcher.reason) for row in removed_rows]
+    _stage_rejects(built.path, switch, shard.name, rejects)
+    _stage_rewritten_shard(shard, switch, set(matched), len(rows))
     return [Removal(row["key"], row["url"], shard.name, matched[row["key"]], when) for row in removed_rows]
 
 
-def _match_rows(rows: list[dict[str, Any]], optout_list: rules.OptOutList) -> dict[str, str]:
-    """key -> the rule (as text) for rows matched by url/prefix/domain or sha256."""
-    matched = {}
-    for row in rows:
-        rule = optout_list.match_url(row.get("url")) or optout_list.match_sha256(row.get("sha256"))
-        if rule is not None:
-            matched[row["key"]] = str(rule)
+def _matches(shard: Shard, rows: list[dict[str, Any]], matcher: SampleMatcher) -> dict[str, str]:
+    """key -> the rule that matched, for the shard's samples the matcher removes."""
+    matched = {row["key"]: rule for row in rows if (rule := matcher.match_row(row)) is not None}
+    unmatched = {row["key"]: row for row in rows if row["key"] not in matched}
+    if matcher.needs_images and unmatched:
+        for key, image in _shard_images(shard, set(unmatched)):
+            rule = matcher.match_image(unmatched[key], image)
+            if rule is not None:
+                matched[key] = rule
     return matched
 
 
-def _phash_match(image: bytes, row: dict[str, Any], optout_list: rules.OptOutList, distance: int) -> str | None:
-    try:
-        phash = rules.phash_of_image(image, (row.get("original_width"), row.get("original_height")))
-    except (OSError, ValueError):
-        return None  # an undecodable stored image cannot be compared
-    match = optout_list.match_phash(phash, distance)
-    return f"{match.rule} (distance {match.distance})" if match else None
-
-
-def _shard_images(shard: Shard, table: pa.Table, keys: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(key, stored image bytes) for `keys`, streamed from the tar or read from the table."""
+def _shard_images(shard: Shard, keys: set[str]) -> Iterator[tuple[str, bytes]]:
+    """(key, stored image bytes) for `keys`, streamed from the tar or read from the parquet's image column."""
     if shard.tar_path is not None:
-        with _open(shard.tar_path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        with open_file(shard.tar_path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for member in tar:
                 key, _, extension = member.name.rpartition("/")[2].partition(".")
                 if key in keys and extension in IMAGE_EXTENSIONS:
                     yield key, tar.extractfile(member).read()
         return
-    columns = [name for name in IMAGE_EXTENSIONS if name in table.column_names]
-    for row in table.select(["key", *columns]).to_pylist():
-        image = next((row[name] for name in columns if row[name]), None)
-        if row["key"] in keys and image:
-            yield row["key"], image
+    columns = [name for name in parquet_columns(shard.metadata_path) if name in IMAGE_EXTENSIONS]
+    with open_file(shard.metadata_path) as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=256, columns=["key", *columns]):
+            for row in batch.to_pylist():
+                image = next((row[name] for name in columns if row[name]), None)
+                if row["key"] in keys and image:
+                    yield row["key"], image
 
 
-def _rewrite_shard(shard: Shard, source: str, target: str, table: pa.Table, removed: set[str]) -> None:
-    kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(removed), pa.string()))))
-    metadata_target = target + shard.metadata_path[len(source):]
-    tar_target = target + shard.tar_path[len(source):] if shard.tar_path else None
-    if kept.num_rows == 0:  # a run writes no empty shard; nor do we
-        existing = [path for path in (metadata_target, tar_target) if path and FileSystems.exists(path)]
-        if target == source and existing:
-            FileSystems.delete(existing)
+def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str], rows: int) -> None:
+    names = [f"shards/{shard.name}.parquet"] + ([f"shards/{shard.name}.tar"] if shard.tar_path else [])
+    if len(removed) == rows:  # a run writes no empty shard; nor do we
+        for relative in names:
+            switch.delete_later(relative)
         return
     if shard.tar_path is not None:
-        _filter_tar(shard.tar_path, tar_target, removed)
-    write_parquet_atomically(metadata_target, kept)
+        _filter_tar(shard.tar_path, switch.stage(names[1]), removed)
+    table = read_parquet(shard.metadata_path)
+    kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(removed), pa.string()))))
+    _write_parquet(switch.stage(names[0]), kept)
 
 
 def _filter_tar(source_path: str, target_path: str, removed: set[str]) -> None:
     """Copy the tar member by member (names, modes, times as they were), leaving out `removed` keys."""
-    out = AtomicFile(target_path)
-    try:
-        with _open(source_path) as handle, tarfile.open(fileobj=handle, mode="r|") as source_tar, \
-                tarfile.open(fileobj=out.handle, mode="w|", format=tarfile.USTAR_FORMAT) as target_tar:
-            for member in source_tar:
-                if member.name.rpartition("/")[2].partition(".")[0] in removed:
-                    continue
-                target_tar.addfile(member, source_tar.extractfile(member) if member.isfile() else None)
-    except BaseException:
-        out.abort()
-        raise
-    out.commit()
+    with open_file(source_path) as handle, tarfile.open(fileobj=handle, mode="r|") as source_tar, \
+            FileSystems.create(target_path) as out, \
+            tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as target_tar:
+        for member in source_tar:
+            if member.name.rpartition("/")[2].partition(".")[0] in removed:
+                continue
+            target_tar.addfile(member, source_tar.extractfile(member) if member.isfile() else None)
+
+
+def _write_parquet(path: str, table: pa.Table) -> None:
+    with FileSystems.create(path) as handle:
+        pq.write_table(table, handle, compression="zstd")
 
 
 # ------------------------------------------------------------ accounting
 
 
-def _reject_of(row: dict[str, Any], rule: str) -> Reject:
+def _reject_of(row: dict[str, Any], rule: str, reason: str) -> Reject:
     """A metadata row as a reject; input columns and scores cannot be told apart
     once flattened into the metadata, so all extra columns go to `extra`."""
     basics = set(METADATA_COLUMNS) | set(IMAGE_EXTENSIONS)
@@ -297,54 +340,57 @@ def _reject_of(row: dict[str, Any], rule: str) -> Reject:
         url=row.get("url") or "",
         caption=row.get("caption"),
         stage=STAGE,
-        reason=rules.REASON_LIST,
+        reason=reason,
         fields={**{name: row[name] for name in _IMAGE_FIELDS if row.get(name) is not None}, rules.RULE_FIELD: rule},
         extra={name: value for name, value in row.items() if name not in basics},
     )
 
 
-def _append_rejects(target: str, shard_name: str, rejects: list[Reject]) -> None:
-    path = f"{target}/rejects/{shard_name}.parquet"
-    existing = _read_parquet(path).to_pylist() if FileSystems.exists(path) else []
-    known = {row["key"] for row in existing}
-    rows = existing + [reject.row() for reject in rejects if reject.key not in known]
-    rows.sort(key=lambda row: row["key"])
-    write_parquet_atomically(path, pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA))
+def _stage_rejects(dataset: str, switch: StagedSwitch, shard_name: str, rejects: list[Reject]) -> None:
+    """The shard's rejects file with `rejects` added, staged (the name of the shard's file, not of its keys)."""
+    relative = f"rejects/{shard_name}.parquet"
+    path = f"{dataset}/{relative}"
+    existing = read_parquet(path).to_pylist() if FileSystems.exists(path) else []
+    twice = {row["key"] for row in existing} & {reject.key for reject in rejects}
+    if twice:
+        raise DatasetError(f"{dataset} was not changed: {relative} already rejects {sorted(twice)[:3]}, "
+                           f"which shards/{shard_name}.parquet also holds")
+    rows = sorted(existing + [reject.row() for reject in rejects], key=lambda row: row["key"])
+    _write_parquet(switch.stage(relative), pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA))
 
 
-def _update_audit(target: str, takedown_summary: dict[str, Any]) -> None:
-    """Recount kept and rejected rows from the files, so an interrupted and
-    repeated takedown still ends with exact counts."""
-    path = f"{target}/report/audit.json"
-    if not FileSystems.exists(path):
-        raise TakedownError(f"{path} is missing: cannot keep the accounting (is this a `curate run` output?)")
-    result = audit.read_audit(target)
-    rejected: collections.Counter[tuple[str, str]] = collections.Counter()
-    for rejects_path in _glob(f"{target}/rejects/*.parquet"):
-        table = _read_parquet(rejects_path, columns=["stage", "reason"])
-        rejected.update(zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()))
-    order = list(result.get("stage_order", []))
-    if STAGE not in order:
-        order.append(STAGE)
-    by_stage: dict[str, dict[str, int]] = {}
-    for (stage, reason), count in sorted(rejected.items()):
-        by_stage.setdefault(stage, {})[reason] = count
-    result["stage_order"] = order
-    result["counts"]["kept"] = sum(_num_rows(path) for path in _glob(f"{target}/shards/*.parquet"))
-    result["counts"]["rejected_by_stage"] = {
+def _updated_audit(before: dict[str, Any], removed: int, reason: str, takedown_summary: dict[str, Any]) -> dict[str, Any]:
+    """The audit with `removed` rows moved from kept to the takedown's rejects.
+
+    The dataset was checked to match its audit, so moving the counts keeps
+    them equal to a recount of the files."""
+    result = {**before, "counts": dict(before["counts"]), "stage_order": list(before.get("stage_order", []))}
+    if STAGE not in result["stage_order"]:
+        result["stage_order"].append(STAGE)
+    counts = result["counts"]
+    counts["kept"] -= removed
+    by_stage = {stage: dict(reasons) for stage, reasons in counts["rejected_by_stage"].items()}
+    if removed:
+        by_stage.setdefault(STAGE, {})[reason] = by_stage.get(STAGE, {}).get(reason, 0) + removed
+    order = result["stage_order"]
+    counts["rejected_by_stage"] = {
         stage: by_stage[stage] for stage in sorted(by_stage, key=lambda s: (order.index(s) if s in order else len(order), s))
     }
-    result.setdefault("takedowns", []).append({**takedown_summary, "finished_at": _utc_now()})
-    audit.write_json(path, result)
+    result["takedowns"] = [*before.get("takedowns", []), {**takedown_summary, "finished_at": _utc_now()}]
     audit.check_accounting(result)
+    return result
 
 
-def _write_manifest(target: str, source: str, result: TakedownResult, summary: dict[str, Any]) -> str:
+def _manifest_name(dataset: str) -> str:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path, number = f"{target}/report/takedown-{stamp}.json", 1
-    while FileSystems.exists(path):  # two takedowns within one second
+    name, number = f"takedown-{stamp}.json", 1
+    while FileSystems.exists(f"{dataset}/report/{name}"):  # two takedowns within one second
         number += 1
-        path = f"{target}/report/takedown-{stamp}-{number}.json"
+        name = f"takedown-{stamp}-{number}.json"
+    return name
+
+
+def _write_manifest(path: str, source: str, target: str, result: TakedownResult, summary: dict[str, Any]) -> None:
     manifest = {
         "dataset": source,
         "output": target,
@@ -354,46 +400,6 @@ def _write_manifest(target: str, source: str, result: TakedownResult, summary: d
         "removals": [vars(removal) for removal in result.removals],
     }
     audit.write_json(path, manifest)
-    return path
-
-
-# ------------------------------------------------------------ files
-
-
-def _glob(pattern: str) -> list[str]:
-    try:
-        matches = FileSystems.match([pattern])[0].metadata_list
-    except Exception:  # Beam raises when nothing matches on some filesystems
-        return []
-    return sorted(m.path for m in matches if not m.path.rpartition("/")[2].startswith("."))
-
-
-def _open(path: str):
-    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    with _open(path) as handle:
-        return pq.read_table(io.BytesIO(handle.read()), columns=columns)
-
-
-def _num_rows(path: str) -> int:
-    with _open(path) as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
-
-
-def _copy(source_path: str, target_path: str) -> None:
-    """Hard-link when both are local (the files are only ever replaced, never
-    written in place, so sharing an inode is safe), else copy."""
-    local = all(isinstance(FileSystems.get_filesystem(p), LocalFileSystem) for p in (source_path, target_path))
-    if not local:
-        FileSystems.copy([source_path], [target_path])
-        return
-    os.makedirs(os.path.dirname(target_path), exist_ok=True)
-    try:
-        os.link(source_path, target_path)
-    except OSError:  # another filesystem, or links not supported
-        shutil.copyfile(source_path, target_path)
 
 
 def _utc_now() -> str:

@@ -187,28 +187,64 @@ def test_running_it_twice_removes_nothing_more(dataset):
     assert_accounting(out)
 
 
-def test_an_interrupted_takedown_is_finished_by_running_it_again(dataset, monkeypatch):
+def test_a_crash_while_switching_files_is_finished_by_running_it_again(dataset, monkeypatch, capsys):
     out, listed, fmt = dataset
-    from pipeline import takedown as module
+    clean = out.parent / "clean"
+    assert takedown("--dataset", out, "--optout", listed, "--output", clean) == 0
+    from pipeline import staged_switch
 
-    real_rewrite, calls = module._rewrite_shard, []
+    real_move, moves = staged_switch._move, []
 
-    def crash_on_second_shard(*args):
-        calls.append(args)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # killed after the rejects, before the shard rewrite
-        return real_rewrite(*args)
+    def crash_on_the_third_move(*args):
+        moves.append(args)
+        if len(moves) == 3:
+            raise KeyboardInterrupt  # killed after the commit, half-way through the renames
+        return real_move(*args)
 
-    monkeypatch.setattr(module, "_rewrite_shard", crash_on_second_shard)
+    monkeypatch.setattr(staged_switch, "_move", crash_on_the_third_move)
     with pytest.raises(KeyboardInterrupt):
         takedown("--dataset", out, "--optout", listed, "--in-place")
-    assert not (out / "_SUCCESS").exists()
-    monkeypatch.setattr(module, "_rewrite_shard", real_rewrite)
+    assert not (out / "_SUCCESS").exists() and (out / ".takedown-staging" / "plan.json").exists()
+    monkeypatch.setattr(staged_switch, "_move", real_move)
     assert takedown("--dataset", out, "--optout", listed, "--in-place") == 0
+    assert "finished the takedown committed at" in capsys.readouterr().out
+    assert {p: d for p, d in tree(out).items() if not p.startswith("report")} == {
+        p: d for p, d in tree(clean).items() if not p.startswith("report")}  # as if never interrupted
+    result = assert_accounting(out)
+    assert len(result["takedowns"]) == 2 and result["takedowns"][1]["removed"] == 0
+
+
+def test_a_takedown_killed_before_its_commit_left_the_old_dataset(dataset):
+    out, listed, fmt = dataset
+    (out / ".takedown-staging" / "shards").mkdir(parents=True)
+    (out / ".takedown-staging" / "shards" / "00000.tar").write_bytes(b"half")  # no plan.json: never committed
+    assert takedown("--dataset", out, "--optout", listed, "--in-place") == 0
+    assert not (out / ".takedown-staging").exists()
     assert {row["url"] for row in shard_rows(out)} == kept_urls()
-    keys = [row["key"] for row in reject_rows(out)]
-    assert len(keys) == len(set(keys))  # no row rejected twice
     assert_accounting(out)
+
+
+def test_a_plan_older_than_the_dataset_is_refused(dataset, capsys):
+    out, listed, fmt = dataset
+    (out / ".takedown-staging").mkdir()
+    audit.write_json(str(out / ".takedown-staging" / "plan.json"), {
+        "moves": ["shards/00000.parquet"], "deletions": [], "audit_before": "0" * 64, "audit_after": "1" * 64,
+        "committed_at": "2026-01-01T00:00:00+00:00"})
+    before = tree(out)
+    assert takedown("--dataset", out, "--optout", listed, "--in-place") == 2
+    assert "was rewritten since" in capsys.readouterr().err
+    assert tree(out) == before
+
+
+def test_a_dataset_in_use_is_refused(dataset, capsys):
+    out, listed, fmt = dataset
+    from pipeline.output_lock import lock_output_folder
+
+    before = tree(out)
+    with lock_output_folder(str(out)):
+        assert takedown("--dataset", out, "--optout", listed, "--in-place") == 2
+    assert "in use by another curate run or takedown" in capsys.readouterr().err
+    assert tree(out) == before
 
 
 def test_output_folder_leaves_the_dataset_alone_and_links_unaffected_shards(dataset):
@@ -297,3 +333,151 @@ def test_takedown_of_a_curate_run_output(tmp_path):
     assert {p: d for p, d in digests(out).items() if not p.startswith("report/")} == {
         p: d for p, d in files.items() if not p.startswith("report/")}
     assert assert_accounting(out)["counts"] == result["counts"]
+
+
+# ------------------------------------------------------------ refusing a broken dataset, leaving it as it was
+
+
+def tree(folder):
+    """Every file (hidden ones too) with its bytes' digest, and every folder: the whole tree to compare."""
+    found = {}
+    for directory, folders, files in os.walk(folder):
+        for name in folders:
+            found[os.path.relpath(os.path.join(directory, name), folder)] = "folder"
+        for name in files:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, folder)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return found
+
+
+def drop_tar_member(path, name):
+    with tarfile.open(path) as tar:
+        members = [(member, tar.extractfile(member).read()) for member in tar if member.name != name]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+
+
+def append_tar_member(path, name):
+    with tarfile.open(path, "a", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+
+
+BREAKAGES = {
+    "no audit": (lambda out: os.remove(out / "report" / "audit.json"), "report/audit.json"),
+    "tar without parquet": (lambda out: os.remove(out / "shards" / "00001.parquet"), "shards/00001.tar"),
+    "parquet without tar": (lambda out: os.remove(out / "shards" / "00002.tar"), "shards/00002.parquet"),
+    "no _SUCCESS": (lambda out: os.remove(out / "_SUCCESS"), "_SUCCESS"),
+    "a sample missing from a tar": (
+        lambda out: [drop_tar_member(out / "shards" / "00002.tar", f"000020.{ext}") for ext in ("jpg", "txt", "json")],
+        "shards/00002.tar"),
+    "a member twice in a tar": (lambda out: append_tar_member(out / "shards" / "00002.tar", "000020.txt"),
+                                "shards/00002.tar"),
+    "a half-written temporary file": (
+        lambda out: (out / "shards" / ".00001.tar.0123abcd.tmp").write_bytes(b"half"), ".00001.tar.0123abcd.tmp"),
+    "an audit that does not add up": (
+        lambda out: audit.write_json(str(out / "report" / "audit.json"),
+                                     {**audit.read_audit(str(out)), "counts": {"input": 15, "kept": 12,
+                                                                                "rejected_by_stage": {"resolution": {"too_small": 3}}}}),
+        "report/audit.json"),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+@pytest.mark.parametrize("mode", ["--in-place", "--output"])
+def test_a_broken_dataset_is_refused_and_left_exactly_as_it_was(tmp_path, capsys, breakage, mode):
+    out = tmp_path / "dataset"
+    listed = optout_list(tmp_path, build_dataset(out, "webdataset"))
+    breaks, named = BREAKAGES[breakage]
+    breaks(out)
+    before = tree(tmp_path)
+    where = ["--in-place"] if mode == "--in-place" else ["--output", tmp_path / "cleaned"]
+    assert takedown("--dataset", out, "--optout", listed, *where) == 2
+    error = capsys.readouterr().err
+    assert named in error and "Traceback" not in error
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("into", ["in place", "an output folder"])
+def test_a_failure_while_writing_leaves_the_dataset_exactly_as_it_was(dataset, monkeypatch, into):
+    out, listed, fmt = dataset
+    from pipeline import takedown as module
+
+    real_write, calls = pq.write_table, []
+
+    def fail_on_the_second_parquet(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise OSError("disk full (injected)")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(module.pq, "write_table", fail_on_the_second_parquet)
+    before = tree(out.parent)
+    with pytest.raises(OSError, match="injected"):
+        module.takedown(str(out), str(listed), None if into == "in place" else str(out.parent / "cleaned"))
+    assert len(calls) == 2
+    assert tree(out.parent) == before
+
+
+def test_output_copies_or_rewrites_every_shard(dataset):
+    out, listed, fmt = dataset
+    target = out.parent / "cleaned"
+    assert takedown("--dataset", out, "--optout", listed, "--output", target) == 0
+    removed = {r["key"] for path in glob.glob(f"{target}/report/takedown-*.json")
+               for r in json.loads(open(path).read())["removals"]}
+    for path in sorted(glob.glob(f"{out}/shards/*")):
+        name = os.path.basename(path)
+        keys = {row["key"] for row in pq.read_table(path.rpartition(".")[0] + ".parquet").to_pylist()}
+        if keys <= removed:
+            assert not (target / "shards" / name).exists()  # emptied, as a run writes no empty shard
+        else:
+            assert (target / "shards" / name).exists(), name
+    assert set(os.listdir(target / "shards")) == {n for n in os.listdir(out / "shards") if not n.startswith("00003")}
+
+
+def test_shard_file_names_need_not_follow_the_keys(dataset):
+    """Kept shards may be numbered 00000..N-1 whatever input block their keys come from."""
+    out, listed, fmt = dataset
+    for path in glob.glob(f"{out}/shards/*"):  # swap shard files 1 and 2 (keys unchanged)
+        swapped = {"00001": "00002", "00002": "00001"}.get(os.path.basename(path).split(".")[0])
+        if swapped:
+            os.rename(path, f"{path}.{swapped}")
+    for path in glob.glob(f"{out}/shards/*.0000?"):
+        base, _, swapped = path.rpartition(".")
+        os.rename(path, f"{os.path.dirname(base)}/{swapped}.{base.rpartition('.')[2]}")
+    assert takedown("--dataset", out, "--optout", listed, "--in-place") == 0
+    assert {row["url"] for row in shard_rows(out)} == kept_urls()
+    assert pq.read_table(out / "shards" / "00001.parquet").num_rows == 2  # the untouched keep3/keep4 shard
+    assert_accounting(out)
+
+
+def test_output_from_a_dataset_with_an_interrupted_takedown_is_refused(dataset, capsys):
+    out, listed, fmt = dataset
+    (out / ".takedown-staging").mkdir()
+    (out / ".takedown-staging" / "plan.json").write_text("{}")
+    before = tree(out.parent)
+    assert takedown("--dataset", out, "--optout", listed, "--output", out.parent / "cleaned") == 2
+    assert "an interrupted takedown" in capsys.readouterr().err
+    assert tree(out.parent) == before
+
+
+def test_the_matching_is_pluggable(dataset):
+    """A list of another kind (issue 17: hash lists) decides per metadata row, with its own reject reason."""
+    out, listed, fmt = dataset
+    from pipeline import takedown as module
+
+    class KeyList:
+        reason, needs_images = "key_list", False
+
+        def match_row(self, row):
+            return "key:000011" if row["key"] == "000011" else None
+
+        def match_image(self, row, image):
+            raise AssertionError("needs_images is False")
+
+    result = module.takedown(str(out), str(listed), matcher=KeyList(), progress=lambda line: None)
+    assert [removal.key for removal in result.removals] == ["000011"]
+    assert "000011" not in {row["key"] for row in shard_rows(out)}
+    assert assert_accounting(out)["counts"]["rejected_by_stage"]["takedown"] == {"key_list": 1}
