@@ -2,6 +2,7 @@
 import glob
 import hashlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -87,3 +88,59 @@ def test_resume_with_other_download_settings_is_refused(setup, capsys):
     (output / "_work" / "manifest.json").write_text('{"version": "0", "sha256": "other"}')
     assert main(args(tmp_path, output)) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def fail_before_success(monkeypatch, argv):
+    """A run that downloads everything, then fails before _SUCCESS: an unfinished output with checkpoints."""
+    from pipeline import audit
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("stopped before _SUCCESS by the test")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(audit, "finalize", fail)
+        assert main(argv) == 2
+    output = argv[argv.index("--output") + 1]
+    assert not os.path.exists(f"{output}/_SUCCESS")
+    return sorted(glob.glob(f"{output}/_work/*.ckpt.parquet"))
+
+
+def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, monkeypatch, capsys):
+    tmp_path, _ = setup
+    urls = tmp_path / "urls.jsonl"
+    urls.write_text("".join(f'{{"url": "http://127.0.0.1:9/{i}.jpg", "caption": "old caption {i:03d}"}}\n'
+                            for i in range(ROWS)))
+    argv = [*args(tmp_path, tmp_path / "out")]
+    argv[argv.index(str(tmp_path / "urls.parquet"))] = str(urls)
+    fail_before_success(monkeypatch, argv)
+    size = urls.stat().st_size
+    urls.write_text(urls.read_text().replace("old caption", "new caption"))
+    assert urls.stat().st_size == size
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"input {urls} changed" in err and "--overwrite" in err
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_a_forged_checkpoint_is_downloaded_again_and_never_unpickled(setup, monkeypatch):
+    tmp_path, web = setup
+    output = tmp_path / "out"
+    checkpoints = fail_before_success(monkeypatch, args(tmp_path, output))
+    assert len(checkpoints) == ROWS // PER_TASK
+    pwned = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(pwned), "w"))
+
+    forged = [{"key": "0000000", "record": pickle.dumps(Exploit())}]
+    pq.write_table(pa.Table.from_pylist(forged), checkpoints[0])
+    fetched_before = web.hits("/_fault/slow")
+
+    assert main(args(tmp_path, output)) == 0
+    assert not pwned.exists()
+    assert web.hits("/_fault/slow") - fetched_before == PER_TASK  # only the forged task is fetched again
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main(args(tmp_path, uninterrupted)) == 0
+    assert digests(output) == digests(uninterrupted)
