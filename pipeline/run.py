@@ -35,6 +35,7 @@ class InputSpec:
     format: str | None = None  # None: by file extension
     url_col: str = "url"
     caption_col: str | None = "caption"
+    patterns: tuple[str, ...] = ()  # the files, folders or globs given, which `paths` expand
 
 
 class RunOptions(PipelineOptions):
