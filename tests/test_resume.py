@@ -90,29 +90,14 @@ def test_resume_with_other_download_settings_is_refused(setup, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-def fail_before_success(monkeypatch, argv):
-    """A run that downloads everything, then fails before _SUCCESS: an unfinished output with checkpoints."""
-    from pipeline import audit
-
-    def fail(*_args, **_kwargs):
-        raise RuntimeError("stopped before _SUCCESS by the test")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(audit, "finalize", fail)
-        assert main(argv) == 2
-    output = argv[argv.index("--output") + 1]
-    assert not os.path.exists(f"{output}/_SUCCESS")
-    return sorted(glob.glob(f"{output}/_work/*.ckpt.parquet"))
-
-
-def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, monkeypatch, capsys):
+def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, stop_before_success, capsys):
     tmp_path, _ = setup
     urls = tmp_path / "urls.jsonl"
     urls.write_text("".join(f'{{"url": "http://127.0.0.1:9/{i}.jpg", "caption": "old caption {i:03d}"}}\n'
                             for i in range(ROWS)))
     argv = [*args(tmp_path, tmp_path / "out")]
     argv[argv.index(str(tmp_path / "urls.parquet"))] = str(urls)
-    fail_before_success(monkeypatch, argv)
+    stop_before_success(argv)
     size = urls.stat().st_size
     urls.write_text(urls.read_text().replace("old caption", "new caption"))
     assert urls.stat().st_size == size
@@ -123,10 +108,10 @@ def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, monkeypa
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
-def test_a_forged_checkpoint_is_downloaded_again_and_never_unpickled(setup, monkeypatch):
+def test_a_forged_checkpoint_is_downloaded_again_and_never_unpickled(setup, stop_before_success):
     tmp_path, web = setup
     output = tmp_path / "out"
-    checkpoints = fail_before_success(monkeypatch, args(tmp_path, output))
+    checkpoints = stop_before_success(args(tmp_path, output))
     assert len(checkpoints) == ROWS // PER_TASK
     pwned = tmp_path / "pwned"
 
