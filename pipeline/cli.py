@@ -35,9 +35,18 @@ Output (DIR):
   report/optout.json                        opt-out drops by rule and by domain
   recipe.json                               the resolved recipe of this run
   _SUCCESS                                  written last, when all of the above is complete
+  _curate_output.json                       written first: marks DIR as a curate output
 
 A run that stops (killed, failed) resumes when started again with the same
---output: downloads already finished (DIR/_work/) are reused row by row.
+--output: downloads already finished (DIR/_work/) are reused row by row. A
+resume whose inputs changed (by content) or whose download settings differ is
+refused.
+
+DIR must be new, empty, or a curate output: any other folder is refused with
+nothing touched, as is DIR inside an input or naming a file. curate removes
+only files of its own layout (above); --overwrite removes those, whoever wrote
+them, and keeps every other file. One run per DIR (DIR/_curate.lock; the lock
+of a run that died on this machine is taken over).
 """
 
 
@@ -112,7 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-private-network", action="store_true",
         help="allow downloads from loopback/private/link-local addresses (off by default: SSRF guard)",
     )
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output folder's results")
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="replace a finished run, or use a folder curate did not write: removes the files of curate's layout "
+        "(shards, rejects, reports, recipe.json, _SUCCESS, _work/) and keeps any other file",
+    )
     run.add_argument(
         "--save-pipeline", metavar="FILE",
         help="write the job's pipeline graph (Beam's portable proto, as JSON) to FILE; with --dry_run=True "
