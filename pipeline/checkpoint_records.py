@@ -56,8 +56,9 @@ def to_row(record: Sample | Reject) -> dict[str, Any]:
 
 
 def _to_json(value: dict[str, Any]) -> str:
-    # Stage scores may be numpy scalars or arrays; everything else is JSON already.
-    return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else _refuse(v))
+    # Stage scores may be numpy scalars or arrays; everything else is JSON already.  Key order is kept:
+    # it is the order of the shard metadata's columns.
+    return json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else _refuse(v))
 
 
 def _refuse(value: Any):
