@@ -14,26 +14,20 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.schema import Reject, Sample
+from pipeline.schema import REJECTS_SCHEMA, Reject, Sample
 
 SAMPLE, REJECT = "sample", "reject"
 _INT_FIELDS = ("width", "height", "original_width", "original_height")
+# A reject's columns (fields and extra as JSON text), then what a downloaded sample adds.
 RECORD_SCHEMA = pa.schema(
     [
         ("kind", pa.string()),
-        ("key", pa.string()),
-        ("shard_id", pa.int64()),
-        ("url", pa.string()),
-        ("caption", pa.string()),
-        ("stage", pa.string()),
-        ("reason", pa.string()),
+        *REJECTS_SCHEMA,
         ("image", pa.binary()),
         ("image_format", pa.string()),
         *[(name, pa.int64()) for name in _INT_FIELDS],
         ("sha256", pa.string()),
         ("image_ref", pa.list_(pa.int64())),
-        ("fields", pa.string()),
-        ("extra", pa.string()),
     ]
 )
 
