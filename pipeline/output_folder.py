@@ -85,10 +85,9 @@ def check_claim(output_dir: str, overwrite: bool) -> list[str]:
     if ours and SUCCESS_FILE in files and not overwrite:
         raise OutputFolderError(f"{output_dir} already holds a finished run; pass --overwrite to replace it")
     if files and not ours and not overwrite:
-        examples = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
         raise OutputFolderError(
             f"{output_dir} is not empty and is not a curate output folder (no {MARKER}): it holds "
-            f"{len(files)} file(s) ({examples}); nothing was changed. Choose a new or empty folder, or pass "
+            f"{len(files)} file(s){_examples(files, 3)}; nothing was changed. Choose a new or empty folder, or pass "
             "--overwrite to remove only the files of curate's layout (shards/, rejects/, report/, recipe.json, "
             "_SUCCESS, _work/) from it; other files are never removed"
         )
@@ -102,11 +101,14 @@ def claim(output_dir: str, files: list[str], overwrite: bool, say=print) -> None
     removable = [name for name in files if in_layout(name) and (overwrite or not name.startswith(_WORK_PREFIX))]
     if removable:
         FileSystems.delete([f"{output_dir}/{name}" for name in removable])
-    if overwrite:
+    if overwrite and files:
         kept = [name for name in files if not in_layout(name) and name != MARKER]
         say(f"curate: --overwrite: removed {len(removable)} file(s) of curate's layout from {output_dir}"
-            + (f"; kept {len(kept)} other file(s): {', '.join(kept[:5])}{', ...' if len(kept) > 5 else ''}"
-               if kept else ""))
+            f"{_examples(removable)}" + (f"; kept {len(kept)} other file(s){_examples(kept)}" if kept else ""))
+
+
+def _examples(names: list[str], shown: int = 5) -> str:
+    return f" ({', '.join(names[:shown])}{', ...' if len(names) > shown else ''})" if names else ""
 
 
 class OutputLock:
