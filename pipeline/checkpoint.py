@@ -13,13 +13,13 @@ run reads images back after shuffling samples without them
 (`pipeline.stored_images`).
 
 `DIR/_work/manifest.json` records what the checkpoints depend on: the
-download/resize settings, input columns and shard size (as one hash), and
-each input file's size and SHA-256 of its content.  A resume with other
-settings or with an input file whose content changed is refused, naming the
-file.  Hashing reads every input file once more at the start of each run
-(about 1 GB/s on a local disk; for gs:// and other remote filesystems, a
-streamed download of the inputs, which are URL lists and small next to the
-images they name).
+download/resize settings, input columns and shard size (as one hash), and a
+content identity per input file.  A resume with other settings or with an
+input file whose content changed is refused, naming the file.  The identity
+of a local file is its SHA-256, read once more at the start of each run
+(about 1 GB/s from a local disk); on an object store it is the checksum the
+store keeps of the content (gs:// CRC32C, s3:// ETag), one metadata call per
+file and no read (a filesystem without checksums is read and hashed).
 
 Checkpoints are internal and removed when the run succeeds.  They hold plain
 Arrow columns (strings, integers, the image bytes, scores as JSON text) and
@@ -39,7 +39,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
@@ -68,7 +68,23 @@ def fingerprint(sections: dict[str, Any], input_paths: list[str], input_spec: di
 
 
 def _content_identity(path: str) -> dict[str, Any]:
-    """Size and SHA-256 of one input file, streamed in 1 MiB chunks (constant memory)."""
+    """What tells one version of an input file from another, for the least reading.
+
+    Object stores keep a checksum of each object's content (gs:// CRC32C, s3://
+    ETag), which costs one metadata call; a local file is hashed, since its
+    size and mtime can stay the same through an edit.
+    """
+    if FileSystems.get_scheme(path) is not None:
+        try:
+            return {"size": FileSystems.match([path])[0].metadata_list[0].size_in_bytes,
+                    "store_checksum": FileSystems.checksum(path)}
+        except (BeamIOError, NotImplementedError, IndexError):
+            pass  # a filesystem without checksums: read it
+    return _streamed_sha256(path)
+
+
+def _streamed_sha256(path: str) -> dict[str, Any]:
+    """Size and SHA-256 of a file's bytes, read in 1 MiB chunks (constant memory)."""
     digest, size = hashlib.sha256(), 0
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         while chunk := handle.read(_HASH_CHUNK):
@@ -97,15 +113,19 @@ def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
     manifest_path = f"{output_dir}/{WORK_DIR}/manifest.json"
     if FileSystems.exists(manifest_path):
         with FileSystems.open(manifest_path) as handle:
-            previous = json.loads(handle.read())
-        if previous != manifest:
-            raise ResumeError(
-                f"{output_dir} holds an unfinished run that cannot be resumed: {_difference(previous, manifest)}; "
-                "pass --overwrite to start afresh"
-            )
+            check_same_run(json.loads(handle.read()), manifest, output_dir)
     else:
         write_json(manifest_path, manifest)
     return finished_tasks(output_dir)
+
+
+def check_same_run(previous: dict[str, Any], manifest: dict[str, Any], output_dir: str) -> None:
+    """ResumeError, saying what changed, unless the unfinished run's manifest equals this run's."""
+    if previous != manifest:
+        raise ResumeError(
+            f"{output_dir} holds an unfinished run that cannot be resumed: {_difference(previous, manifest)}; "
+            "pass --overwrite to start afresh"
+        )
 
 
 def finished_tasks(output_dir: str) -> int:

@@ -53,3 +53,18 @@ def test_a_row_with_an_unknown_kind_or_bad_json_is_redone(tmp_path):
         path = checkpoint.task_path(OUTPUT, str(tmp_path), (0, 0))
         pq.write_table(pa.Table.from_pylist([row], schema=RECORD_SCHEMA), path)
         assert checkpoint.load(OUTPUT, str(tmp_path), (0, 0)) == {}, damage
+
+
+def test_an_object_store_input_is_identified_by_its_stored_checksum_without_reading_it(monkeypatch):
+    from apache_beam.io.filesystem import FileMetadata, MatchResult
+    from apache_beam.io.filesystems import FileSystems
+
+    path, checksums = "gs://bucket/urls.parquet", iter(["crc-before", "crc-after"])
+    monkeypatch.setattr(FileSystems, "match", lambda patterns: [MatchResult(path, [FileMetadata(path, 100)])])
+    monkeypatch.setattr(FileSystems, "checksum", lambda p: next(checksums))
+    monkeypatch.setattr(FileSystems, "open", lambda *a, **k: pytest.fail("the input was read"))
+    before = checkpoint.fingerprint({}, [path], {})
+    after = checkpoint.fingerprint({}, [path], {})
+    assert before["inputs"][path] == {"size": 100, "store_checksum": "crc-before"}
+    with pytest.raises(checkpoint.ResumeError, match=f"input {path} changed"):
+        checkpoint.check_same_run(before, after, "gs://bucket/out")
