@@ -35,6 +35,7 @@ import logging
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -51,6 +52,7 @@ from pipeline.writers import AtomicFile, OutputParams, shard_name
 WORK_DIR = "_work"
 _FLUSH_EVERY = 64  # records per Parquet row group: bounded memory while writing
 _HASH_CHUNK = 1 << 20
+_IDENTITY_THREADS = 8
 
 
 class ResumeError(ValueError):
@@ -60,10 +62,14 @@ class ResumeError(ValueError):
 def fingerprint(sections: dict[str, Any], input_paths: list[str], input_spec: dict[str, Any]) -> dict[str, Any]:
     """What the download results depend on: if it matches, checkpoints can be reused."""
     settings = json.dumps({"sections": sections, "spec": input_spec}, sort_keys=True, default=str)
+    paths = sorted(input_paths)
+    # Several at once: object-store calls wait on the network, and hashlib hashes without the GIL.
+    with ThreadPoolExecutor(max_workers=_IDENTITY_THREADS) as pool:
+        identities = list(pool.map(_content_identity, paths))
     return {
         "version": __version__,
         "settings_sha256": hashlib.sha256(settings.encode()).hexdigest(),
-        "inputs": {path: _content_identity(path) for path in sorted(input_paths)},
+        "inputs": dict(zip(paths, identities)),
     }
 
 
