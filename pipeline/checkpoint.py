@@ -114,14 +114,20 @@ def _difference(previous: dict[str, Any], current: dict[str, Any]) -> str:
     return "its input columns, download/resize settings or shard size were other"
 
 
+def check_resumable(output_dir: str, manifest: dict[str, Any]) -> bool:
+    """Whether the folder holds a work folder of this same run; ResumeError if it holds another run's."""
+    manifest_path = f"{output_dir}/{WORK_DIR}/manifest.json"
+    if not FileSystems.exists(manifest_path):
+        return False
+    with FileSystems.open(manifest_path) as handle:
+        check_same_run(json.loads(handle.read()), manifest, output_dir)
+    return True
+
+
 def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
     """Check or start the work folder; returns how many task checkpoints there are to reuse."""
-    manifest_path = f"{output_dir}/{WORK_DIR}/manifest.json"
-    if FileSystems.exists(manifest_path):
-        with FileSystems.open(manifest_path) as handle:
-            check_same_run(json.loads(handle.read()), manifest, output_dir)
-    else:
-        write_json(manifest_path, manifest)
+    if not check_resumable(output_dir, manifest):
+        write_json(f"{output_dir}/{WORK_DIR}/manifest.json", manifest)
     return finished_tasks(output_dir)
 
 

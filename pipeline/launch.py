@@ -159,8 +159,10 @@ def prepare_output(output_dir: str, overwrite: bool, recipe: Recipe, inputs: Inp
     depends_on["samples_per_shard"] = recipe.output.samples_per_shard
     spec = {name: value for name, value in dataclasses.asdict(inputs).items() if name != "patterns"}
     manifest = checkpoint.fingerprint(depends_on, list(inputs.paths), spec)
-    output_folder.claim(output_dir, files, overwrite, say)
     try:
+        if not overwrite:
+            checkpoint.check_resumable(output_dir, manifest)  # refused before anything is removed
+        output_folder.claim(output_dir, files, overwrite, say)
         resumable = checkpoint.prepare(output_dir, manifest)
     except checkpoint.ResumeError as err:
         raise JobError(str(err)) from None

@@ -98,6 +98,8 @@ def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, stop_bef
     argv = [*args(tmp_path, tmp_path / "out")]
     argv[argv.index(str(tmp_path / "urls.parquet"))] = str(urls)
     stop_before_success(argv)
+    left = sorted(os.listdir(tmp_path / "out" / "rejects"))
+    assert left
     size = urls.stat().st_size
     urls.write_text(urls.read_text().replace("old caption", "new caption"))
     assert urls.stat().st_size == size
@@ -106,6 +108,7 @@ def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, stop_bef
     err = capsys.readouterr().err
     assert f"input {urls} changed" in err and "--overwrite" in err
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert sorted(os.listdir(tmp_path / "out" / "rejects")) == left  # refused before anything was removed
 
 
 def test_a_forged_checkpoint_is_downloaded_again_and_never_unpickled(setup, stop_before_success):
