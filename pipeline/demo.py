@@ -1,11 +1,13 @@
 """`curate demo`: the bundled sample end to end, with no internet.
 
 Generates the sample web (pipeline.sample_web), serves it on 127.0.0.1,
-writes the URL list, and runs `curate run` over it with the loopback address
-allowed.  The server stops when the run ends.
+writes the URL list, and runs the same job as `curate run` over it
+(`pipeline.launch.run_job`) with the loopback address allowed and
+`--overwrite`.  The server stops when the run ends.
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -25,15 +27,22 @@ def write_url_list(rows: list[dict], web: LocalWeb, path: Path) -> Path:
 
 
 def run_demo(output: str, recipe: str | None = None, extra_args: list[str] = ()) -> int:
-    from pipeline.cli import main
+    """The demo run; `extra_args` are Beam options.  Returns the exit code `curate` would."""
+    from pipeline.cli import print_result
+    from pipeline.errors import JobError
+    from pipeline.launch import load_job_recipe, run_job
 
-    recipe = recipe or DEFAULT_RECIPE
     with tempfile.TemporaryDirectory(prefix="curate-demo-") as temp:
         root = Path(temp) / "web"
         rows = generate_sample_web(root)
         with LocalWeb(root) as web:
             url_list = write_url_list(rows, web, Path(temp) / "sample-urls.parquet")
             print(f"curate demo: serving {len(rows)} sample rows from {web.base_url}")
-            args = ["run", "--recipe", recipe, "--input", str(url_list), "--output", output,
-                    "--allow-private-network", "--overwrite", *extra_args]
-            return main(args)
+            try:
+                job_recipe = load_job_recipe(recipe or DEFAULT_RECIPE, allow_private_network=True)
+                result = run_job(job_recipe, [str(url_list)], output, extra_args, overwrite=True, progress=True)
+            except JobError as err:
+                print(f"curate: error: {err}", file=sys.stderr)
+                return 2
+            print_result(result)
+            return 0

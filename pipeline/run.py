@@ -35,6 +35,7 @@ class InputSpec:
     format: str | None = None  # None: by file extension
     url_col: str = "url"
     caption_col: str | None = "caption"
+    patterns: tuple[str, ...] = ()  # the files, folders or globs given, which `paths` expand
 
 
 class RunOptions(PipelineOptions):
@@ -188,6 +189,8 @@ def worker_log_path() -> Path:
 
 
 def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions, save_pipeline: str | None = None):
+    """The Beam pipeline alone, into a folder already prepared: `pipeline.launch.run_job` runs the whole
+    job `curate run` runs (output folder, checkpoints, recipe.json, reports) and calls this."""
     pipeline = make_pipeline(options)
     build_pipeline(pipeline, recipe, inputs, output_dir.rstrip("/"))
     result = pipeline.run()

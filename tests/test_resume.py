@@ -2,6 +2,7 @@
 import glob
 import hashlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -87,3 +88,47 @@ def test_resume_with_other_download_settings_is_refused(setup, capsys):
     (output / "_work" / "manifest.json").write_text('{"version": "0", "sha256": "other"}')
     assert main(args(tmp_path, output)) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_resume_with_an_edited_input_of_the_same_size_is_refused(setup, stop_before_success, capsys):
+    tmp_path, _ = setup
+    urls = tmp_path / "urls.jsonl"
+    urls.write_text("".join(f'{{"url": "http://127.0.0.1:9/{i}.jpg", "caption": "old caption {i:03d}"}}\n'
+                            for i in range(ROWS)))
+    argv = [*args(tmp_path, tmp_path / "out")]
+    argv[argv.index(str(tmp_path / "urls.parquet"))] = str(urls)
+    stop_before_success(argv)
+    left = sorted(os.listdir(tmp_path / "out" / "rejects"))
+    assert left
+    size = urls.stat().st_size
+    urls.write_text(urls.read_text().replace("old caption", "new caption"))
+    assert urls.stat().st_size == size
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"input {urls} changed" in err and "--overwrite" in err
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+    assert sorted(os.listdir(tmp_path / "out" / "rejects")) == left  # refused before anything was removed
+
+
+def test_a_forged_checkpoint_is_downloaded_again_and_never_unpickled(setup, stop_before_success):
+    tmp_path, web = setup
+    output = tmp_path / "out"
+    checkpoints = stop_before_success(args(tmp_path, output))
+    assert len(checkpoints) == ROWS // PER_TASK
+    pwned = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(pwned), "w"))
+
+    forged = [{"key": "0000000", "record": pickle.dumps(Exploit())}]
+    pq.write_table(pa.Table.from_pylist(forged), checkpoints[0])
+    fetched_before = web.hits("/_fault/slow")
+
+    assert main(args(tmp_path, output)) == 0
+    assert not pwned.exists()
+    assert web.hits("/_fault/slow") - fetched_before == PER_TASK  # only the forged task is fetched again
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main(args(tmp_path, uninterrupted)) == 0
+    assert digests(output) == digests(uninterrupted)
