@@ -24,6 +24,7 @@ no create-if-absent, so two runs starting within the same second may both pass.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -37,6 +38,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import __version__
 from pipeline.audit import SUCCESS_FILE, write_json
 from pipeline.errors import JobError
+from pipeline.output_lock import OutputLockedError, lock_output_folder
 
 MARKER = "_curate_output.json"
 LOCK = "_curate.lock"
@@ -135,9 +137,24 @@ class OutputLock:
             FileSystems.delete([self.path])
             if not self._try_create():
                 raise OutputFolderError(f"another curate run took the lock {self.path} just now")
+        self._folder_lock = self._lock_folder()
         return self
 
+    def _lock_folder(self) -> contextlib.ExitStack:
+        """Also the folder's flock, which `curate takedown` takes: a run and a takedown exclude each other."""
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(lock_output_folder(os.path.dirname(self.path)))
+        except OutputLockedError as err:
+            self._release_file()
+            raise OutputFolderError(str(err)) from None
+        return stack
+
     def __exit__(self, *exc) -> None:
+        self._folder_lock.close()
+        self._release_file()
+
+    def _release_file(self) -> None:
         if self._read().get("token") == self._holder["token"]:
             FileSystems.delete([self.path])
 

@@ -136,3 +136,15 @@ def test_run_job_runs_the_same_job_as_curate_run(job):
     for name in ("recipe.json", "rejects/00000.parquet", "rejects/00001.parquet", "report/audit.html", "_SUCCESS"):
         assert (job / "library" / name).exists()
     assert (job / "library/recipe.json").read_text() == (job / "cli/recipe.json").read_text()
+
+
+def test_a_run_is_refused_while_a_takedown_holds_the_folder(job, capsys):
+    from pipeline.output_lock import lock_output_folder
+
+    output = job / "out"
+    assert main(run_args(job, output)) == 0
+    (output / "_SUCCESS").unlink()  # as during a takedown's switch
+    with lock_output_folder(str(output)):
+        assert main(run_args(job, output)) == 2
+    assert "in use by another curate run or takedown" in capsys.readouterr().err
+    assert not (output / LOCK).exists()  # the run's own lock file was given back
