@@ -49,6 +49,7 @@ files are the dedup stages' job.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any, BinaryIO, Iterator
@@ -74,6 +75,7 @@ from pipeline.readers import CRAWL_FORMATS, MALFORMED_ROW, InputError, InputRow
 
 __all__ = ["CrawlParams", "Tally", "check_archive", "crawl_rows", "image_rows_in_html"]
 
+_WARCIO_FAILURES = (ArchiveLoadFailed, AttributeError, IndexError, KeyError, TypeError, ValueError)
 MAX_WAT_RECORD_BYTES = 32 * 1024 * 1024  # a WAT record is one page's metadata; real ones are < 1 MB
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _IMAGE_LINK_PATH = "IMG@/src"
@@ -121,14 +123,28 @@ def check_archive(stream: BinaryIO, source: str) -> None:
 
 def _records(stream: BinaryIO, source: str) -> Iterator[Any]:
     """warcio's records; each one read to its end, so a truncated last record is noticed."""
-    try:
-        for record in ArchiveIterator(_EndOfDataIsAnError(stream, source)):
-            if not record.format.startswith("warc"):  # warcio reads anything else as the old ARC format
-                raise InputError(f"{source}: not a WARC file (found {record.format!r} records; ARC is not supported)")
-            yield record
+    records = ArchiveIterator(_EndOfDataIsAnError(stream, source))
+    while True:
+        with _warcio_failures_named(source):
+            record = next(records, None)
+        if record is None:
+            return
+        if not record.format.startswith("warc"):  # warcio reads anything else as the old ARC format
+            raise InputError(f"{source}: not a WARC file (found {record.format!r} records; ARC is not supported)")
+        yield record
+        with _warcio_failures_named(source):
             _read_to_end(record, source)
-    except ArchiveLoadFailed as error:
-        raise InputError(f"{source}: not a readable WARC/WAT file: {str(error)[:200]}") from error
+
+
+@contextlib.contextmanager
+def _warcio_failures_named(source: str) -> Iterator[None]:
+    """warcio's failures on a malformed record as InputError: besides ArchiveLoadFailed, warcio
+    raises whatever its parsing meets (AttributeError for a response record without a
+    WARC-Target-URI, ValueError for a bad length, ... found by tests/fuzz/fuzz_crawl.py)."""
+    try:
+        yield
+    except _WARCIO_FAILURES as error:
+        raise InputError(f"{source}: not a readable WARC/WAT file: {type(error).__name__}: {str(error)[:200]}") from error
 
 
 class _EndOfDataIsAnError:

@@ -112,9 +112,11 @@ def _known_encoding(name: str | None) -> str | None:
     if not name:
         return None
     try:
-        return codecs.lookup(name).name
-    except LookupError:
+        codec = codecs.lookup(name)
+    except (LookupError, ValueError):  # ValueError: a name with a NUL in it
         return None
+    # Python also has bytes-to-bytes and str-to-str codecs (base64, zlib, rot13): not page encodings.
+    return codec.name if getattr(codec, "_is_text_encoding", True) else None
 
 
 class _ImageParser(HTMLParser):

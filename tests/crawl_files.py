@@ -224,3 +224,14 @@ SAME_PAGES = [
         ],
     ),
 ]
+
+
+def write_fuzz_seeds(directory):
+    """Seed corpus of tests/fuzz/fuzz_crawl.py: each of SAME_PAGES as a WARC and as a WAT, uncompressed
+    (first byte even: the input is the archive as it is), and one structured input (first byte odd)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for index, same_page in enumerate(SAME_PAGES):
+        for kind, record in (("warc", same_page.warc_record()), ("wat", same_page.wat_record())):
+            path = write_archive(directory / f"{index}.{kind}", [record], compress=False)
+            path.write_bytes(b"\x00" + path.read_bytes())
+    (directory / "structured").write_bytes(b"\x01" + b"http://s.test/\x00de\x00<img src=a alt=b>" * 4)

@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.crawl import CrawlParams, Tally, image_rows_in_html
 from pipeline.localweb import LocalWeb
 from pipeline.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
-from tests.crawl_files import SAME_PAGES, img, page, request, wat_document, wat_record, write_archive
+from tests.crawl_files import SAME_PAGES, img, page, request, wat_document, wat_record, write_archive, write_fuzz_seeds
 
 SITE = "http://site.test/dir/page.html"
 
@@ -257,8 +257,12 @@ def encoded(alt, encoding, declaration=""):
         ),
         ("text/html; charset=no-such-charset", encoded("café", "utf-8"), "café"),
         ("text/html", encoded("café", "utf-16"), "café"),  # Python's utf-16 writes a byte-order mark
+        ("text/html; charset=utf\x00-8", encoded("café", "utf-8"), "café"),  # found by the fuzzer
+        ("text/html", encoded("café", "utf-8", '<meta charset="base64">'), "café"),  # Python codecs, not encodings
+        ("text/html; charset=rot13", encoded("café", "utf-8"), "café"),
     ],
-    ids=["http-charset", "meta-charset", "meta-http-equiv", "unknown-charset-is-utf8", "utf16-bom"],
+    ids=["http-charset", "meta-charset", "meta-http-equiv", "unknown-charset-is-utf8", "utf16-bom",
+         "nul-in-charset", "bytes-codec", "text-transform-codec"],
 )
 def test_page_encoding(tmp_path, content_type, html, expected):
     path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, html, content_type=content_type)])
@@ -311,6 +315,16 @@ def test_a_file_that_is_not_warc_is_an_input_error(tmp_path):
         rows_of(path)
     with pytest.raises(InputError):
         check_input(str(path), "warc", "url", "caption")
+
+
+def test_a_response_record_without_target_uri_is_an_input_error(tmp_path):
+    """Found by tests/fuzz/fuzz_crawl.py: warcio itself fails with AttributeError on such a record."""
+    body = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<img src=a.jpg alt=x>"
+    record = b"WARC/1.0\r\nWARC-Type: response\r\nContent-Length: %d\r\n\r\n%s\r\n\r\n" % (len(body), body)
+    path = tmp_path / "no-uri.warc"
+    path.write_bytes(record)
+    with pytest.raises(InputError, match="no-uri.warc: not a readable WARC/WAT file"):
+        rows_of(path)
 
 
 def test_check_input_reads_only_the_first_record(tmp_path):
@@ -543,3 +557,28 @@ def test_curate_run_on_a_warc_of_loopback_pages(tmp_path):
     assert (red["page_url"], red["page_lang"]) == (web.url("index.html"), "en")
     green = by_caption["A green square on a plain background"]
     assert (green["page_url"], green["page_lang"]) == (web.url("p/2.html"), None)
+
+
+# --------------------------------------------------------------------------- fuzzing (issue 11)
+
+
+@pytest.mark.slow
+def test_fuzzing_the_reader_finds_nothing_in_12_seconds(tmp_path):
+    """tests/fuzz/fuzz_crawl.py with atheris, bounded: its invariants hold on every input it makes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("atheris")
+    harness = Path(__file__).parent / "fuzz" / "fuzz_crawl.py"
+    corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
+    artifacts.mkdir()
+    write_fuzz_seeds(corpus)
+    fuzz = subprocess.run(
+        [sys.executable, str(harness), str(corpus), "-max_total_time=12", "-rss_limit_mb=2048",
+         f"-artifact_prefix={artifacts}/"],
+        capture_output=True, timeout=120,
+    )
+    report = fuzz.stderr.decode("utf-8", "replace")
+    assert fuzz.returncode == 0, report[-3000:]
+    assert "Done" in report and not list(artifacts.iterdir())
