@@ -208,6 +208,16 @@ SAME_PAGES = [
         ],
     ),
     SamePage(
+        "caption_and_fragment",
+        "http://www.example.it/",
+        '<html><head><meta http-equiv="Content-Language" content="it-IT"></head><body>'
+        '<img src="/a.jpg#zoom" alt=" Una  sedia\n rossa ">'
+        '<img src="b.jpg" alt=" ">'
+        '<img src="HTTP://CDN.Example.IT/Up.jpg" alt="Maiuscole"></body></html>',
+        {"Metas": [{"http-equiv": "Content-Language", "content": "it-IT"}]},
+        [img("/a.jpg#zoom", " Una  sedia\n rossa "), img("b.jpg", " "), img("HTTP://CDN.Example.IT/Up.jpg", "Maiuscole")],
+    ),
+    SamePage(
         "other_schemes",
         "https://shop.example.com/item",
         '<html lang="fr"><head><base href="javascript:void(0)"></head><body>'
