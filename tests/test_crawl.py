@@ -562,6 +562,24 @@ def test_curate_run_on_a_warc_of_loopback_pages(tmp_path):
     assert (green["page_url"], green["page_lang"]) == (web.url("p/2.html"), None)
 
 
+def test_reading_a_crawl_file_reports_its_tally_as_beam_counters(tmp_path):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipeline.transforms import ReadInputFile
+
+    warc, _ = same_page_files(tmp_path)
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    _ = pipeline | beam.Create([(0, str(warc))]) | beam.ParDo(ReadInputFile(None, "url", "caption", CrawlParams()))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace("crawl"))["counters"]
+    found = {counter.key.metric.name: counter.committed for counter in counters}
+    assert {name: found.get(name) for name in SAME_PAGE_TALLY} == SAME_PAGE_TALLY
+    assert found["records"] == 10
+
+
 # --------------------------------------------------------------------------- fuzzing (issue 11)
 
 
