@@ -58,19 +58,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 
 from pipeline.crawl_html import CHUNK_BYTES, charset_param, decoded_chunks, image_rows_in_html, page_extra
-from pipeline.crawl_links import (
-    DUPLICATE,
-    NO_ALT,
-    NO_SRC,
-    UNPARSABLE,
-    CrawlParams,
-    PageLanguage,
-    Tally,
-    caption_of,
-    document_base,
-    page_language,
-    resolve_image_url,
-)
+from pipeline.crawl_links import DUPLICATE, CrawlParams, PageLanguage, Tally, document_base, image_link, page_language
 from pipeline.readers import CRAWL_FORMATS, MALFORMED_ROW, InputError, InputRow
 
 __all__ = ["CrawlParams", "Tally", "check_archive", "crawl_rows", "image_rows_in_html"]
@@ -231,25 +219,11 @@ def _wat_record_rows(record: Any, params: CrawlParams, tally: Tally) -> Iterator
     links = html.get("Links")
     for link in links if isinstance(links, list) else ():
         if isinstance(link, dict) and link.get("path") == _IMAGE_LINK_PATH:
-            row = _wat_image_row(link, base_url, params, tally)
-            if row is not None:
-                row.extra.update(extra)
-                yield row
-
-
-def _wat_image_row(link: dict, base_url: str, params: CrawlParams, tally: Tally) -> InputRow | None:
-    src = link.get("url")
-    if src is None:
-        url, dropped_because = None, NO_SRC
-    elif not isinstance(src, str):
-        url, dropped_because = None, UNPARSABLE
-    else:
-        url, dropped_because = resolve_image_url(_text(src), base_url)
-    caption = caption_of(_text(link.get("alt")), _text(link.get("title")), params)
-    if url is not None and params.skip_empty_alt and not caption:
-        dropped_because = NO_ALT
-    tally.link(dropped_because)
-    return None if dropped_because else InputRow(url=url, caption=caption, extra={})
+            src = link.get("url")
+            src = _text(src) if isinstance(src, str) else src  # None or not text: counted as such
+            found = image_link(src, _text(link.get("alt")), _text(link.get("title")), base_url, params, tally)
+            if found is not None:
+                yield InputRow(url=found[0], caption=found[1], extra=dict(extra))
 
 
 def _wat_envelope(payload: bytes) -> dict | None:
@@ -257,7 +231,7 @@ def _wat_envelope(payload: bytes) -> dict | None:
         return None
     try:
         document = json.loads(payload)
-    except ValueError:  # includes bad UTF-8
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON; nesting deeper than Python's stack
         return None
     envelope = document.get("Envelope") if isinstance(document, dict) else None
     return envelope if isinstance(envelope, dict) else None

@@ -16,16 +16,7 @@ import re
 from html.parser import HTMLParser
 from typing import BinaryIO, Iterable, Iterator
 
-from pipeline.crawl_links import (
-    NO_ALT,
-    CrawlParams,
-    PageLanguage,
-    Tally,
-    caption_of,
-    document_base,
-    page_language,
-    resolve_image_url,
-)
+from pipeline.crawl_links import CrawlParams, PageLanguage, Tally, document_base, image_link, page_language
 from pipeline.readers import InputRow
 
 MAX_PAGE_BYTES = 4 * 1024 * 1024
@@ -180,14 +171,12 @@ class _ImageParser(HTMLParser):
             self._finish(self._waiting.popleft())
 
     def _image(self, attributes: dict[str, str | None]) -> None:
-        url, dropped_because = resolve_image_url(attributes.get("src"), self._base_url)
-        caption = caption_of(attributes.get("alt"), attributes.get("title"), self._params)
-        if url is not None and self._params.skip_empty_alt and not caption:
-            dropped_because = NO_ALT
-        self._tally.link(dropped_because)
-        if dropped_because:
+        link = image_link(
+            attributes.get("src"), attributes.get("alt"), attributes.get("title"), self._base_url, self._params, self._tally
+        )
+        if link is None:
             return
-        row = InputRow(url=url, caption=caption, extra=page_extra(self._page_url, self._language()))
+        row = InputRow(url=link[0], caption=link[1], extra=page_extra(self._page_url, self._language()))
         if not self._params.surrounding_words:
             self._ready.append(row)
             return

@@ -100,10 +100,24 @@ def document_base(base_href: str | None, page_url: str) -> str:
     return page_url if base.protocol in _IGNORED_BASE_SCHEMES else base.href
 
 
-def resolve_image_url(src: str | None, base_url: str) -> Resolved:
+def image_link(
+    src: object, alt: str | None, title: str | None, base_url: str, params: CrawlParams, tally: Tally
+) -> tuple[str, str | None] | None:
+    """An image's (url, caption), or None when it gives no row; counted in `tally` either way."""
+    url, dropped_because = resolve_image_url(src, base_url)
+    caption = caption_of(alt, title, params)
+    if url is not None and params.skip_empty_alt and not caption:
+        dropped_because = NO_ALT
+    tally.link(dropped_because)
+    return None if dropped_because else (url, caption)
+
+
+def resolve_image_url(src: object, base_url: str) -> Resolved:
     """An image's src as a browser resolves it against the document's base URL."""
     if src is None:
         return Resolved(None, NO_SRC)
+    if not isinstance(src, str):  # a WAT link whose url is not a JSON string
+        return Resolved(None, UNPARSABLE)
     src = src.strip(_ASCII_WHITESPACE)
     if not src:
         return Resolved(None, EMPTY_SRC)

@@ -392,15 +392,17 @@ def test_malformed_wat_record_is_one_error_row_and_reading_goes_on(tmp_path):
     records = [
         wat_record("http://broken.test/", b'{"Envelope": {"Payload-Metadata": '),
         wat_record("http://list.test/", b"[1, 2, 3]"),
+        wat_record("http://deep.test/", b"[" * 100_000),
         wat_record(SITE, good),
     ]
     rows = rows_of(write_archive(tmp_path / "x.wat.gz", records))
     assert [(row.error, row.extra.get("page_url")) for row in rows] == [
         (MALFORMED_ROW, "http://broken.test/"),
         (MALFORMED_ROW, "http://list.test/"),
+        (MALFORMED_ROW, "http://deep.test/"),
         (None, SITE),
     ]
-    assert rows[2].url == "http://site.test/dir/a.jpg"
+    assert rows[3].url == "http://site.test/dir/a.jpg"
 
 
 def test_wat_lone_surrogate_in_alt_becomes_valid_text(tmp_path):
