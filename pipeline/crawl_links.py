@@ -33,7 +33,7 @@ import langcodes
 
 from pipeline.params import ParamError
 
-HTTP_SCHEMES = ("http:", "https:")
+_HTTP_PREFIXES = ("http://", "https://")
 _ASCII_WHITESPACE = " \t\n\r\f"  # what the HTML spec strips around a URL attribute
 _IGNORED_BASE_SCHEMES = ("data:", "javascript:")
 _MAX_TAG_CHARS = 35  # RFC 5646 4.4.1: tags of up to 35 characters must be supported; longer ones are not real
@@ -123,22 +123,23 @@ def resolve_image_url(src: object, base_url: str) -> Resolved:
         return Resolved(None, EMPTY_SRC)
     if src.startswith("#"):
         return Resolved(None, FRAGMENT_ONLY)
-    url = _parsed(src, base_url)
-    if url is None:
+    href = _joined(src, base_url)
+    if href is None:
         return Resolved(None, UNPARSABLE)
-    if url.protocol not in HTTP_SCHEMES:
+    if not href.startswith(_HTTP_PREFIXES):  # a parsed URL's scheme is lower case
         return Resolved(None, NOT_HTTP)
-    url.hash = ""
-    return Resolved(url.href, None)
+    # In a parsed URL a "#" only starts the fragment (elsewhere it is percent-encoded).
+    return Resolved(href.partition("#")[0], None)
 
 
-def _parsed(src: str, base_url: str) -> ada_url.URL | None:
+def _joined(src: str, base_url: str) -> str | None:
+    """The href of src parsed against base_url (ada's join_url: a string, no URL object to wrap)."""
     try:
-        return ada_url.URL(src, base_url)
+        return ada_url.join_url(base_url, src)
     except ValueError:
         pass
     try:  # the base itself may not parse (a broken WARC-Target-URI): an absolute src still does
-        return ada_url.URL(src)
+        return ada_url.URL(src).href
     except ValueError:
         return None
 
