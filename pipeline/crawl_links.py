@@ -25,6 +25,7 @@ and private-use tags give no language.
 from __future__ import annotations
 
 import collections
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,6 +36,8 @@ from pipeline.params import ParamError
 
 _HTTP_PREFIXES = ("http://", "https://")
 _ASCII_WHITESPACE = " \t\n\r\f"  # what the HTML spec strips around a URL attribute
+_C0_CONTROLS_AND_SPACE = "".join(map(chr, range(0x21)))  # what the WHATWG URL parser strips (a superset)
+_URL_TABS_AND_NEWLINES = re.compile("[\t\n\r]")
 _IGNORED_BASE_SCHEMES = ("data:", "javascript:")
 _MAX_TAG_CHARS = 35  # RFC 5646 4.4.1: tags of up to 35 characters must be supported; longer ones are not real
 _MAX_PARSED_TAGS = 50_000  # langcodes keeps every parsed tag; crawl files hold arbitrary ones
@@ -118,10 +121,11 @@ def resolve_image_url(src: object, base_url: str) -> Resolved:
         return Resolved(None, NO_SRC)
     if not isinstance(src, str):  # a WAT link whose url is not a JSON string
         return Resolved(None, UNPARSABLE)
-    src = src.strip(_ASCII_WHITESPACE)
-    if not src:
+    # What the URL parser itself ignores: C0 controls and spaces around, tabs and newlines inside.
+    bare = _URL_TABS_AND_NEWLINES.sub("", src.strip(_C0_CONTROLS_AND_SPACE))
+    if not bare:
         return Resolved(None, EMPTY_SRC)
-    if src.startswith("#"):
+    if bare.startswith("#"):
         return Resolved(None, FRAGMENT_ONLY)
     href = _joined(src, base_url)
     if href is None:

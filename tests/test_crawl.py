@@ -120,7 +120,10 @@ def test_a_non_http_base_applies_and_its_links_are_not_images():
 
 @pytest.mark.parametrize(
     "src, why",
-    [("#", "fragment_only"), ("#top", "fragment_only"), ("", "empty_src"), (" \n ", "empty_src"), (None, "no_src")],
+    [
+        ("#", "fragment_only"), ("#top", "fragment_only"), ("\x01\t#", "fragment_only"), ("", "empty_src"),
+        (" \n ", "empty_src"), ("\x01", "empty_src"), (None, "no_src"),
+    ],
 )
 def test_sources_that_name_no_image_are_dropped_and_counted(src, why):
     tally = Tally()
