@@ -70,7 +70,9 @@ class Tally(collections.Counter):
 
     records == sum of "record/*";  links == rows + sum of "link/*" (rows: the
     image rows yielded; WAT records that are not JSON give one error row each,
-    counted as "record/malformed").
+    counted as "record/malformed").  "pages_cut_at_size_cap" counts WARC pages
+    read only up to MAX_PAGE_BYTES: their later images were never seen, so
+    they are in no count.
     """
 
     def record(self, outcome: str) -> None:
