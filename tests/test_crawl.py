@@ -298,7 +298,9 @@ def test_page_beyond_the_size_cap_is_cut_and_the_next_record_still_reads(tmp_pat
     big = '<img src="early.jpg" alt="early">' + "x" * 20_000 + '<img src="late.jpg" alt="late">'
     records = [page(SITE, big), page("http://site.test/next.html", '<img src="n.jpg" alt="next">')]
     path = write_archive(tmp_path / "crawl.warc.gz", records)
-    assert pairs(rows_of(path)) == [("http://site.test/dir/early.jpg", "early"), ("http://site.test/n.jpg", "next")]
+    rows, tally = tally_of(path)
+    assert pairs(rows) == [("http://site.test/dir/early.jpg", "early"), ("http://site.test/n.jpg", "next")]
+    assert tally["pages_cut_at_size_cap"] == 1
 
 
 @pytest.mark.parametrize("name", ["crawl.warc.gz", "crawl.warc"])
