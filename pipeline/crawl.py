@@ -132,7 +132,8 @@ def _warcio_failures_named(source: str) -> Iterator[None]:
     try:
         yield
     except _WARCIO_FAILURES as error:
-        raise InputError(f"{source}: not a readable WARC/WAT file: {type(error).__name__}: {str(error)[:200]}") from error
+        reason = f"{type(error).__name__}: {str(error)[:200]}"
+        raise InputError(f"{source}: not a readable WARC/WAT file: {reason}") from error
 
 
 class _EndOfDataIsAnError:

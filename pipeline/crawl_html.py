@@ -171,9 +171,8 @@ class _ImageParser(HTMLParser):
             self._finish(self._waiting.popleft())
 
     def _image(self, attributes: dict[str, str | None]) -> None:
-        link = image_link(
-            attributes.get("src"), attributes.get("alt"), attributes.get("title"), self._base_url, self._params, self._tally
-        )
+        src, alt, title = attributes.get("src"), attributes.get("alt"), attributes.get("title")
+        link = image_link(src, alt, title, self._base_url, self._params, self._tally)
         if link is None:
             return
         row = InputRow(url=link[0], caption=link[1], extra=page_extra(self._page_url, self._language()))
