@@ -43,7 +43,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 if TYPE_CHECKING:
-    from pipeline.crawl import CrawlParams
+    from pipeline.crawl import CrawlParams, Tally
 
 FORMATS = ("parquet", "csv", "tsv", "jsonl", "txt", "warc", "wat")
 # Crawl files hold pages, not rows: each image link on a page becomes a row (pipeline/crawl.py).
@@ -186,11 +186,13 @@ def read_rows(
     url_col: str = "url",
     caption_col: str | None = "caption",
     crawl_params: CrawlParams | None = None,
+    crawl_tally: Tally | None = None,
 ) -> Iterator[InputRow]:
     """Stream the rows of one input file in file order.
 
     txt: one URL per line, no caption.  warc/wat: one row per image link
     (url_col and caption_col do not apply; `crawl_params` tunes the extraction,
+    `crawl_tally` receives the counts of records and links read and dropped,
     see pipeline/crawl.py).  Other formats: `url_col` must exist (InputError
     before any row is yielded); a missing `caption_col`, or caption_col=None,
     gives None captions; all other columns go to `extra`.
@@ -203,7 +205,7 @@ def read_rows(
             from pipeline import crawl  # crawl imports this module
 
             with open_binary(path) as handle:
-                yield from crawl.crawl_rows(handle, path, fmt, crawl_params or crawl.CrawlParams())
+                yield from crawl.crawl_rows(handle, path, fmt, crawl_params or crawl.CrawlParams(), crawl_tally)
         elif fmt == "parquet":
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 yield from _parquet_rows(handle, columns)

@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 
 from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers, stored_images
-from pipeline.crawl import CrawlParams
+from pipeline.crawl import CrawlParams, Tally
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
@@ -42,9 +42,12 @@ class ReadInputFile(beam.DoFn):
     def process(self, element):
         file_index, path = element
         fmt = readers.detect_format(path, self._fmt)
-        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl)
+        tally = Tally()
+        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl, crawl_tally=tally)
         for row_index, row in enumerate(rows):
             yield file_index, row_index, row
+        for name, count in tally.items():  # crawl files: records read, image links dropped and why
+            Metrics.counter("crawl", name).inc(count)
 
 
 def _offsets(counts: dict[int, int]) -> dict[int, int]:

@@ -7,47 +7,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from warcio.statusandheaders import StatusAndHeaders
-from warcio.warcwriter import WARCWriter
 
-from pipeline import crawl
+from pipeline import crawl_html
 from pipeline.cli import main
-from pipeline.crawl import CrawlParams, image_rows_in_html
+from pipeline.crawl import CrawlParams, Tally, image_rows_in_html
 from pipeline.localweb import LocalWeb
 from pipeline.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
+from tests.crawl_files import SAME_PAGES, img, page, request, wat_document, wat_record, write_archive, write_fuzz_seeds
 
 SITE = "http://site.test/dir/page.html"
 
 
-# --------------------------------------------------------------------------- building crawl files
-
-
-def page(url, html, content_type="text/html; charset=utf-8", headers=()):
-    body = html if isinstance(html, bytes) else html.encode("utf-8")
-    http = StatusAndHeaders("200 OK", [("Content-Type", content_type), *headers], protocol="HTTP/1.1")
-    return lambda writer: writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=http)
-
-
-def request(url):
-    http = StatusAndHeaders(f"GET {url} HTTP/1.1", [("Host", "site.test")], is_http_request=True)
-    return lambda writer: writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=http)
-
-
-def wat_record(url, document):
-    body = document if isinstance(document, bytes) else json.dumps(document).encode("utf-8")
-    return lambda writer: writer.create_warc_record(
-        url, "metadata", payload=io.BytesIO(body), warc_content_type="application/json"
-    )
-
-
-def write_archive(path, records, compress=None):
-    compress = str(path).endswith(".gz") if compress is None else compress
-    with open(path, "wb") as out:
-        writer = WARCWriter(out, gzip=compress)
-        writer.write_record(writer.create_warcinfo_record(path.name, {"software": "curate tests"}))
-        for make in records:
-            writer.write_record(make(writer))
-    return path
+# --------------------------------------------------------------------------- helpers
 
 
 def rows_of(path, **params):
@@ -110,7 +81,7 @@ def test_warc_images_resolved_and_filtered(tmp_path, name):
         ("http://site.test/dir/img/no-alt.jpg", None),
         ("http://site.test/dir/img/empty-alt.jpg", ""),
     ]
-    assert all(row.extra == {"page_url": SITE, "page_lang": "en-us"} for row in rows)
+    assert all(row.extra == {"page_url": SITE, "page_lang": "en", "page_lang_tag": "en-US"} for row in rows)
     assert all(row.error is None for row in rows)
 
 
@@ -121,14 +92,67 @@ def test_skip_empty_alt_drops_missing_and_blank_alt(tmp_path):
 
 
 def test_base_href_is_used_and_only_the_first_one():
-    html = """<head><base href="../assets/"><base href="http://ignored.test/"></head>
+    html = """<head><base target="_blank"><base href="../assets/"><base href="http://ignored.test/"></head>
     <img src="a.jpg" alt="one"><img src="/b.jpg" alt="two">"""
     assert pairs(html_rows(html)) == [("http://site.test/assets/a.jpg", "one"), ("http://site.test/b.jpg", "two")]
 
 
-def test_base_href_that_is_not_http_is_ignored():
-    rows = html_rows('<base href="javascript:void(0)"><img src="a.jpg" alt="x">')
+def test_a_first_base_with_an_empty_href_is_the_page_url():
+    html = '<base href=""><base href="http://ignored.test/"><img src="a.jpg" alt="x">'
+    assert pairs(html_rows(html)) == [("http://site.test/dir/a.jpg", "x")]
+
+
+@pytest.mark.parametrize("base", ["javascript:void(0)", "data:text/html,x", "http://[::1"])
+def test_base_href_that_is_javascript_data_or_unparsable_is_ignored(base):
+    rows = html_rows(f'<base href="{base}"><img src="a.jpg" alt="x">')
     assert pairs(rows) == [("http://site.test/dir/a.jpg", "x")]
+
+
+def test_a_non_http_base_applies_and_its_links_are_not_images():
+    tally = Tally()
+    html = """<base href="file:///C:/saved/"><img src="photo.jpg" alt="saved">
+    <img src="//cdn.test/p.jpg" alt="scheme-relative: file:">
+    <img src="https://cdn.test/real.jpg" alt="absolute">"""
+    rows = list(image_rows_in_html([html], SITE, CrawlParams(), tally=tally))
+    assert pairs(rows) == [("https://cdn.test/real.jpg", "absolute")]
+    assert (tally["links"], tally["rows"], tally["link/not_http"]) == (3, 1, 2)
+
+
+@pytest.mark.parametrize(
+    "src, why",
+    [
+        ("#", "fragment_only"), ("#top", "fragment_only"), ("\x01\t#", "fragment_only"), ("", "empty_src"),
+        (" \n ", "empty_src"), ("\x01", "empty_src"), (None, "no_src"),
+    ],
+)
+def test_sources_that_name_no_image_are_dropped_and_counted(src, why):
+    tally = Tally()
+    attribute = "" if src is None else f' src="{src}"'
+    rows = list(image_rows_in_html([f'<img{attribute} alt="x"><img src="ok.jpg" alt="y">'], SITE, tally=tally))
+    assert pairs(rows) == [("http://site.test/dir/ok.jpg", "y")]
+    assert dict(tally) == {"links": 2, "rows": 1, f"link/{why}": 1}
+
+
+@pytest.mark.parametrize(
+    "src, expected",
+    [
+        ("https:///nohost.jpg", "https://nohost.jpg/"),
+        ("\\\\cdn.test\\img\\back.jpg", "http://cdn.test/img/back.jpg"),
+        ("img\\sub\\b.jpg", "http://site.test/dir/img/sub/b.jpg"),
+        ("img/ta&#9;b\nbed.jpg", "http://site.test/dir/img/tabbed.jpg"),
+        ("\x01img/c0.jpg\x1f ", "http://site.test/dir/img/c0.jpg"),
+        ("//cdn.test/p.jpg", "http://cdn.test/p.jpg"),
+        ("HTTPS:cdn.test/x.jpg", "https://cdn.test/x.jpg"),
+        ("http:/one-slash.jpg", "http://site.test/one-slash.jpg"),
+        ("http://bücher.test/ä.jpg", "http://xn--bcher-kva.test/%C3%A4.jpg"),
+        ("img/a b.jpg?q=é", "http://site.test/dir/img/a%20b.jpg?q=%C3%A9"),
+        ("HTTP://CDN.Test:80/Up.jpg", "http://cdn.test/Up.jpg"),
+    ],
+    ids=["no-host", "backslashes", "relative-backslashes", "tab-newline", "c0-controls", "scheme-relative",
+         "other-scheme-no-slashes", "same-scheme-one-slash", "idna-host", "percent-encoding", "case-and-port"],
+)
+def test_image_urls_resolve_as_the_whatwg_url_standard_says(src, expected):
+    assert pairs(html_rows(f'<img src="{src}" alt="x">')) == [(expected, "x")]
 
 
 def test_duplicate_pairs_are_kept_once_per_file(tmp_path):
@@ -197,17 +221,27 @@ def test_an_img_tag_split_across_chunks_is_found():
 @pytest.mark.parametrize(
     "html, headers, expected",
     [
-        ('<html lang="pt-BR"><img src="a.jpg" alt="x">', [("Content-Language", "de")], "pt-br"),
-        ('<html xml:lang="fr"><img src="a.jpg" alt="x">', [], "fr"),
-        ('<meta http-equiv="Content-Language" content="es"><img src="a.jpg" alt="x">', [("Content-Language", "de")], "es"),
-        ('<html><img src="a.jpg" alt="x">', [("Content-Language", "de-AT, en")], "de-at"),
-        ('<html lang="not a tag!"><img src="a.jpg" alt="x">', [], None),
-        ('<img src="a.jpg" alt="x">', [], None),
+        ('<html lang="pt-BR"><img src="a.jpg" alt="x">', [("Content-Language", "de")], ("pt", "pt-BR")),
+        ('<html xml:lang="fr"><img src="a.jpg" alt="x">', [], ("fr", "fr")),
+        ('<meta http-equiv="Content-Language" content="es"><img src="a.jpg" alt="x">', [("Content-Language", "de")], ("es", "es")),
+        ('<html><img src="a.jpg" alt="x">', [("Content-Language", "de-AT")], ("de", "de-AT")),
+        ('<html lang="en_us"><img src="a.jpg" alt="x">', [], ("en", "en-US")),
+        ('<html lang="iw"><img src="a.jpg" alt="x">', [], ("he", "he")),  # deprecated code, standard form
+        ('<html lang="zh-Hant-TW"><img src="a.jpg" alt="x">', [], ("zh", "zh-Hant-TW")),
+        # not language tags: the next declaration counts
+        ('<html lang="not a tag!"><img src="a.jpg" alt="x">', [], (None, None)),
+        ('<meta http-equiv="content-language" content="utf-8"><img src="a.jpg" alt="x">', [], (None, None)),
+        ('<meta http-equiv="content-language" content="utf-8"><img src="a.jpg">', [("Content-Language", "nl")], ("nl", "nl")),
+        ('<html lang="und"><img src="a.jpg" alt="x">', [("Content-Language", "it")], ("it", "it")),
+        ('<html lang="x-klingon"><img src="a.jpg" alt="x">', [], (None, None)),
+        # several languages: the HTML spec calls the language unknown
+        ('<html><img src="a.jpg" alt="x">', [("Content-Language", "de-AT, en")], (None, None)),
+        ('<img src="a.jpg" alt="x">', [], (None, None)),
     ],
 )
 def test_page_language_as_declared(tmp_path, html, headers, expected):
     path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, html, headers=headers)])
-    assert [row.extra["page_lang"] for row in rows_of(path)] == [expected]
+    assert [(row.extra["page_lang"], row.extra["page_lang_tag"]) for row in rows_of(path)] == [expected]
 
 
 def encoded(alt, encoding, declaration=""):
@@ -226,8 +260,12 @@ def encoded(alt, encoding, declaration=""):
         ),
         ("text/html; charset=no-such-charset", encoded("café", "utf-8"), "café"),
         ("text/html", encoded("café", "utf-16"), "café"),  # Python's utf-16 writes a byte-order mark
+        ("text/html; charset=utf\x00-8", encoded("café", "utf-8"), "café"),  # found by the fuzzer
+        ("text/html", encoded("café", "utf-8", '<meta charset="base64">'), "café"),  # Python codecs, not encodings
+        ("text/html; charset=rot13", encoded("café", "utf-8"), "café"),
     ],
-    ids=["http-charset", "meta-charset", "meta-http-equiv", "unknown-charset-is-utf8", "utf16-bom"],
+    ids=["http-charset", "meta-charset", "meta-http-equiv", "unknown-charset-is-utf8", "utf16-bom",
+         "nul-in-charset", "bytes-codec", "text-transform-codec"],
 )
 def test_page_encoding(tmp_path, content_type, html, expected):
     path = write_archive(tmp_path / "crawl.warc.gz", [page(SITE, html, content_type=content_type)])
@@ -256,11 +294,13 @@ def test_surrounding_text_is_absent_unless_asked_for():
 
 
 def test_page_beyond_the_size_cap_is_cut_and_the_next_record_still_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(crawl, "MAX_PAGE_BYTES", 10_000)
+    monkeypatch.setattr(crawl_html, "MAX_PAGE_BYTES", 10_000)
     big = '<img src="early.jpg" alt="early">' + "x" * 20_000 + '<img src="late.jpg" alt="late">'
     records = [page(SITE, big), page("http://site.test/next.html", '<img src="n.jpg" alt="next">')]
     path = write_archive(tmp_path / "crawl.warc.gz", records)
-    assert pairs(rows_of(path)) == [("http://site.test/dir/early.jpg", "early"), ("http://site.test/n.jpg", "next")]
+    rows, tally = tally_of(path)
+    assert pairs(rows) == [("http://site.test/dir/early.jpg", "early"), ("http://site.test/n.jpg", "next")]
+    assert tally["pages_cut_at_size_cap"] == 1
 
 
 @pytest.mark.parametrize("name", ["crawl.warc.gz", "crawl.warc"])
@@ -282,6 +322,16 @@ def test_a_file_that_is_not_warc_is_an_input_error(tmp_path):
         check_input(str(path), "warc", "url", "caption")
 
 
+def test_a_response_record_without_target_uri_is_an_input_error(tmp_path):
+    """Found by tests/fuzz/fuzz_crawl.py: warcio itself fails with AttributeError on such a record."""
+    body = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<img src=a.jpg alt=x>"
+    record = b"WARC/1.0\r\nWARC-Type: response\r\nContent-Length: %d\r\n\r\n%s\r\n\r\n" % (len(body), body)
+    path = tmp_path / "no-uri.warc"
+    path.write_bytes(record)
+    with pytest.raises(InputError, match="no-uri.warc: not a readable WARC/WAT file"):
+        rows_of(path)
+
+
 def test_check_input_reads_only_the_first_record(tmp_path):
     path = write_archive(tmp_path / "damaged.warc", [page(SITE, '<img src="a.jpg" alt="x">')])
     with open(path, "ab") as out:
@@ -299,27 +349,6 @@ def test_empty_crawl_file_has_no_rows(tmp_path):
 
 
 # --------------------------------------------------------------------------- WAT
-
-
-def wat_document(page_url, links, head=None, headers=None):
-    html_metadata = {"Links": links}
-    if head is not None:
-        html_metadata["Head"] = head
-    return {
-        "Container": {"Filename": "CC-MAIN-x.warc.gz"},
-        "Envelope": {
-            "Format": "WARC",
-            "WARC-Header-Metadata": {"WARC-Type": "response", "WARC-Target-URI": page_url},
-            "Payload-Metadata": {
-                "Actual-Content-Type": "application/http; msgtype=response",
-                "HTTP-Response-Metadata": {
-                    "Headers": headers or {"Content-Type": "text/html"},
-                    "Response-Message": {"Status": "200"},
-                    "HTML-Metadata": html_metadata,
-                },
-            },
-        },
-    }
 
 
 WAT_LINKS = [
@@ -349,7 +378,7 @@ def test_wat_image_links(tmp_path, name):
         ("https://cdn.test/b.png", "A dog in fog"),
         ("http://site.test/dir/img/no-alt.jpg", None),
     ]
-    assert all(row.extra == {"page_url": SITE, "page_lang": "nl"} for row in rows)
+    assert all(row.extra == {"page_url": SITE, "page_lang": "nl", "page_lang_tag": "nl"} for row in rows)
 
 
 def test_wat_base_and_meta_language(tmp_path):
@@ -360,7 +389,7 @@ def test_wat_base_and_meta_language(tmp_path):
     document = wat_document(SITE, [{"path": "IMG@/src", "url": "a.jpg", "alt": "Pizza"}], head=head)
     rows = rows_of(write_archive(tmp_path / "x.wat.gz", [wat_record(SITE, document)]), surrounding_words=3)
     assert pairs(rows) == [("http://static.test/assets/a.jpg", "Pizza")]
-    assert rows[0].extra == {"page_url": SITE, "page_lang": "it", "surrounding_text": None}
+    assert rows[0].extra == {"page_url": SITE, "page_lang": "it", "page_lang_tag": "it", "surrounding_text": None}
 
 
 def test_malformed_wat_record_is_one_error_row_and_reading_goes_on(tmp_path):
@@ -368,15 +397,17 @@ def test_malformed_wat_record_is_one_error_row_and_reading_goes_on(tmp_path):
     records = [
         wat_record("http://broken.test/", b'{"Envelope": {"Payload-Metadata": '),
         wat_record("http://list.test/", b"[1, 2, 3]"),
+        wat_record("http://deep.test/", b"[" * 100_000),
         wat_record(SITE, good),
     ]
     rows = rows_of(write_archive(tmp_path / "x.wat.gz", records))
     assert [(row.error, row.extra.get("page_url")) for row in rows] == [
         (MALFORMED_ROW, "http://broken.test/"),
         (MALFORMED_ROW, "http://list.test/"),
+        (MALFORMED_ROW, "http://deep.test/"),
         (None, SITE),
     ]
-    assert rows[2].url == "http://site.test/dir/a.jpg"
+    assert rows[3].url == "http://site.test/dir/a.jpg"
 
 
 def test_wat_lone_surrogate_in_alt_becomes_valid_text(tmp_path):
@@ -385,6 +416,108 @@ def test_wat_lone_surrogate_in_alt_becomes_valid_text(tmp_path):
     [row] = rows_of(write_archive(tmp_path / "x.wat.gz", [wat_record(SITE, body)]))
     row.caption.encode("utf-8")  # would raise on a lone surrogate
     assert row.caption.startswith("bad ") and row.caption.endswith(" escape")
+
+
+def test_wat_html_lang_meta_gives_the_page_language(tmp_path):
+    head = {"Metas": [{"name": "HTML@/lang", "content": "de-DE"}, {"http-equiv": "content-language", "content": "fr"}]}
+    document = wat_document(SITE, [img("a.jpg", "Ein Hund")], head=head, headers={"Content-Language": "en"})
+    [row] = rows_of(write_archive(tmp_path / "x.wat.gz", [wat_record(SITE, document)]))
+    assert (row.extra["page_lang"], row.extra["page_lang_tag"]) == ("de", "de-DE")
+
+
+def test_wat_keeps_the_last_base_so_it_can_differ_from_the_warc(tmp_path):
+    """A documented difference: the WAT generator overwrites Base with each <base href>; browsers use the first."""
+    html = '<base href="http://first.test/"><base href="http://last.test/"><img src="a.jpg" alt="x">'
+    warc = write_archive(tmp_path / "x.warc.gz", [page(SITE, html)])
+    wat_page = wat_document(SITE, [img("a.jpg", "x")], head={"Base": "http://last.test/"})
+    wat = write_archive(tmp_path / "x.wat.gz", [wat_record(SITE, wat_page)])
+    assert pairs(rows_of(warc)) == [("http://first.test/a.jpg", "x")]
+    assert pairs(rows_of(wat)) == [("http://last.test/a.jpg", "x")]
+
+
+# --------------------------------------------------------------------------- the same pages as WARC and as WAT
+
+
+SAME_PAGE_ROWS = [
+    # (url, caption, page_lang, page_lang_tag)
+    ("http://news.example.cn/img/cat.jpg", "一只猫", "zh", "zh-CN"),
+    ("https://www.example.de/tiere/hund.jpg", None, "de", "de-DE"),
+    ("https://www.example.de/tiere/logo.png", "", "de", "de-DE"),
+    ("https://www.example.de/tiere/katze.jpg", "Eine Katze", "de", "de-DE"),
+    ("http://www.example.nl/fiets.jpg", "Een fiets bij de gracht", "nl", "nl"),
+    ("https://cdn.example.com/real.jpg", "An absolute photo", "en", "en"),
+    ("http://www.example.com/gallery/sunset.jpg", "A sunset over the sea", "en", "en"),
+    ("https://nohost.jpg/", "Three slashes", "en", "en-GB"),
+    ("http://cdn.example.com/img/back.jpg", "Backslashes", "en", "en-GB"),
+    ("http://www.example.org/dir/img/tabbed.jpg", "A tab inside", "en", "en-GB"),
+    ("http://www.example.org/dir/img/c0.jpg", "Control characters around", "en", "en-GB"),
+    ("http://xn--bcher-kva.example/%C3%A4.jpg", "Unicode host", "en", "en-GB"),
+    ("http://www.example.org/dir/img/a%20b.jpg", "A space inside", "en", "en-GB"),
+    ("https://cdn.example.com/x.jpg", "Other scheme, no slashes", "en", "en-GB"),
+    ("http://www.example.org/one-slash.jpg", "Same scheme, one slash", "en", "en-GB"),
+    ("http://www.example.it/a.jpg", "Una sedia rossa", "it", "it-IT"),
+    ("http://www.example.it/b.jpg", "", "it", "it-IT"),
+    ("http://cdn.example.it/Up.jpg", "Maiuscole", "it", "it-IT"),
+    ("https://shop.example.com/p/1.jpg", "Une chaise en bois", "fr", "fr"),
+]
+# Every image link of SAME_PAGES, by what became of it (the WARC and the WAT must agree).
+SAME_PAGE_TALLY = {
+    "links": 28, "rows": 19, "link/not_http": 3, "link/fragment_only": 2, "link/empty_src": 2,
+    "link/unparsable": 1, "link/duplicate": 1,
+}
+
+
+def same_page_files(tmp_path):
+    warc = write_archive(tmp_path / "same.warc.gz", [request(p.url) for p in SAME_PAGES[:1]] + [p.warc_record() for p in SAME_PAGES])
+    wat = write_archive(tmp_path / "same.warc.wat.gz", [p.wat_record() for p in SAME_PAGES])
+    return warc, wat
+
+
+def described(rows):
+    return [(row.url, row.caption, row.extra["page_lang"], row.extra["page_lang_tag"]) for row in rows]
+
+
+def tally_of(path, **params):
+    tally = Tally()
+    rows = list(read_rows(str(path), detect_format(str(path)), crawl_params=CrawlParams(**params), crawl_tally=tally))
+    return rows, tally
+
+
+def test_the_same_pages_give_the_same_rows_from_warc_and_wat(tmp_path):
+    warc, wat = same_page_files(tmp_path)
+    (warc_rows, warc_tally), (wat_rows, wat_tally) = tally_of(warc), tally_of(wat)
+    assert described(warc_rows) == described(wat_rows) == SAME_PAGE_ROWS
+    assert [row.extra["page_url"] for row in warc_rows] == [row.extra["page_url"] for row in wat_rows]
+    links = {name: count for name, count in warc_tally.items() if name.startswith(("link", "rows"))}
+    assert links == {name: count for name, count in wat_tally.items() if name.startswith(("link", "rows"))}
+    assert links == SAME_PAGE_TALLY
+
+
+def test_every_record_and_link_is_counted_once(tmp_path):
+    warc, wat = same_page_files(tmp_path)
+    for path, records in [(warc, {"record/page": 8, "record/not_page": 2}), (wat, {"record/page": 8, "record/not_page": 1})]:
+        _, tally = tally_of(path)
+        assert {name: count for name, count in tally.items() if name.startswith("record/")} == records
+        assert tally["records"] == sum(records.values())  # the warcinfo record and the request are not pages
+        assert tally["links"] == tally["rows"] + sum(n for name, n in tally.items() if name.startswith("link/"))
+
+
+def test_title_is_a_caption_fallback_only_when_asked_for(tmp_path):
+    warc, wat = same_page_files(tmp_path)
+    for path in (warc, wat):
+        captions = {row.url.rsplit("/", 1)[-1]: row.caption for row in rows_of(path) if "example.de" in row.url}
+        assert captions == {"hund.jpg": None, "logo.png": "", "katze.jpg": "Eine Katze"}
+        with_title = {row.url.rsplit("/", 1)[-1]: row.caption for row in rows_of(path, title_fallback=True) if "example.de" in row.url}
+        assert with_title == {"hund.jpg": "Ein Hund im Schnee", "logo.png": "Startseite", "katze.jpg": "Eine Katze"}
+        laion_mode = [row.url for row in rows_of(path, title_fallback=True, skip_empty_alt=True) if "example.de" in row.url]
+        assert len(laion_mode) == 3  # the title counts as a caption for skip_empty_alt too
+
+
+def test_title_fallback_is_a_crawl_parameter():
+    from pipeline.params import build
+
+    assert build(CrawlParams, {"title_fallback": "true"}, "crawl").title_fallback is True
+    assert CrawlParams().title_fallback is False
 
 
 # --------------------------------------------------------------------------- end to end
@@ -434,3 +567,58 @@ def test_curate_run_on_a_warc_of_loopback_pages(tmp_path):
     assert (red["page_url"], red["page_lang"]) == (web.url("index.html"), "en")
     green = by_caption["A green square on a plain background"]
     assert (green["page_url"], green["page_lang"]) == (web.url("p/2.html"), None)
+
+
+def test_reading_a_crawl_file_reports_its_tally_as_beam_counters(tmp_path):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipeline.transforms import ReadInputFile
+
+    warc, _ = same_page_files(tmp_path)
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    _ = pipeline | beam.Create([(0, str(warc))]) | beam.ParDo(ReadInputFile(None, "url", "caption", CrawlParams()))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_namespace("crawl"))["counters"]
+    found = {counter.key.metric.name: counter.committed for counter in counters}
+    assert {name: found.get(name) for name in SAME_PAGE_TALLY} == SAME_PAGE_TALLY
+    assert found["records"] == 10
+
+
+# --------------------------------------------------------------------------- fuzzing (issue 11)
+
+
+@pytest.mark.slow
+def test_fuzzing_the_reader_finds_nothing_in_12_seconds(tmp_path):
+    """tests/fuzz/fuzz_crawl.py with atheris, bounded: its invariants hold on every input it makes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("atheris")
+    harness = Path(__file__).parent / "fuzz" / "fuzz_crawl.py"
+    corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
+    artifacts.mkdir()
+    write_fuzz_seeds(corpus)
+    fuzz = subprocess.run(
+        [sys.executable, str(harness), str(corpus), "-max_total_time=12", "-rss_limit_mb=2048",
+         f"-artifact_prefix={artifacts}/"],
+        capture_output=True, timeout=120,
+    )
+    report = fuzz.stderr.decode("utf-8", "replace")
+    assert fuzz.returncode == 0, report[-3000:]
+    assert "Done" in report and not list(artifacts.iterdir())
+
+
+def test_the_cc2dataset_difference_table_is_current(tmp_path):
+    """benchmarks/README.md's table of pairs only one side extracts is what the code gives today."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "crawl_vs_cc2dataset.py"
+    spec = importlib.util.spec_from_file_location("crawl_vs_cc2dataset", script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.table(benchmark.compare(tmp_path)) == benchmark.readme_table()
