@@ -80,6 +80,7 @@ class Sample(_CompactPickle):
     def metadata(self) -> dict[str, Any]:
         """Everything but the image bytes, flattened: what goes into .json and .parquet."""
         meta = {name: getattr(self, name) for name in METADATA_COLUMNS}
+        meta.update(status="success", error_message=None)  # img2dataset's columns: a kept row succeeded
         meta.update(self.fields)
         for name, value in self.extra.items():
             meta.setdefault(name, value)
