@@ -112,5 +112,5 @@ def summary_table(audit: dict[str, Any]) -> str:
     shards = audit.get("shards")
     if shards:
         where = shards["pattern"] or "no shards (nothing kept)"
-        lines.append(f"shards: {where}  ({shards['count']} shards, {shards['samples']} samples)")
+        lines.append(f"shard pattern: {where}  ({shards['count']} shards, {shards['samples']} samples)")
     return "\n".join(lines)

@@ -17,7 +17,8 @@ not fit its column becomes a reject of stage `write` (`conform`) rather than a
 failed run.
 
 Embeddings (`*_embedding` fields holding lists of numbers) are stored as
-float16 fixed-size lists, and kept out of the per-sample `.json`.
+`list<float16>` (half the bytes of float32, a quarter of the JSON doubles they
+were), and kept out of the per-sample `.json`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 EMBEDDING_SUFFIX = "_embedding"
+# Not a fixed-size list: pyarrow 25 cannot read back a null entry of a fixed-size list from Parquet
+# ("Expected all lists to be of size=512 but index 2 had size=0"), and an embedding may be missing.
+EMBEDDING_TYPE = pa.list_(pa.float16())
 MAX_TYPES_PER_COLUMN = 16  # more distinct types than this: the column is JSON text anyway
 
 # img2dataset's columns and types (sizes are int32), then ours.
@@ -62,7 +66,7 @@ def observe(name: str, value: Any) -> pa.DataType:
     if value is None:
         return pa.null()
     if is_embedding(name, value):
-        return pa.list_(pa.float16(), len(value))
+        return EMBEDDING_TYPE
     if type(value) is int:
         return pa.int64() if _INT64_RANGE[0] <= value <= _INT64_RANGE[1] else pa.string()
     if type(value) in _SCALAR_TYPES:
@@ -115,8 +119,6 @@ def _merge(name: str, types: set[pa.DataType]) -> pa.DataType:
     known = sorted({t for t in types if t != pa.null()}, key=str)
     if not known:
         return pa.string()
-    if all(is_embedding_type(t) for t in known):
-        return known[0] if len(known) == 1 else pa.list_(pa.float16())
     if len(known) > MAX_TYPES_PER_COLUMN:
         return pa.string()
     try:
@@ -137,7 +139,7 @@ def _parquet_can_store(kind: pa.DataType) -> bool:
 
 
 def is_embedding_type(kind: pa.DataType) -> bool:
-    return (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind)) and kind.value_type == pa.float16()
+    return kind == EMBEDDING_TYPE
 
 
 def stored_value(value: Any, kind: pa.DataType) -> Any:
@@ -156,14 +158,9 @@ def column_array(values: Iterable[Any], kind: pa.DataType) -> pa.Array:
     if not is_embedding_type(kind):
         return pa.array(values, type=kind)
     # pyarrow converts numpy float16, not Python floats, to halffloat: build the lists from one flat array.
-    empty = np.zeros(kind.list_size if pa.types.is_fixed_size_list(kind) else 0, np.float16)
-    parts = [empty if v is None else v for v in values]
-    flat = pa.array(np.concatenate(parts) if parts else empty, type=pa.float16())
+    parts = [np.zeros(0, np.float16) if v is None else v for v in values]
+    flat = pa.array(np.concatenate(parts) if parts else np.zeros(0, np.float16), type=pa.float16())
     mask = pa.array([v is None for v in values], type=pa.bool_())
-    if pa.types.is_fixed_size_list(kind):
-        if any(len(p) != kind.list_size for p in parts):
-            raise ValueError(f"an embedding is not {kind.list_size} long")
-        return pa.FixedSizeListArray.from_arrays(flat, kind.list_size, mask=mask)
     offsets = pa.array(np.cumsum([0] + [len(p) for p in parts]), type=pa.int32())
     return pa.ListArray.from_arrays(offsets, flat, mask=mask)
 

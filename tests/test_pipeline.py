@@ -247,3 +247,32 @@ def test_missing_model_weights_fail_before_the_run(input_list, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "stage 'clip_score'" in err and "/nowhere/ViT-B-32.pt" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_extra_columns_whose_types_differ_across_rows_and_files_get_one_schema(web, tmp_path):
+    """Issue 11.4 / 12.4: `x` is an int then a string, `meta` an empty object, `score` a string in
+    CSV, an int in JSONL and a float in Parquet, `note` null in whole shards: once failed the run."""
+    import pyarrow.dataset as ds
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    url = web.url("red.jpg")
+    (folder / "a.csv").write_text(f"url,caption,score\n{url},from csv,high\n")
+    jsonl = [{"url": url, "caption": "jsonl one", "score": 3, "x": 1, "meta": {}, "note": None},
+             {"url": url, "caption": "jsonl two", "score": 4, "x": "one", "meta": {}, "note": None},
+             {"url": url, "caption": "jsonl three", "score": 5, "x": 2, "note": "written"}]
+    (folder / "b.jsonl").write_text("\n".join(json.dumps(row) for row in jsonl) + "\n")
+    pq.write_table(pa.Table.from_pylist([{"url": url, "caption": "from parquet", "score": 0.5}]), folder / "c.parquet")
+    recipe = tmp_path / "bare.yaml"
+    recipe.write_text("output: {samples_per_shard: 2}\nstages: []\n")
+    out = tmp_path / "out"
+    assert main(["run", "--recipe", str(recipe), "--input", str(folder), "--output", str(out),
+                 "--allow-private-network", "--direct_num_workers=1"]) == 0
+    paths = sorted(glob.glob(f"{out}/shards/*.parquet"))
+    assert len(paths) == 3 and len({pq.read_schema(p) for p in paths}) == 1
+    rows = ds.dataset(paths).to_table().to_pylist()
+    assert [row["score"] for row in rows] == ["high", "3", "4", "5", "0.5"]  # no common type: JSON text
+    assert [row["x"] for row in rows] == [None, "1", "one", "2", None]
+    assert [row["note"] for row in rows] == [None, None, None, "written", None]
+    assert {row["meta"] for row in rows} == {None, "{}"}
+    assert glob.glob(f"{out}/rejects/*") == []
