@@ -1,14 +1,15 @@
 """Shard writers: every output format behind one interface.
 
-`open_shard_writer(params, output_dir, shard_id)` returns a writer with
-`write(sample)` and `close()`.  Files are written under a hidden temporary name
-and renamed into place by `close()`, so a reader never sees a half-written
-shard (`*.tar` / `*.parquet` globs skip the dot-files).
+`write_shard(params, output_dir, shard_number, samples, load_images, schema)`
+writes one shard with the run's schema (pipeline.shard_schema).  Files are
+written under a hidden temporary name and renamed into place, the Parquet
+before its tar, so a reader never sees a half-written shard nor a tar without
+its metadata (`*.tar` / `*.parquet` globs skip the dot-files).
 
 Layouts (img2dataset's, which training code already reads):
-* `webdataset`: `shards/00000.tar` holding `<key>.jpg|png|webp`, `<key>.txt`
-  (caption) and `<key>.json` (metadata), and `shards/00000.parquet` beside it
-  with one metadata row per sample.
+* `webdataset`: `shards/00000.tar` holding `<key>.jpg|png|webp`, `<key>.json`
+  (metadata, embeddings left out) and `<key>.txt` (caption), and
+  `shards/00000.parquet` beside it with one metadata row per sample.
 * `parquet`: `shards/00000.parquet` with the metadata columns plus the image
   bytes in a binary column named after the format (`jpg`, `png`, `webp`).
 """
@@ -32,7 +33,7 @@ from pipeline.schema import REJECTS_SCHEMA, Reject, Sample
 @dataclass(frozen=True)
 class OutputParams:
     format: Literal["webdataset", "parquet"] = "webdataset"
-    samples_per_shard: int = 10000  # input rows per shard; a shard holds the kept ones
+    samples_per_shard: int = 10000  # input rows per block; a block's kept rows make one shard
     shard_digits: int = 5  # at least; more shards than this allows widen the shard part of keys
 
     @property
@@ -106,9 +107,13 @@ class WebDatasetShardWriter:
 
     def write(self, sample: Sample) -> None:
         metadata = sample.metadata()
-        self._add(f"{sample.key}.{sample.image_format}", sample.image)
-        self._add(f"{sample.key}.txt", (sample.caption or "").encode("utf-8"))
-        self._add(f"{sample.key}.json", json_metadata(metadata, self._schema))
+        members = {
+            sample.image_format: sample.image,
+            "txt": (sample.caption or "").encode("utf-8"),
+            "json": json_metadata(metadata, self._schema),
+        }
+        for extension in sorted(members):  # img2dataset's (webdataset's TarWriter's) order: jpg, json, txt
+            self._add(f"{sample.key}.{extension}", members[extension])
         self._rows.append(metadata)
 
     def _add(self, name: str, data: bytes) -> None:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.schema import Sample
-from pipeline.writers import OutputParams, ParquetShardWriter, WebDatasetShardWriter, schema_of, write_shard
+from pipeline.writers import OutputParams, ParquetShardWriter, WebDatasetShardWriter, write_shard
 
 
 def make_sample(key, caption="a caption"):
@@ -20,6 +20,8 @@ def make_sample(key, caption="a caption"):
 
 @pytest.mark.parametrize("writer_cls, fmt", [(WebDatasetShardWriter, "webdataset"), (ParquetShardWriter, "parquet")])
 def test_nothing_is_visible_under_the_final_name_until_close(tmp_path, writer_cls, fmt):
+    from pipeline.writers import schema_of
+
     sample = make_sample("000000001")
     writer = writer_cls(str(tmp_path), "00000", schema_of([sample], fmt))
     writer.write(sample)
@@ -35,7 +37,7 @@ def test_webdataset_shard_holds_image_caption_and_metadata_in_key_order(tmp_path
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
         assert tar.extractfile("000000001.txt").read() == b"first"
-    assert names == [f"00000000{i}.{ext}" for i in (1, 2) for ext in ("jpg", "txt", "json")]
+    assert names == [f"00000000{i}.{ext}" for i in (1, 2) for ext in ("jpg", "json", "txt")]
     table = pq.read_table(parquet_path).to_pylist()
     assert [row["key"] for row in table] == ["000000001", "000000002"]
     assert table[0]["score"] == 0.5 and table[0]["source"] == "test"
@@ -122,6 +124,8 @@ def test_embeddings_are_float16_in_the_parquet_and_not_in_the_json(tmp_path):
 
 def test_every_shard_has_the_run_schema_even_where_a_column_is_all_null(tmp_path):
     import pyarrow.dataset as ds
+
+    from pipeline.writers import schema_of
 
     first, second = make_sample("000000001"), make_sample("000010001")
     first.extra["note"], second.extra["note"] = None, "a note"
