@@ -135,3 +135,31 @@ def test_every_shard_has_the_run_schema_even_where_a_column_is_all_null(tmp_path
     assert pq.read_schema(paths[0]) == pq.read_schema(paths[1])
     rows = ds.dataset(paths).to_table().to_pylist()
     assert [(r["note"], r["count"]) for r in rows] == [(None, "1"), ("a note", "one")]
+
+
+def test_a_value_the_run_schema_cannot_hold_is_named_not_raised():
+    from pipeline import shard_schema
+
+    sample = make_sample("000000001")
+    schema = schema_of_samples([sample])
+    assert shard_schema.misfit(sample.metadata(), schema) is None
+    sample.fields["width"] = "wide"  # a stage field that shadows an int32 column
+    assert shard_schema.misfit(sample.metadata(), schema) == "width"
+
+
+def schema_of_samples(samples):
+    from pipeline.writers import schema_of
+
+    return schema_of(samples, "webdataset")
+
+
+def test_shard_numbers_are_the_dense_rank_of_blocks_that_kept_rows():
+    from pipeline.write_outputs import covered_blocks, shard_numbers, shard_stats
+
+    blocks = {0: {"download/http_404": 3}, 1: {"kept": 2, "download/decode_error": 1}, 2: {"caption/empty": 3},
+              4: {"kept": 3}, 5: {"download/timeout": 3}}
+    assert shard_numbers(blocks) == {1: 0, 4: 1}
+    assert covered_blocks(1, blocks) == [0, 1, 2] and covered_blocks(4, blocks) == [4, 5]
+    stats = shard_stats(1, blocks)
+    assert (stats["count"], stats["successes"], stats["failed_to_download"], stats["failed_to_resize"],
+            stats["filtered"]) == (9, 2, 3, 1, 3)
