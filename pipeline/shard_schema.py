@@ -172,11 +172,18 @@ def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 def misfit(metadata: dict[str, Any], schema: pa.Schema) -> str | None:
     """The first column whose value this schema cannot hold, if any."""
     for name, value in metadata.items():
-        kind = schema.field(name).type if name in schema.names else None
-        if kind is None or value is None or observe(name, value) == kind:
-            continue
-        try:
-            column_array([value], kind)
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        if name in schema.names and not _fits(name, value, schema.field(name).type):
             return name
     return None
+
+
+def _fits(name: str, value: Any, kind: pa.DataType) -> bool:
+    if value is None or pa.types.is_string(kind) or observe(name, value) == kind:
+        return True  # a string column takes anything (as JSON)
+    if pa.types.is_int32(kind) and type(value) is int:
+        return -(2**31) <= value < 2**31
+    try:
+        column_array([value], kind)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        return False
+    return True

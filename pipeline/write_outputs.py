@@ -62,17 +62,22 @@ def shard_numbers(blocks: dict[int, dict[str, int]]) -> dict[int, int]:
     return {block: rank for rank, block in enumerate(sorted(b for b, c in blocks.items() if c.get(KEPT)))}
 
 
-def covered_blocks(block: int, blocks: dict[int, dict[str, int]]) -> list[int]:
-    """The input blocks whose rows the shard of `block` accounts for in its stats."""
+def shard_plan(blocks: dict[int, dict[str, int]]) -> dict[int, tuple[int, dict]]:
+    """Block that kept rows -> (its shard number, its `_stats.json`), computed once for the run.
+
+    A shard's stats cover its own block and the empty blocks after it; the
+    empty blocks before the first shard count with shard 0.
+    """
     numbers = shard_numbers(blocks)
     starts = sorted(numbers)
-    owner = lambda b: starts[max(bisect.bisect_right(starts, b) - 1, 0)]  # noqa: E731
-    return sorted(b for b in blocks if owner(b) == block)
+    covered: dict[int, list[int]] = {block: [] for block in starts}
+    for block in sorted(blocks):
+        covered[starts[max(bisect.bisect_right(starts, block) - 1, 0)]].append(block)
+    return {block: (numbers[block], shard_stats(covered[block], blocks)) for block in starts}
 
 
-def shard_stats(block: int, blocks: dict[int, dict[str, int]]) -> dict:
+def shard_stats(covered: list[int], blocks: dict[int, dict[str, int]]) -> dict:
     """img2dataset's `_stats.json` fields (without its timings: a re-run gives identical files)."""
-    covered = covered_blocks(block, blocks)
     status: dict[str, int] = {}
     for b in covered:
         for name, count in blocks[b].items():
@@ -96,15 +101,15 @@ class _WriteShard(beam.DoFn):
         self._output, self._output_dir = output, output_dir
         self._written = Metrics.counter("write", "samples")
 
-    def process(self, element, schema, blocks):
+    def process(self, element, schema, plan):
         block, samples = element
         samples = list(samples)
-        number = shard_numbers(blocks)[block]
+        number, stats = plan[block]
         output, output_dir = self._output, self._output_dir
         load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
         write_shard(output, output_dir, number, samples, load_images, schema)
         name = shard_name(number, output.shard_digits)
-        write_json(f"{output_dir}/shards/{name}_stats.json", shard_stats(block, blocks))
+        write_json(f"{output_dir}/shards/{name}_stats.json", stats)
         self._written.inc(len(samples))
         yield {KEPT: len(samples), "shards": 1}
 
@@ -150,7 +155,7 @@ class WriteOutputs(beam.PTransform):
         schema_side = beam.pvalue.AsSingleton(schema)
         fitted = samples | "Conform" >> beam.ParDo(_Conform(), schema_side).with_outputs(REJECTED, main="samples")
         all_rejects = (rejects, fitted[REJECTED]) | "AllRejects" >> beam.Flatten()
-        blocks = (
+        plan = (
             (
                 fitted.samples | "KeptBlock" >> beam.Map(lambda s: (s.shard_id, KEPT)),
                 all_rejects | "RejectBlock" >> beam.Map(lambda r: (r.shard_id, f"{r.stage}/{r.reason}")),
@@ -158,14 +163,14 @@ class WriteOutputs(beam.PTransform):
             | "AllBlockRows" >> beam.Flatten()
             | "CountPerBlock" >> beam.combiners.Count.PerElement()
             | "BlockCounts" >> beam.combiners.ToList()
-            | "ByBlock" >> beam.Map(_per_block)
+            | "ShardPlan" >> beam.Map(lambda counted: shard_plan(_per_block(counted)))
         )
         kept = (
             fitted.samples
             | "KeySamplesByBlock" >> beam.Map(lambda s: (s.shard_id, s))
             | "GroupSamples" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(
-                _WriteShard(self._output, self._output_dir), schema_side, beam.pvalue.AsSingleton(blocks)
+                _WriteShard(self._output, self._output_dir), schema_side, beam.pvalue.AsSingleton(plan)
             )
         )
         rejected = (

@@ -154,12 +154,14 @@ def schema_of_samples(samples):
 
 
 def test_shard_numbers_are_the_dense_rank_of_blocks_that_kept_rows():
-    from pipeline.write_outputs import covered_blocks, shard_numbers, shard_stats
+    from pipeline.write_outputs import shard_plan
 
     blocks = {0: {"download/http_404": 3}, 1: {"kept": 2, "download/decode_error": 1}, 2: {"caption/empty": 3},
               4: {"kept": 3}, 5: {"download/timeout": 3}}
-    assert shard_numbers(blocks) == {1: 0, 4: 1}
-    assert covered_blocks(1, blocks) == [0, 1, 2] and covered_blocks(4, blocks) == [4, 5]
-    stats = shard_stats(1, blocks)
-    assert (stats["count"], stats["successes"], stats["failed_to_download"], stats["failed_to_resize"],
-            stats["filtered"]) == (9, 2, 3, 1, 3)
+    plan = shard_plan(blocks)
+    assert {block: number for block, (number, _) in plan.items()} == {1: 0, 4: 1}
+    first, second = plan[1][1], plan[4][1]
+    assert first["input_blocks"] == [0, 1, 2] and second["input_blocks"] == [4, 5]
+    assert (first["count"], first["successes"], first["failed_to_download"], first["failed_to_resize"],
+            first["filtered"]) == (9, 2, 3, 1, 3)
+    assert second["status_dict"] == {"success": 3, "download/timeout": 3}
