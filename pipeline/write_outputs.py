@@ -70,6 +70,8 @@ def shard_plan(blocks: dict[int, dict[str, int]]) -> dict[int, tuple[int, dict]]
     """
     numbers = shard_numbers(blocks)
     starts = sorted(numbers)
+    if not starts:
+        return {}  # nothing kept: no shards, no stats
     covered: dict[int, list[int]] = {block: [] for block in starts}
     for block in sorted(blocks):
         covered[starts[max(bisect.bisect_right(starts, block) - 1, 0)]].append(block)

@@ -165,3 +165,4 @@ def test_shard_numbers_are_the_dense_rank_of_blocks_that_kept_rows():
     assert (first["count"], first["successes"], first["failed_to_download"], first["failed_to_resize"],
             first["filtered"]) == (9, 2, 3, 1, 3)
     assert second["status_dict"] == {"success": 3, "download/timeout": 3}
+    assert shard_plan({0: {"download/http_404": 3}}) == {}
