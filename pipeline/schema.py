@@ -44,9 +44,10 @@ class Sample(_CompactPickle):
     """One image-text pair.
 
     `key` is stable for a given input (derived from the row's position), so a
-    re-run yields the same keys and shards.  `shard_id` is the output shard the
-    sample belongs to: shard k holds the kept rows of input rows
-    [k*N, (k+1)*N), as img2dataset does.
+    re-run yields the same keys and shards.  `shard_id` is the input block of
+    the row, k for input rows [k*N, (k+1)*N), as img2dataset's shard ids are;
+    the shard file it lands in is the block's rank among the blocks that kept
+    rows (pipeline.write_outputs).
     """
 
     key: str

@@ -1,8 +1,8 @@
 """The Beam transforms the pipeline is made of.
 
 read -> assign keys -> [stages that need no image] -> download+resize ->
-[stages that need the image] -> write shards; rejects from every step are
-written beside them and counted into the audit.
+[stages that need the image]; then pipeline.write_outputs writes the shards
+and the rejects from every step, counted into the audit.
 """
 from __future__ import annotations
 
