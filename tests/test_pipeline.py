@@ -126,6 +126,8 @@ def test_keys_name_input_rows_and_shards_are_numbered_without_gaps(output):
     assert sorted(os.path.basename(p) for p in glob.glob(f"{output}/shards/*")) == [
         "00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet", "00001.tar", "00001_stats.json",
     ]
+    for folder in ("shards", "rejects"):  # one schema per kind of file, whatever each file holds
+        assert len({pq.read_schema(p) for p in glob.glob(f"{output}/{folder}/*.parquet")}) == 1
 
 
 def test_audit_gives_the_brace_pattern_a_trainer_takes(output, capsys):
