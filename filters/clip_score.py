@@ -9,8 +9,10 @@ so it is a separate stage (`top_fraction`) reading the `clip_score` field.
 Fields: `clip_score` (float, None when the image does not decode or there is
 no caption) and, with `store_embeddings`, `clip_image_embedding` and
 `clip_text_embedding`: L2-normalised embeddings rounded to float16 (about 3
-significant digits, norms within ~1e-3 of 1) and stored as lists of floats,
-for later stages (`aesthetic`) and for deduplication or re-scoring.
+significant digits, norms within ~1e-3 of 1), lists of floats on the sample
+for later stages (`aesthetic`); the shards store them as `list<float16>`
+Parquet columns, not in the `.json` (pipeline.shard_schema), for
+deduplication or re-scoring.
 
 A sample without a caption (missing or blank) has nothing to align its image
 with: it gets no score and, when a threshold is set, is dropped as

@@ -11,7 +11,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.writers import AtomicFile
+from pipeline.writers import write_json
 
 SUCCESS_FILE = "_SUCCESS"
 
@@ -65,12 +65,6 @@ def check_accounting(audit: dict[str, Any]) -> None:
         )
 
 
-def write_json(path: str, value: Any) -> None:
-    out = AtomicFile(path)
-    out.handle.write(json.dumps(value, indent=2, sort_keys=False).encode("utf-8") + b"\n")
-    out.commit()
-
-
 def finalize(
     counts: dict[str, int],
     input_rows: int,
@@ -81,11 +75,23 @@ def finalize(
 ) -> dict[str, Any]:
     """Write the audit, check the invariant, then mark the output complete."""
     audit = build_audit(input_rows, counts, stage_reports, order, recipe)
+    audit["shards"] = shard_listing(output_dir, counts.get("shards", 0), counts.get("kept", 0), recipe["output"])
+    if not FileSystems.exists(f"{output_dir}/shards"):
+        FileSystems.mkdirs(f"{output_dir}/shards")  # a run that kept nothing still has its (empty) shards folder
     write_json(f"{output_dir}/report/audit.json", audit)
     check_accounting(audit)
     with FileSystems.create(f"{output_dir}/{SUCCESS_FILE}") as handle:
         handle.write(b"")
     return audit
+
+
+def shard_listing(output_dir: str, shards: int, samples: int, output: dict[str, Any]) -> dict[str, Any]:
+    """The shards as a trainer takes them: a brace pattern (`{00000..00077}`) and the sample count."""
+    extension = "tar" if output["format"] == "webdataset" else "parquet"
+    digits = len(f"{max(shards - 1, 0):0{output['shard_digits']}d}")
+    last = f"{shards - 1:0{digits}d}"
+    pattern = f"{output_dir}/shards/{{{'0' * digits}..{last}}}.{extension}" if shards else None
+    return {"count": shards, "samples": samples, "pattern": pattern}
 
 
 def read_audit(output_dir: str) -> dict[str, Any]:
@@ -103,4 +109,8 @@ def summary_table(audit: dict[str, Any]) -> str:
         for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
             lines.append(f"{stage:<16} {reason:<28} {n:>9} {100 * n / total:>6.1f}%")
     lines.append(f"{'kept':<16} {'':<28} {counts['kept']:>9} {100 * counts['kept'] / total:>6.1f}%")
+    shards = audit.get("shards")
+    if shards:
+        where = shards["pattern"] or "no shards (nothing kept)"
+        lines.append(f"shard pattern: {where}  ({shards['count']} shards, {shards['samples']} samples)")
     return "\n".join(lines)

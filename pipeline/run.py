@@ -23,7 +23,8 @@ from filters.base import DatasetStage
 from pipeline import audit, malloc
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
-from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard
+from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey
+from pipeline.write_outputs import WriteOutputs
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
 WORKER_LOG_DIR = Path(tempfile.gettempdir()) / "curate-worker-logs"
@@ -124,16 +125,11 @@ class _Flow:
 
 
 def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows) -> None:
-    kept_summaries = flow.samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
-    reject_summaries = (
-        flow.rejects
-        | "AllRejects" >> beam.Flatten()
-        | "WriteRejects" >> WriteByShard("rejects", recipe.output, output_dir)
-    )
+    rejects = flow.rejects | "AllRejects" >> beam.Flatten()
+    summaries = (flow.samples, rejects) | "Write" >> WriteOutputs(recipe.output, output_dir)
     stage_reports = flow.reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
     _ = (
-        (kept_summaries, reject_summaries)
-        | "AllSummaries" >> beam.Flatten()
+        summaries
         | "MergeCounts" >> beam.CombineGlobally(audit.merge_counts)
         | "Finalize"
         >> beam.Map(

@@ -44,9 +44,10 @@ class Sample(_CompactPickle):
     """One image-text pair.
 
     `key` is stable for a given input (derived from the row's position), so a
-    re-run yields the same keys and shards.  `shard_id` is the output shard the
-    sample belongs to: shard k holds the kept rows of input rows
-    [k*N, (k+1)*N), as img2dataset does.
+    re-run yields the same keys and shards.  `shard_id` is the input block of
+    the row, k for input rows [k*N, (k+1)*N), as img2dataset's shard ids are;
+    the shard file it lands in is the block's rank among the blocks that kept
+    rows (pipeline.write_outputs).
     """
 
     key: str
@@ -80,6 +81,7 @@ class Sample(_CompactPickle):
     def metadata(self) -> dict[str, Any]:
         """Everything but the image bytes, flattened: what goes into .json and .parquet."""
         meta = {name: getattr(self, name) for name in METADATA_COLUMNS}
+        meta.update(status="success", error_message=None)  # img2dataset's columns: a kept row succeeded
         meta.update(self.fields)
         for name, value in self.extra.items():
             meta.setdefault(name, value)

@@ -1,8 +1,8 @@
 """The Beam transforms the pipeline is made of.
 
 read -> assign keys -> [stages that need no image] -> download+resize ->
-[stages that need the image] -> write shards; rejects from every step are
-written beside them and counted into the audit.
+[stages that need the image]; then pipeline.write_outputs writes the shards
+and the rejects from every step, counted into the audit.
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from filters.base import DatasetStage, SampleStage, Stage
-from pipeline import checkpoint, readers, stored_images
+from pipeline import checkpoint, readers
 from pipeline.crawl import CrawlParams, Tally
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
-from pipeline.writers import OutputParams, write_rejects, write_shard
+from pipeline.writers import OutputParams
 
 REJECTED = "rejected"
 log = logging.getLogger("curate")
@@ -359,70 +359,3 @@ class ApplyStage(beam.PTransform):
             REJECTED, main="samples"
         )
         return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}
-
-
-# ---------------------------------------------------------------- writing
-
-
-def _kept_counts(samples: list[Sample]) -> dict[str, int]:
-    return {"kept": len(samples)}
-
-
-def _reject_counts(rejects: list[Reject]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for reject in rejects:
-        name = f"rejected/{reject.stage}/{reject.reason}"
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-class _WriteGroups(beam.DoFn):
-    def __init__(self, write, count, output: OutputParams, output_dir: str, what: str):
-        self._write, self._count = write, count
-        self._output, self._output_dir = output, output_dir
-        self._written = Metrics.counter("write", what)
-
-    def process(self, element):
-        shard_id, items = element
-        items = list(items)
-        self._write(self._output, self._output_dir, shard_id, items)
-        self._written.inc(len(items))
-        yield self._count(items)
-
-
-def _write_samples(output: OutputParams, output_dir: str, shard_id: int, samples: list[Sample]) -> list[str]:
-    load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
-    return write_shard(output, output_dir, shard_id, samples, load_images)
-
-
-# kind: (write one shard, count summary, what to do to each record before the shuffle)
-_WRITE_KINDS = {
-    "samples": (_write_samples, _kept_counts, stored_images.strip),
-    "rejects": (write_rejects, _reject_counts, None),
-}
-
-
-class WriteByShard(beam.PTransform):
-    """Groups records by shard id and writes one file set per shard.
-
-    Samples are shuffled without the image bytes their checkpoint holds, and
-    the writer reads those back a download task at a time (pipeline.stored_images).
-
-    Emits a count summary per shard ({"kept": n} or {"rejected/STAGE/REASON": n}),
-    so whatever consumes the summaries runs after the files exist.
-    """
-
-    def __init__(self, kind: str, output: OutputParams, output_dir: str):
-        super().__init__()
-        self._kind, self._output, self._output_dir = kind, output, output_dir
-
-    def expand(self, records):
-        write, count, prepare = _WRITE_KINDS[self._kind]
-        if prepare is not None:
-            records = records | "Prepare" >> beam.Map(prepare)
-        return (
-            records
-            | "KeyByShard" >> beam.Map(lambda r: (r.shard_id, r))
-            | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteGroups(write, count, self._output, self._output_dir, self._kind))
-        )

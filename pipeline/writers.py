@@ -1,14 +1,15 @@
 """Shard writers: every output format behind one interface.
 
-`open_shard_writer(params, output_dir, shard_id)` returns a writer with
-`write(sample)` and `close()`.  Files are written under a hidden temporary name
-and renamed into place by `close()`, so a reader never sees a half-written
-shard (`*.tar` / `*.parquet` globs skip the dot-files).
+`write_shard(params, output_dir, shard_number, samples, load_images, schema)`
+writes one shard with the run's schema (pipeline.shard_schema).  Files are
+written under a hidden temporary name and renamed into place, the Parquet
+before its tar, so a reader never sees a half-written shard nor a tar without
+its metadata (`*.tar` / `*.parquet` globs skip the dot-files).
 
 Layouts (img2dataset's, which training code already reads):
-* `webdataset`: `shards/00000.tar` holding `<key>.jpg|png|webp`, `<key>.txt`
-  (caption) and `<key>.json` (metadata), and `shards/00000.parquet` beside it
-  with one metadata row per sample.
+* `webdataset`: `shards/00000.tar` holding `<key>.jpg|png|webp`, `<key>.json`
+  (metadata, embeddings left out) and `<key>.txt` (caption), and
+  `shards/00000.parquet` beside it with one metadata row per sample.
 * `parquet`: `shards/00000.parquet` with the metadata columns plus the image
   bytes in a binary column named after the format (`jpg`, `png`, `webp`).
 """
@@ -25,13 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import shard_schema
 from pipeline.schema import REJECTS_SCHEMA, Reject, Sample
 
 
 @dataclass(frozen=True)
 class OutputParams:
     format: Literal["webdataset", "parquet"] = "webdataset"
-    samples_per_shard: int = 10000  # input rows per shard; a shard holds the kept ones
+    samples_per_shard: int = 10000  # input rows per block; a block's kept rows make one shard
     shard_digits: int = 5  # at least; more shards than this allows widen the shard part of keys
 
     @property
@@ -72,6 +74,12 @@ class AtomicFile:
         FileSystems.delete([self.temp_path])
 
 
+def write_json(path: str, value: Any) -> None:
+    out = AtomicFile(path)
+    out.handle.write(json.dumps(value, indent=2, sort_keys=False).encode("utf-8") + b"\n")
+    out.commit()
+
+
 def write_parquet_atomically(path: str, table: pa.Table) -> str:
     out = AtomicFile(path)
     try:
@@ -82,26 +90,30 @@ def write_parquet_atomically(path: str, table: pa.Table) -> str:
     return out.commit()
 
 
-def metadata_table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows with differing score columns become one table (missing values null)."""
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    return pa.Table.from_pylist([{name: row.get(name) for name in columns} for row in rows])
+def json_metadata(metadata: dict[str, Any], schema: pa.Schema) -> bytes:
+    """A sample's `.json`: its metadata without the embeddings (those live in the Parquet, as float16)."""
+    embeddings = {f.name for f in schema if shard_schema.is_embedding_type(f.type)}
+    kept = {name: value for name, value in metadata.items() if name not in embeddings}
+    return json.dumps(kept, sort_keys=True, default=str).encode("utf-8")
 
 
 class WebDatasetShardWriter:
-    def __init__(self, output_dir: str, name: str):
+    def __init__(self, output_dir: str, name: str, schema: pa.Schema):
         self._tar_file = AtomicFile(f"{output_dir}/shards/{name}.tar")
         self._tar = tarfile.open(fileobj=self._tar_file.handle, mode="w|", format=tarfile.USTAR_FORMAT)
         self._parquet_path = f"{output_dir}/shards/{name}.parquet"
+        self._schema = schema
         self._rows: list[dict[str, Any]] = []
 
     def write(self, sample: Sample) -> None:
         metadata = sample.metadata()
-        self._add(f"{sample.key}.{sample.image_format}", sample.image)
-        self._add(f"{sample.key}.txt", (sample.caption or "").encode("utf-8"))
-        self._add(f"{sample.key}.json", json.dumps(metadata, sort_keys=True, default=str).encode("utf-8"))
+        members = {
+            sample.image_format: sample.image,
+            "txt": (sample.caption or "").encode("utf-8"),
+            "json": json_metadata(metadata, self._schema),
+        }
+        for extension in sorted(members):  # img2dataset's (webdataset's TarWriter's) order: jpg, json, txt
+            self._add(f"{sample.key}.{extension}", members[extension])
         self._rows.append(metadata)
 
     def _add(self, name: str, data: bytes) -> None:
@@ -111,21 +123,27 @@ class WebDatasetShardWriter:
         self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> list[str]:
+        """The Parquet appears before its tar, so a visible tar always has its metadata."""
         self._tar.close()
-        tar_path = self._tar_file.commit()
-        return [tar_path, write_parquet_atomically(self._parquet_path, metadata_table(self._rows))]
+        try:
+            parquet_path = write_parquet_atomically(self._parquet_path, shard_schema.table(self._rows, self._schema))
+        except BaseException:
+            self._tar_file.abort()
+            raise
+        return [self._tar_file.commit(), parquet_path]
 
 
 class ParquetShardWriter:
-    def __init__(self, output_dir: str, name: str):
+    def __init__(self, output_dir: str, name: str, schema: pa.Schema):
         self._path = f"{output_dir}/shards/{name}.parquet"
+        self._schema = schema
         self._rows: list[dict[str, Any]] = []
 
     def write(self, sample: Sample) -> None:
         self._rows.append({**sample.metadata(), sample.image_format: sample.image})
 
     def close(self) -> list[str]:
-        return [write_parquet_atomically(self._path, metadata_table(self._rows))]
+        return [write_parquet_atomically(self._path, shard_schema.table(self._rows, self._schema))]
 
 
 WRITERS = {"webdataset": WebDatasetShardWriter, "parquet": ParquetShardWriter}
@@ -134,19 +152,39 @@ WRITERS = {"webdataset": WebDatasetShardWriter, "parquet": ParquetShardWriter}
 def write_shard(
     params: OutputParams,
     output_dir: str,
-    shard_id: int,
+    shard_number: int,
     samples: list[Sample],
     load_images: Callable[[Iterable[Sample]], Iterable[Sample]] = iter,
+    schema: pa.Schema | None = None,
 ) -> list[str]:
     """Write one shard's samples in key order; returns the final paths.
 
-    `load_images` gets the samples in key order and yields them with their
-    image bytes, for samples shuffled without them.
+    `schema` is the run's (pipeline.shard_schema); without one, the schema of
+    these samples alone.  `load_images` gets the samples in key order and
+    yields them with their image bytes, for samples shuffled without them.
     """
-    writer = WRITERS[params.format](output_dir, shard_name(shard_id, params.shard_digits))
-    for sample in load_images(sorted(samples, key=lambda s: s.key)):
+    samples = sorted(samples, key=lambda s: s.key)
+    schema = schema or schema_of(samples, params.format)
+    writer = WRITERS[params.format](output_dir, shard_name(shard_number, params.shard_digits), schema)
+    for sample in load_images(samples):
         writer.write(sample)
     return writer.close()
+
+
+def observed_types(sample: Sample, output_format: str) -> dict[str, set[pa.DataType]]:
+    """What this sample's shard row needs of the run's schema."""
+    observed = shard_schema.observe_sample(sample.metadata())
+    if output_format == "parquet" and sample.image_format:
+        observed[sample.image_format] = {pa.binary()}  # the image column, even while the bytes are stripped
+    return observed
+
+
+def schema_of(samples: Iterable[Sample], output_format: str) -> pa.Schema:
+    types = shard_schema.ColumnTypes()
+    accumulator = types.create_accumulator()
+    for sample in samples:
+        accumulator = types.add_input(accumulator, observed_types(sample, output_format))
+    return shard_schema.decide(accumulator)
 
 
 def write_rejects(params: OutputParams, output_dir: str, shard_id: int, rejects: list[Reject]) -> str:

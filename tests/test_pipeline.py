@@ -115,15 +115,39 @@ def test_duplicate_names_the_sample_kept(output):
     assert json.loads(dup["fields"])["duplicate_of"] in kept_keys
 
 
-def test_shards_follow_input_positions_and_carry_input_columns(output):
+def test_keys_name_input_rows_and_shards_are_numbered_without_gaps(output):
     rows = shard_rows(output)
     for row in rows:
-        assert row["shard_id"] == row["row_id"] // 4
+        assert row["shard_id"] == row["row_id"] // 4  # the input block, as keys say
         assert row["key"].startswith(f"{row['shard_id']:05d}")
         assert row["width"] == row["height"] == 256  # border mode pads to a square
+    # Input block 1 (rows 4-7) kept nothing: block 2's samples are shard 00001, not a gap.
+    assert {row["shard_id"] for row in rows} == {0, 2}
     assert sorted(os.path.basename(p) for p in glob.glob(f"{output}/shards/*")) == [
-        "00000.parquet", "00000.tar", "00002.parquet", "00002.tar",
+        "00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet", "00001.tar", "00001_stats.json",
     ]
+    for folder in ("shards", "rejects"):  # one schema per kind of file, whatever each file holds
+        assert len({pq.read_schema(p) for p in glob.glob(f"{output}/{folder}/*.parquet")}) == 1
+
+
+def test_audit_gives_the_brace_pattern_a_trainer_takes(output, capsys):
+    import webdataset as wds
+
+    from pipeline.audit import summary_table
+
+    shards = json.loads((output / "report" / "audit.json").read_text())["shards"]
+    assert shards == {"count": 2, "samples": 3, "pattern": f"{output}/shards/{{00000..00001}}.tar"}
+    assert shards["pattern"] in summary_table(json.loads((output / "report" / "audit.json").read_text()))
+    assert len(list(wds.WebDataset(shards["pattern"], shardshuffle=False))) == shards["samples"]
+
+
+def test_stats_files_count_every_input_row_once(output):
+    stats = [json.loads(open(p).read()) for p in sorted(glob.glob(f"{output}/shards/*_stats.json"))]
+    assert sum(s["count"] for s in stats) == len(ROWS)
+    assert sum(s["successes"] for s in stats) == 3
+    assert [s["input_blocks"] for s in stats] == [[0, 1], [2]]  # empty block 1 is counted with shard 0
+    assert (stats[0]["failed_to_download"], stats[0]["failed_to_resize"]) == (1, 1)  # http_404, not_an_image
+    assert stats[1]["status_dict"] == {"success": 1}
 
 
 def test_webdataset_library_reads_the_shards(output):
@@ -182,6 +206,8 @@ def test_loopback_is_blocked_without_the_flag(input_list, tmp_path):
     assert main(args) == 0
     audit = json.loads((out / "report" / "audit.json").read_text())
     assert audit["counts"]["kept"] == 0
+    assert audit["shards"] == {"count": 0, "samples": 0, "pattern": None}
+    assert (out / "shards").is_dir() and not list((out / "shards").iterdir())
     downloads = audit["counts"]["rejected_by_stage"]["download"]
     assert downloads == {"blocked_address": len(ROWS) - 1}  # the short caption is dropped before download
 
@@ -223,3 +249,32 @@ def test_missing_model_weights_fail_before_the_run(input_list, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "stage 'clip_score'" in err and "/nowhere/ViT-B-32.pt" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_extra_columns_whose_types_differ_across_rows_and_files_get_one_schema(web, tmp_path):
+    """Issue 11.4 / 12.4: `x` is an int then a string, `meta` an empty object, `score` a string in
+    CSV, an int in JSONL and a float in Parquet, `note` null in whole shards: once failed the run."""
+    import pyarrow.dataset as ds
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    url = web.url("red.jpg")
+    (folder / "a.csv").write_text(f"url,caption,score\n{url},from csv,high\n")
+    jsonl = [{"url": url, "caption": "jsonl one", "score": 3, "x": 1, "meta": {}, "note": None},
+             {"url": url, "caption": "jsonl two", "score": 4, "x": "one", "meta": {}, "note": None},
+             {"url": url, "caption": "jsonl three", "score": 5, "x": 2, "note": "written"}]
+    (folder / "b.jsonl").write_text("\n".join(json.dumps(row) for row in jsonl) + "\n")
+    pq.write_table(pa.Table.from_pylist([{"url": url, "caption": "from parquet", "score": 0.5}]), folder / "c.parquet")
+    recipe = tmp_path / "bare.yaml"
+    recipe.write_text("output: {samples_per_shard: 2}\nstages: []\n")
+    out = tmp_path / "out"
+    assert main(["run", "--recipe", str(recipe), "--input", str(folder), "--output", str(out),
+                 "--allow-private-network", "--direct_num_workers=1"]) == 0
+    paths = sorted(glob.glob(f"{out}/shards/*.parquet"))
+    assert len(paths) == 3 and len({pq.read_schema(p) for p in paths}) == 1
+    rows = ds.dataset(paths).to_table().to_pylist()
+    assert [row["score"] for row in rows] == ["high", "3", "4", "5", "0.5"]  # no common type: JSON text
+    assert [row["x"] for row in rows] == [None, "1", "one", "2", None]
+    assert [row["note"] for row in rows] == [None, None, None, "written", None]
+    assert {row["meta"] for row in rows} == {None, "{}"}
+    assert glob.glob(f"{out}/rejects/*") == []

@@ -198,7 +198,7 @@ def test_dataflow_dry_run_builds_the_job_offline(served_list, tmp_path):
 
     proto = json_format.Parse(saved.read_text(), beam_runner_api_pb2.Pipeline())
     top_level = {t.unique_name for t in proto.components.transforms.values() if "/" not in t.unique_name}
-    expected = {"Read", "Download", "WriteShards", "WriteRejects", "Finalize"}
+    expected = {"Read", "Download", "Write", "Finalize"}
     expected |= {f"Stage[{stage.name}]" for stage in load_recipe(REPO / "manifests" / "local-sample.yaml").build_stages()}
     assert expected <= top_level, expected - top_level
     images = {

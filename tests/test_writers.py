@@ -18,10 +18,13 @@ def make_sample(key, caption="a caption"):
                   sha256="0" * 64, fields={"score": 0.5}, extra={"source": "test"})
 
 
-@pytest.mark.parametrize("writer_cls", [WebDatasetShardWriter, ParquetShardWriter])
-def test_nothing_is_visible_under_the_final_name_until_close(tmp_path, writer_cls):
-    writer = writer_cls(str(tmp_path), "00000")
-    writer.write(make_sample("000000001"))
+@pytest.mark.parametrize("writer_cls, fmt", [(WebDatasetShardWriter, "webdataset"), (ParquetShardWriter, "parquet")])
+def test_nothing_is_visible_under_the_final_name_until_close(tmp_path, writer_cls, fmt):
+    from pipeline.writers import schema_of
+
+    sample = make_sample("000000001")
+    writer = writer_cls(str(tmp_path), "00000", schema_of([sample], fmt))
+    writer.write(sample)
     assert glob.glob(f"{tmp_path}/shards/*") == []  # only hidden temporary files so far
     paths = writer.close()
     assert sorted(glob.glob(f"{tmp_path}/shards/*")) == sorted(paths)
@@ -34,7 +37,7 @@ def test_webdataset_shard_holds_image_caption_and_metadata_in_key_order(tmp_path
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
         assert tar.extractfile("000000001.txt").read() == b"first"
-    assert names == [f"00000000{i}.{ext}" for i in (1, 2) for ext in ("jpg", "txt", "json")]
+    assert names == [f"00000000{i}.{ext}" for i in (1, 2) for ext in ("jpg", "json", "txt")]
     table = pq.read_table(parquet_path).to_pylist()
     assert [row["key"] for row in table] == ["000000001", "000000002"]
     assert table[0]["score"] == 0.5 and table[0]["source"] == "test"
@@ -76,3 +79,90 @@ def test_records_pickle_without_their_field_names():
         assert pickle.loads(data) == record
         assert b"shard_id" not in data and b"url" not in data
     assert isinstance(pickle.loads(pickle.dumps(sample)), Sample)
+
+
+def test_a_tar_is_never_visible_without_its_parquet(tmp_path, monkeypatch):
+    import pipeline.writers as writers
+
+    def fail(path, table):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writers, "write_parquet_atomically", fail)
+    with pytest.raises(OSError):
+        write_shard(OutputParams(), str(tmp_path), 0, [make_sample("000000001")])
+    assert glob.glob(f"{tmp_path}/shards/*") == glob.glob(f"{tmp_path}/shards/.*") == []
+
+
+def embedded_sample(key, dim=512):
+    import numpy as np
+
+    sample = make_sample(key)
+    vector = np.random.default_rng(int(key)).standard_normal(dim).astype(np.float16)
+    sample.fields["clip_image_embedding"] = vector.tolist()  # as filters/clip_score stores it
+    return sample, vector
+
+
+def test_embeddings_are_float16_in_the_parquet_and_not_in_the_json(tmp_path):
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    (sample, vector), (unscored, _) = embedded_sample("000000001"), embedded_sample("000000002")
+    unscored.fields["clip_image_embedding"] = None  # an image that did not decode
+    tar_path, parquet_path = write_shard(OutputParams(), str(tmp_path), 0, [sample, unscored])
+    column = pq.read_table(parquet_path).schema.field("clip_image_embedding")
+    assert column.type == pa.list_(pa.float16())
+    frame = ds.dataset([parquet_path]).to_table().to_pandas()
+    assert frame.clip_image_embedding[0].dtype == np.float16
+    assert np.array_equal(frame.clip_image_embedding[0], vector) and frame.clip_image_embedding[1] is None
+    with tarfile.open(tar_path) as tar:
+        meta = json.loads(tar.extractfile("000000001.json").read())
+    assert "clip_image_embedding" not in meta and meta["score"] == 0.5
+
+
+def test_every_shard_has_the_run_schema_even_where_a_column_is_all_null(tmp_path):
+    import pyarrow.dataset as ds
+
+    from pipeline.writers import schema_of
+
+    first, second = make_sample("000000001"), make_sample("000010001")
+    first.extra["note"], second.extra["note"] = None, "a note"
+    first.extra["count"], second.extra["count"] = 1, "one"  # mixed types: JSON text
+    schema = schema_of([first, second], "webdataset")
+    paths = [write_shard(OutputParams(), str(tmp_path), i, [s], schema=schema)[1] for i, s in enumerate([first, second])]
+    assert pq.read_schema(paths[0]) == pq.read_schema(paths[1])
+    rows = ds.dataset(paths).to_table().to_pylist()
+    assert [(r["note"], r["count"]) for r in rows] == [(None, "1"), ("a note", "one")]
+
+
+def test_a_value_the_run_schema_cannot_hold_is_named_not_raised():
+    from pipeline import shard_schema
+
+    sample = make_sample("000000001")
+    schema = schema_of_samples([sample])
+    assert shard_schema.misfit(sample.metadata(), schema) is None
+    sample.fields["width"] = "wide"  # a stage field that shadows an int32 column
+    assert shard_schema.misfit(sample.metadata(), schema) == "width"
+
+
+def schema_of_samples(samples):
+    from pipeline.writers import schema_of
+
+    return schema_of(samples, "webdataset")
+
+
+def test_shard_numbers_are_the_dense_rank_of_blocks_that_kept_rows():
+    from pipeline.write_outputs import shard_plan
+
+    blocks = {0: {"download/http_404": 3}, 1: {"kept": 2, "download/decode_error": 1}, 2: {"caption/empty": 3},
+              4: {"kept": 3}, 5: {"download/timeout": 3}}
+    plan = shard_plan(blocks)
+    assert {block: number for block, (number, _) in plan.items()} == {1: 0, 4: 1}
+    first, second = plan[1][1], plan[4][1]
+    assert first["input_blocks"] == [0, 1, 2] and second["input_blocks"] == [4, 5]
+    assert (first["count"], first["successes"], first["failed_to_download"], first["failed_to_resize"],
+            first["filtered"]) == (9, 2, 3, 1, 3)
+    assert second["status_dict"] == {"success": 3, "download/timeout": 3}
+    assert shard_plan({0: {"download/http_404": 3}}) == {}
