@@ -20,8 +20,9 @@
    after the commit is finished by running the takedown again.
 
 Shards are found by listing the files and keys are read from them: a shard's
-file name is never derived from a key.  A shard left empty is deleted, as a
-run writes no shard without samples.
+file name is never derived from a key.  A shard left empty stays as an empty
+shard (an empty tar and a parquet with no rows), so shard numbers keep no gap
+and the audit's brace pattern still names every file.
 
 Accounting: the removed rows are appended to `rejects/<shard>.parquet` (stage
 `takedown`, reason `optout_list`, the matched rule in `fields.optout_rule`),
@@ -40,6 +41,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import json
 import os
 import sys
 import tarfile
@@ -264,7 +266,7 @@ def _stage_shard(shard: Shard, built: Dataset, switch: StagedSwitch, matcher: Sa
     removed_rows = [row for row in rows if row["key"] in matched]
     rejects = [_reject_of(row, matched[row["key"]], matcher.reason) for row in removed_rows]
     _stage_rejects(built.path, switch, shard.name, rejects)
-    _stage_rewritten_shard(shard, switch, set(matched), len(rows))
+    _stage_rewritten_shard(shard, switch, set(matched), matcher.reason)
     return [Removal(row["key"], row["url"], shard.name, matched[row["key"]], when) for row in removed_rows]
 
 
@@ -298,17 +300,31 @@ def _shard_images(shard: Shard, keys: set[str]) -> Iterator[tuple[str, bytes]]:
                     yield row["key"], image
 
 
-def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str], rows: int) -> None:
+def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str], reason: str) -> None:
+    """The shard without `removed`; an emptied shard stays as an empty one, so shard numbers keep no gap."""
     names = [f"shards/{shard.name}.parquet"] + ([f"shards/{shard.name}.tar"] if shard.tar_path else [])
-    if len(removed) == rows:  # a run writes no empty shard; nor do we
-        for relative in names:
-            switch.delete_later(relative)
-        return
     if shard.tar_path is not None:
         _filter_tar(shard.tar_path, switch.stage(names[1]), removed)
     table = read_parquet(shard.metadata_path)
     kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(removed), pa.string()))))
     _write_parquet(switch.stage(names[0]), kept)
+    _stage_stats(shard, switch, len(removed), reason)
+
+
+def _stage_stats(shard: Shard, switch: StagedSwitch, removed: int, reason: str) -> None:
+    """The shard's img2dataset `_stats.json` with the removed samples moved from success to the takedown."""
+    relative = f"shards/{shard.name}_stats.json"
+    path = shard.metadata_path.rpartition("/")[0] + f"/{shard.name}_stats.json"
+    if not FileSystems.exists(path):
+        return
+    with open_file(path) as handle:
+        stats = json.load(handle)
+    status = dict(stats.get("status_dict", {}))
+    status["success"] = status.get("success", 0) - removed
+    status[f"{STAGE}/{reason}"] = status.get(f"{STAGE}/{reason}", 0) + removed
+    stats.update(successes=stats.get("successes", 0) - removed, filtered=stats.get("filtered", 0) + removed,
+                 status_dict=dict(sorted(status.items(), key=lambda item: (-item[1], item[0]))))
+    audit.write_json(switch.stage(relative), stats)
 
 
 def _filter_tar(source_path: str, target_path: str, removed: set[str]) -> None:
@@ -333,7 +349,7 @@ def _write_parquet(path: str, table: pa.Table) -> None:
 def _reject_of(row: dict[str, Any], rule: str, reason: str) -> Reject:
     """A metadata row as a reject; input columns and scores cannot be told apart
     once flattened into the metadata, so all extra columns go to `extra`."""
-    basics = set(METADATA_COLUMNS) | set(IMAGE_EXTENSIONS)
+    basics = set(METADATA_COLUMNS) | set(IMAGE_EXTENSIONS) | {"status", "error_message"}
     return Reject(
         key=row["key"],
         shard_id=int(row.get("shard_id") or 0),
@@ -376,6 +392,8 @@ def _updated_audit(before: dict[str, Any], removed: int, reason: str, takedown_s
     counts["rejected_by_stage"] = {
         stage: by_stage[stage] for stage in sorted(by_stage, key=lambda s: (order.index(s) if s in order else len(order), s))
     }
+    if isinstance(result.get("shards"), dict):  # the brace pattern stays; its sample count drops
+        result["shards"] = {**result["shards"], "samples": result["shards"].get("samples", 0) - removed}
     result["takedowns"] = [*before.get("takedowns", []), {**takedown_summary, "finished_at": _utc_now()}]
     audit.check_accounting(result)
     return result

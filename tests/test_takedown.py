@@ -164,11 +164,11 @@ def test_webdataset_tars_lose_exactly_the_removed_samples(tmp_path):
     assert keys == [row["key"] for row in shard_rows(out)]
 
 
-def test_a_shard_left_empty_is_deleted_and_untouched_shards_are_not_rewritten(dataset):
+def test_a_shard_left_empty_stays_empty_and_untouched_shards_are_not_rewritten(dataset):
     out, listed, fmt = dataset
     untouched = os.stat(out / "shards" / "00002.parquet")
     assert takedown("--dataset", out, "--optout", listed, "--in-place") == 0
-    assert not glob.glob(f"{out}/shards/00003.*")
+    assert pq.read_table(out / "shards" / "00003.parquet").num_rows == 0  # kept, so numbers have no gap
     assert os.stat(out / "shards" / "00002.parquet").st_ino == untouched.st_ino
 
 
@@ -256,7 +256,7 @@ def test_output_folder_leaves_the_dataset_alone_and_links_unaffected_shards(data
     assert {row["url"] for row in shard_rows(target)} == kept_urls()
     assert os.stat(target / "shards" / "00002.parquet").st_ino == os.stat(out / "shards" / "00002.parquet").st_ino
     assert os.stat(target / "shards" / "00000.parquet").st_ino != os.stat(out / "shards" / "00000.parquet").st_ino
-    assert not glob.glob(f"{target}/shards/00003.*")
+    assert pq.read_table(target / "shards" / "00003.parquet").num_rows == 0  # emptied, kept: no gap
     assert (target / "recipe.json").exists() and (target / "_SUCCESS").exists()
     assert_accounting(target)
     assert audit.read_audit(str(out))["counts"]["kept"] == len(shard_rows(out))  # the source audit is untouched
@@ -325,7 +325,13 @@ def test_takedown_of_a_curate_run_output(tmp_path):
 
     assert takedown("--dataset", out, "--optout", listed, "--in-place") == 0
     assert {row["url"] for row in shard_rows(out)} == set(urls[:2])
-    assert not (out / "shards" / "00002.tar").exists()  # e.jpg was alone in shard 2
+    assert pq.read_table(out / "shards" / "00002.parquet").num_rows == 0  # e.jpg was alone in shard 2
+    import webdataset as wds  # the brace pattern a trainer was given still reads, without the removed
+
+    pattern = audit.read_audit(str(out))["shards"]["pattern"]
+    assert [s["__key__"] for s in wds.WebDataset(pattern, shardshuffle=False)] == [r["key"] for r in shard_rows(out)]
+    stats = json.loads((out / "shards" / "00002_stats.json").read_text())
+    assert stats["successes"] == 0 and stats["status_dict"]["takedown/optout_list"] == 1
     result = assert_accounting(out)
     assert result["counts"] == {"input": 5, "kept": 2, "rejected_by_stage": {"takedown": {"optout_list": 3}}}
     files = digests(out)
@@ -430,11 +436,10 @@ def test_output_copies_or_rewrites_every_shard(dataset):
     for path in sorted(glob.glob(f"{out}/shards/*")):
         name = os.path.basename(path)
         keys = {row["key"] for row in pq.read_table(path.rpartition(".")[0] + ".parquet").to_pylist()}
+        assert (target / "shards" / name).exists(), name  # an emptied shard stays, empty: numbers keep no gap
         if keys <= removed:
-            assert not (target / "shards" / name).exists()  # emptied, as a run writes no empty shard
-        else:
-            assert (target / "shards" / name).exists(), name
-    assert set(os.listdir(target / "shards")) == {n for n in os.listdir(out / "shards") if not n.startswith("00003")}
+            assert pq.read_table(target / "shards" / (name.rpartition(".")[0] + ".parquet")).num_rows == 0
+    assert set(os.listdir(target / "shards")) == set(os.listdir(out / "shards"))
 
 
 def test_shard_file_names_need_not_follow_the_keys(dataset):
@@ -481,3 +486,21 @@ def test_the_matching_is_pluggable(dataset):
     assert [removal.key for removal in result.removals] == ["000011"]
     assert "000011" not in {row["key"] for row in shard_rows(out)}
     assert assert_accounting(out)["counts"]["rejected_by_stage"]["takedown"] == {"key_list": 1}
+
+
+def test_takedown_keeps_shard_numbers_contiguous_and_stats_true(dataset):
+    out, listed, fmt = dataset
+    for path in glob.glob(f"{out}/shards/*.parquet"):  # the stats a run writes beside each shard
+        rows = pq.read_table(path).num_rows
+        stats = {"count": rows + 1, "successes": rows, "filtered": 1, "status_dict": {"success": rows}}
+        audit.write_json(path.replace(".parquet", "_stats.json"), stats)
+    assert audit.read_audit(str(out))["shards"]["samples"] == len(shard_rows(out))
+    names_before = sorted(os.listdir(out / "shards"))
+    assert takedown("--dataset", out, "--optout", listed, "--in-place") == 0
+    assert sorted(os.listdir(out / "shards")) == names_before  # an emptied shard stays, empty
+    for path in sorted(glob.glob(f"{out}/shards/*_stats.json")):
+        stats = json.loads(open(path).read())
+        rows = pq.read_table(path.replace("_stats.json", ".parquet")).num_rows
+        assert stats["successes"] == stats["status_dict"].get("success", 0) == rows, path
+    result = audit.read_audit(str(out))
+    assert result["shards"]["samples"] == len(shard_rows(out)) == result["counts"]["kept"]
