@@ -20,17 +20,23 @@ class ParamError(ValueError):
     """A parameter value does not fit its declared type."""
 
 
-def build(params_cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate `params_cls` from recipe values, checking names and types."""
+def build(params_cls: type, values: dict[str, Any], where: str, places: dict[str, str] | None = None) -> Any:
+    """Instantiate `params_cls` from recipe values, checking names and types.
+
+    Errors name `where` (the recipe file and line), or for a value listed in
+    `places` the place it came from instead (e.g. "--set download.threads=abc").
+    """
+    places = places or {}
     hints = typing.get_type_hints(params_cls)
     known = {f.name for f in dataclasses.fields(params_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ParamError(
-            f"{where}: unknown parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known)) or '(none)'}"
-        )
-    checked = {name: coerce(hints[name], value, f"{where}.{name}") for name, value in values.items()}
+        from_places = [places[name] for name in unknown if name in places]
+        named = f"{from_places[0]}: unknown parameter" if from_places else f"{where}: unknown parameter(s) {', '.join(unknown)}"
+        raise ParamError(f"{named}; known: {', '.join(sorted(known)) or '(none)'}")
+    checked = {
+        name: coerce(hints[name], value, places.get(name, f"{where}.{name}")) for name, value in values.items()
+    }
     return params_cls(**checked)
 
 
