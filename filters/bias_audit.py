@@ -151,6 +151,7 @@ class BiasAudit(SampleStage):
     """Label-only: group terms in captions and their co-occurrence with occupations and activities."""
 
     name = "bias_audit"
+    drops = False
     needs_image = False  # True per instance when a CLIP model is configured
 
     @dataclass(frozen=True)

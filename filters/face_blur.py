@@ -94,6 +94,7 @@ class BoxError(ValueError):
 @register
 class FaceBlur(SampleStage):
     name = "face_blur"
+    drops = False
     uses_model = True
 
     @dataclass(frozen=True)

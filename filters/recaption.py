@@ -62,6 +62,7 @@ NextLogits = Callable[[Any, Any], Any]
 @register
 class Recaption(SampleStage):
     name = "recaption"
+    drops = False
     uses_model = True
 
     @dataclass(frozen=True)

@@ -5,10 +5,18 @@ values and `--set` strings are checked against the field types here, so a typo
 or a wrong type fails before the pipeline is built, never hours into a run.
 Supported field types: bool, int, float, str, Literal[...] (a choice), tuples
 of those (`tuple[str, ...]`), and `X | None`.
+
+A field's help text (`curate stages`) is its `field(metadata={"help": ...})`,
+else the `#` comment on its line, else the comment lines right above it: the
+comments the Params classes carry anyway are their documentation.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -109,6 +117,54 @@ def describe(params_cls: type) -> list[tuple[str, str, Any]]:
     return rows
 
 
+def field_help(params_cls: type) -> dict[str, str]:
+    """Each parameter's help text: its metadata "help", else its `#` comment (see the module doc)."""
+    comments = _field_comments(params_cls)
+    return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(params_cls)}
+
+
+def _field_comments(params_cls: type) -> dict[str, str]:
+    """Field name -> its trailing comment, else the comment lines right above it ({} without source)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(params_cls))
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    comments, first_on_line, fields = {}, {}, {}  # by line number
+    for token, following in zip(tokens, [*tokens[1:], None]):
+        line = token.start[0]
+        if token.type in (tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokenize.NEWLINE):
+            continue
+        first_on_line.setdefault(line, token)
+        if token.type == tokenize.COMMENT:
+            comments[line] = token.string.lstrip("#").strip()
+        elif first_on_line[line] is token and token.string in names and following and following.string == ":":
+            fields[line] = token.string
+    help_texts = {}
+    for line, name in fields.items():
+        above, previous = [], line - 1
+        while previous in comments and first_on_line[previous].type == tokenize.COMMENT:
+            above.insert(0, comments[previous])
+            previous -= 1
+        help_texts[name] = comments.get(line) or " ".join(above)
+    return help_texts
+
+
+def show_default(value: Any) -> str:
+    """A default as a recipe would write it: [] for an empty tuple, null for None."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "")
-    return getattr(annotation, "__name__", text) if get_origin(annotation) is None else text
+    """The type as a recipe writer reads it: "int", "str | None", "list of str", "one of a, b"."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))

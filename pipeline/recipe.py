@@ -38,6 +38,12 @@ SECTIONS: dict[str, type] = {
     "output": OutputParams,
     "crawl": CrawlParams,  # only for WARC/WAT inputs
 }
+SECTION_HELP: dict[str, str] = {
+    "download": "How images are fetched: timeouts, retries, threads, byte cap, SSRF guard, checkpointed task size.",
+    "resize": "How downloaded images are decoded, resized and re-encoded for the shards.",
+    "output": "The shard format and size.",
+    "crawl": "How image links and captions are taken from WARC/WAT crawl files (other inputs ignore it).",
+}
 
 
 class RecipeError(ValueError):
