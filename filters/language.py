@@ -76,7 +76,7 @@ _HAN_CHARACTER = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
 
 @register
 class LanguageFilter(SampleStage):
-    """Caption language ID (fastText lid.176 or Lingua): tags `lang`/`lang_score`, optionally keeps only some languages."""
+    """Caption language ID (fastText lid.176 and/or Lingua): tags `lang`, `lang_score`; may keep only some languages."""
 
     name = "language"
     needs_image = False
@@ -129,7 +129,7 @@ class LanguageFilter(SampleStage):
 
     def check(self) -> None:
         if self._uses_lingua and importlib.util.find_spec("lingua") is None:
-            raise ImportError(f"backend {self.params.backend} needs the lingua module (package lingua-language-detector)")
+            raise ImportError(f"backend {self.params.backend} needs the lingua module (lingua-language-detector)")
         if self._uses_fasttext:
             self._model_file()
             if importlib.util.find_spec("fasttext") is None:

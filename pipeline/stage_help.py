@@ -58,7 +58,7 @@ def _params(params_cls: type, width: int) -> list[str]:
     helps = field_help(params_cls)
     lines = []
     for name, type_name, default in describe(params_cls):
-        lines += _wrap(f"{name}: {type_name} = {show_default(default)}", width, "    ")
+        lines.append(f"    {name}: {type_name} = {show_default(default)}")  # not wrapped: a default is one value
         lines += _wrap(helps[name] or COMMON_HELP.get(name, ""), width, "        ")
     return lines
 

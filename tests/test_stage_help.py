@@ -92,3 +92,12 @@ def test_field_help_reads_metadata_then_trailing_comment_then_comment_block():
     assert field_help(Params) == {
         "a": "from metadata", "b": "trailing comment", "c": "A block of two lines.", "d": "", "e": "",
     }
+
+
+def test_every_section_and_stage_parameter_has_a_help_line(listing):
+    """A parameter line is always followed by its (deeper-indented) help line."""
+    lines = listing.splitlines()
+    parameter_lines = [i for i, line in enumerate(lines) if re.match(r"    \w+: .* = ", line)]
+    assert len(parameter_lines) > 100
+    bare = [lines[i].strip() for i in parameter_lines if not lines[i + 1].startswith("        ")]
+    assert bare == []
