@@ -81,9 +81,9 @@ class LanguageFilter(SampleStage):
     name = "language"
     needs_image = False
     # Not through RunInference: fastText takes ~10 us a caption and loads in
-    # milliseconds, while importing Beam's inference module loads torch in the
-    # launcher and in every worker (seconds per run).  setup() still loads the
-    # model once per worker; score() is called one sample at a time.
+    # milliseconds, Lingua loads its models lazily once per process, while
+    # importing Beam's inference module loads torch in the launcher and in
+    # every worker (seconds per run).  score() is called one sample at a time.
     uses_model = False
 
     @dataclass(frozen=True)
@@ -178,9 +178,12 @@ class LanguageFilter(SampleStage):
             verdict = drop("language_not_allowed")
         elif sample.fields.get("lang_score", 0.0) < self.params.min_score:
             verdict = drop("low_language_score")
-        if verdict is not KEEP and len((sample.caption or "").split()) <= self.params.keep_short_words:
-            sample.fields[UNCERTAIN_FIELD] = True
-            return KEEP
+        if self.params.keep_short_words:
+            # Set on every sample, so that every shard has the column.
+            rescued = not verdict.keep and len((sample.caption or "").split()) <= self.params.keep_short_words
+            sample.fields[UNCERTAIN_FIELD] = rescued
+            if rescued:
+                return KEEP
         return verdict
 
 
