@@ -7,7 +7,6 @@ import re
 import pytest
 
 from pipeline.cli import main
-from pipeline.params import field_help
 from pipeline.registry import get_stage
 
 
@@ -76,6 +75,8 @@ def test_parameters_carry_their_help(listing):
 
 
 def test_field_help_reads_metadata_then_trailing_comment_then_comment_block():
+    from pipeline.params import field_help
+
     @dataclasses.dataclass(frozen=True)
     class Params:
         a: int = dataclasses.field(default=1, metadata={"help": "from metadata"})  # not this comment
