@@ -148,3 +148,13 @@ def test_a_bad_recipe_value_still_names_the_file_when_set_overrides_other_params
     path = write(tmp_path, "download: {threads: many}\nstages: [caption]\n")
     with pytest.raises(RecipeError, match=r"r\.yaml line 1\.threads: expected int, got 'many'"):
         load_recipe(path, ["download.timeout=3"])
+
+
+def test_curate_run_reports_the_bad_set(tmp_path, capsys):
+    from pipeline.cli import main
+
+    code = main(["run", "--recipe", "manifests/local-sample.yaml", "--input", str(tmp_path / "urls.csv"),
+                 "--output", str(tmp_path / "out"), "--set", "download.threads=abc"])
+    assert code == 2
+    assert "curate: error: --set download.threads=abc: expected int, got 'abc'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
