@@ -43,7 +43,10 @@ def render() -> str:
 
 def stage_kind(stage_cls: type) -> str:
     """The kind of a stage with default parameters, as the stage instance tells it."""
-    stage = stage_cls()
+    try:
+        stage = stage_cls()
+    except (TypeError, ValueError) as err:  # defaults that are not a valid configuration
+        return f"needs parameters: {err}"
     return f"{stage.kind}, label-only" if stage.label_only else stage.kind
 
 
