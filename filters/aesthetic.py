@@ -48,9 +48,9 @@ class Aesthetic(SampleStage):
 
     @dataclass(frozen=True)
     class Params:
-        head_path: str | None = None
-        threshold: float | None = None
-        reuse_embedding: bool = True
+        head_path: str | None = None  # the aesthetic head, a torch state_dict of linear layers (.pth)
+        threshold: float | None = None  # drop scores below this (LAION-Aesthetics v2: 5, 6, 6.5); null: only score
+        reuse_embedding: bool = True  # use clip_score's stored clip_image_embedding when its size fits
         model: str = "ViT-L-14-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None

@@ -41,9 +41,27 @@ class Stage:
     # place in the recipe, so the stage itself needs no pixels later.  It must
     # not raise for a bad image: leave the fields out, and let the stage decide.
     computes_from_image: ClassVar[bool] = False
+    # False for stages that never drop a sample: they add fields (labels,
+    # scores) or change the image or caption.  A stage whose `action`
+    # parameter is not "drop" (tag, redact) never drops either.
+    drops: ClassVar[bool] = True
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
+
+    @property
+    def label_only(self) -> bool:
+        """True when this instance, with its parameters, never drops a sample."""
+        return not self.drops or getattr(self.params, "action", "drop") != "drop"
+
+    @property
+    def kind(self) -> str:
+        """Where this instance runs, as `curate stages` shows it.
+
+        An instance attribute may differ from the class's: some stages need
+        the image only with some parameters.
+        """
+        return "after download" if self.needs_image else "before download"
 
     def setup(self) -> None:
         """Load models or tables; called once per worker before any sample."""
@@ -102,6 +120,10 @@ class SampleStage(Stage):
 class DatasetStage(Stage):
     # Section of report/audit.json that this stage's "report" output goes under.
     report_section: ClassVar[str] = "stages"
+
+    @property
+    def kind(self) -> str:
+        return "whole dataset, after download" if self.needs_image else "whole dataset, before download"
 
     def transform(self):
         """A PTransform: PCollection[Sample] -> {"kept": PCollection[Sample], "rejected": PCollection[Reject]}.

@@ -151,6 +151,7 @@ class BiasAudit(SampleStage):
     """Label-only: group terms in captions and their co-occurrence with occupations and activities."""
 
     name = "bias_audit"
+    drops = False
     needs_image = False  # True per instance when a CLIP model is configured
 
     @dataclass(frozen=True)
@@ -158,7 +159,7 @@ class BiasAudit(SampleStage):
         terms_path: str | None = None  # default: filters/data/bias_terms.yaml
         clip_model: str | None = None  # e.g. ViT-B-32-quickgelu: enables perceived-attribute estimates
         clip_pretrained: str | None = None  # pretrained tag or checkpoint path
-        clip_model_config: str | None = None
+        clip_model_config: str | None = None  # open_clip config JSON, for an architecture open_clip does not list
         device: str = "cpu"
         batch_size: int = 32
 

@@ -32,11 +32,11 @@ class CaptionFilter(SampleStage):
 
     @dataclass(frozen=True)
     class Params:
-        min_chars: int = 5
-        max_chars: int = 1000
-        min_words: int = 2
-        drop_file_names: bool = True
-        drop_placeholders: bool = True
+        min_chars: int = 5  # shorter captions are dropped as caption_too_short
+        max_chars: int = 1000  # longer captions are dropped as caption_too_long
+        min_words: int = 2  # fewer words: caption_too_few_words
+        drop_file_names: bool = True  # drop alt texts that are file names (IMG_1234.JPG, photo.png)
+        drop_placeholders: bool = True  # drop alt texts such as image, thumbnail, untitled, click here
 
     def keep(self, sample: Sample) -> Verdict:
         caption = " ".join((sample.caption or "").split())

@@ -61,9 +61,9 @@ class CaptionPii(SampleStage):
 
     @dataclass(frozen=True)
     class Params:
-        action: Literal["redact", "drop", "tag"] = "redact"
-        kinds: tuple[str, ...] = ("email", "phone", "credit_card", "ip")
-        replacement: str = "<{kind}>"
+        action: Literal["redact", "drop", "tag"] = "redact"  # redact the spans, drop the sample, or only record
+        kinds: tuple[str, ...] = ("email", "phone", "credit_card", "ip")  # also url_userinfo, iban
+        replacement: str = "<{kind}>"  # what a redacted span becomes; {kind} is its kind
 
         def __post_init__(self):
             unknown = sorted(set(self.kinds) - set(KINDS))

@@ -46,8 +46,8 @@ class ClipScore(SampleStage):
         model: str = "ViT-B-32-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None
-        threshold: float | None = 0.28
-        store_embeddings: bool = False
+        threshold: float | None = 0.28  # drop lower similarities (LAION: 0.28 for ViT-B/32); null: only score
+        store_embeddings: bool = False  # keep float16 image and text embeddings in the metadata
         batch_size: int = 64
         device: str = "cpu"
 

@@ -138,14 +138,14 @@ class CaptionDedup(DatasetStage):
     @dataclass(frozen=True)
     class Params:
         threshold: float = 0.8  # estimated Jaccard similarity of shingle sets
-        num_perm: int = 128
-        shingle: Literal["word", "char"] = "char"
-        ngram: int = 5
-        require_image_match: bool = False
+        num_perm: int = 128  # MinHash permutations: more estimate the similarity more closely, cost more
+        shingle: Literal["word", "char"] = "char"  # n-grams of words or of characters
+        ngram: int = 5  # shingle length, in words or characters
+        require_image_match: bool = False  # drop only when the images are near-duplicates too
         image_max_distance: int = 6  # pHash bits, as dedup_image's max_distance
-        keep: Literal["first", "largest", "clip_score"] = "first"
-        max_group_size: int = 1000
-        component_rounds: int = 6
+        keep: Literal["first", "largest", "clip_score"] = "first"  # the one kept: first row, most pixels, top clip_score
+        max_group_size: int = 1000  # samples per compared group; larger band keys are sub-bucketed
+        component_rounds: int = 6  # large-star + small-star rounds; 6 resolves chains of ~60
 
         def __post_init__(self) -> None:
             check_range("dedup_caption.num_perm", self.num_perm, 16, 512)

@@ -202,9 +202,9 @@ class ImageDedup(DatasetStage):
     @dataclass(frozen=True)
     class Params:
         max_distance: int = 6  # pHash bits; from benchmarks/dedup_eval.py
-        second_hash: Literal["none", "dhash", "whash"] = "none"
-        second_max_distance: int = 12
-        keep: Literal["first", "largest", "clip_score"] = "first"
+        second_hash: Literal["none", "dhash", "whash"] = "none"  # a second hash that must agree too
+        second_max_distance: int = 12  # bits, for second_hash
+        keep: Literal["first", "largest", "clip_score"] = "first"  # the one kept: first row, most pixels, top clip_score
         max_group_size: int = 1000  # samples per compared group; larger band keys are sub-bucketed
         bands_per_key: int = 1  # 2 or 3 for very large datasets: see the module doc
         component_rounds: int = 6  # large-star + small-star rounds; 6 resolves chains of ~60

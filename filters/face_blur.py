@@ -94,15 +94,16 @@ class BoxError(ValueError):
 @register
 class FaceBlur(SampleStage):
     name = "face_blur"
+    drops = False
     uses_model = True
 
     @dataclass(frozen=True)
     class Params:
-        bbox_col: str | None = "face_bboxes"
+        bbox_col: str | None = "face_bboxes"  # input column of normalised [x0, y0, x1, y1] boxes; null: none
         detect: bool = True  # detect faces when the column gives none
         detect_threshold: float = 0.25  # face confidence; NudeNet's own cut is 0.2
         min_face_size: int = 12  # px, shorter side of a detected box in the output image
-        blur: Literal["gaussian", "pixelate"] = "gaussian"
+        blur: Literal["gaussian", "pixelate"] = "gaussian"  # how a face is hidden
         strength: float = 0.1  # Gaussian sigma / pixel cell, as a fraction of the box's longer side
         expand: float = 0.1  # grow each side by this fraction of the box's longer side
         batch_size: int = 16

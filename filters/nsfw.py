@@ -89,11 +89,11 @@ class NsfwFilter(SampleStage):
 
     @dataclass(frozen=True)
     class Params:
-        threshold: float = 0.5
-        action: Literal["drop", "tag"] = "tag"
+        threshold: float = 0.5  # nsfw_score at or above this is NSFW
+        action: Literal["drop", "tag"] = "tag"  # drop NSFW samples, or only tag them (LAION)
         batch_size: int = 16  # ~30 ms per image on one CPU core
         clip_head_path: str | None = None  # LAION-style head over clip_image_embedding instead of NudeNet
-        clip_head_output: Literal["logit", "probability"] = "logit"
+        clip_head_output: Literal["logit", "probability"] = "logit"  # the head's output (LAION H14: probability)
 
     def check(self) -> None:
         if self.params.clip_head_path:

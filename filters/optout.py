@@ -159,10 +159,10 @@ class OptOut(SampleStage):
     @dataclass(frozen=True)
     class Params:
         list: str | None = None  # the user's opt-out list: text (kind:value lines), CSV or Parquet
-        x_robots_tag: bool = True
-        tdmrep: bool = True
-        robots_txt: bool = True
-        c2pa: bool = True
+        x_robots_tag: bool = True  # honour X-Robots-Tag: noai / noimageai headers
+        tdmrep: bool = True  # honour TDMRep (tdm-reservation) headers
+        robots_txt: bool = True  # honour the image host's robots.txt for user_agent_token
+        c2pa: bool = True  # honour C2PA training-and-mining assertions in the image
         phash_distance: int = 4  # max Hamming distance (of 64 bits) for phash rules
         user_agent_token: str = "curate"  # our name in robots.txt and scoped X-Robots-Tag
 

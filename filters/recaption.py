@@ -62,18 +62,19 @@ NextLogits = Callable[[Any, Any], Any]
 @register
 class Recaption(SampleStage):
     name = "recaption"
+    drops = False
     uses_model = True
 
     @dataclass(frozen=True)
     class Params:
-        coca_model: str = "coca_ViT-L-14"
-        coca_pretrained: str = "mscoco_finetuned_laion2b_s13b_b90k"
-        coca_model_config: str | None = None
-        num_captions: int = 1
-        generation: Literal["beam_search", "top_p"] = "beam_search"
+        coca_model: str = "coca_ViT-L-14"  # open_clip CoCa model that writes the captions
+        coca_pretrained: str = "mscoco_finetuned_laion2b_s13b_b90k"  # its pretrained tag or checkpoint path
+        coca_model_config: str | None = None  # its open_clip config JSON, if open_clip does not list it
+        num_captions: int = 1  # synthetic captions per image; CLIP picks the best
+        generation: Literal["beam_search", "top_p"] = "beam_search"  # decoding: beam search or nucleus sampling
         top_p: float = 0.9  # nucleus: sample among the most likely tokens holding this much probability
         max_length: int = 30  # tokens, counting the start and end tokens, as open_clip's seq_len
-        keep: Literal["best", "both"] = "best"
+        keep: Literal["best", "both"] = "best"  # caption becomes the better one, or both are kept
         model: str = "ViT-B-32-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None

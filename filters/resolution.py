@@ -17,7 +17,7 @@ class ResolutionFilter(SampleStage):
     class Params:
         min_side: int = 0  # shorter side, pixels
         max_side: int | None = None  # longer side, pixels
-        min_pixels: int = 0
+        min_pixels: int = 0  # width x height
         max_aspect_ratio: float | None = None  # longer side / shorter side
 
     def keep(self, sample: Sample) -> Verdict:

@@ -44,9 +44,9 @@ class TopFraction(DatasetStage):
 
     @dataclass(frozen=True)
     class Params:
-        field: str = "clip_score"
-        fraction: float = 0.3
-        method: Literal["exact", "approximate"] = "exact"
+        field: str = "clip_score"  # the score field an earlier stage wrote
+        fraction: float = 0.3  # share of the dataset kept, highest scores first
+        method: Literal["exact", "approximate"] = "exact"  # approximate: constant memory, cut-off within ~0.1% in rank
 
     def __init__(self, params: Any = None):
         super().__init__(params)

@@ -88,13 +88,13 @@ class WatermarkFilter(SampleStage):
 
     @dataclass(frozen=True)
     class Params:
-        threshold: float = 0.5
-        action: Literal["drop", "tag"] = "tag"
+        threshold: float = 0.5  # watermark_score at or above this is a watermark
+        action: Literal["drop", "tag"] = "tag"  # drop watermarked samples, or only tag them (LAION)
         batch_size: int = 16
         detector_side: int = 512  # longer side for the text detector, multiple of 32; cost grows with its square
         classifier_path: str | None = None  # LAION-style timm classifier instead of the text detector
-        classifier_arch: str = "efficientnet_b3a"
-        classifier_watermark_class: int = 0
+        classifier_arch: str = "efficientnet_b3a"  # timm architecture of classifier_path
+        classifier_watermark_class: int = 0  # its output index for "watermark" (LAION: 0)
 
         def __post_init__(self):
             if self.detector_side < 32 or self.detector_side % 32:

@@ -185,16 +185,9 @@ def print_result(result) -> None:
 
 
 def _cmd_stages(args, beam_args: list[str]) -> int:
-    from pipeline.params import describe
-    from pipeline.registry import all_stages
+    from pipeline.stage_help import render
 
-    for name, cls in all_stages().items():
-        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
-        print(f"{name}  ({'before download' if not cls.needs_image else 'after download'})")
-        if doc:
-            print(f"    {doc[0]}")
-        for param, type_name, default in describe(cls.Params):
-            print(f"    {param}: {type_name} = {default!r}")
+    print(render(), end="")
     return 0
 
 

@@ -67,11 +67,11 @@ class DownloadParams:
     timeout: float = 10.0  # seconds for connect and for each read
     retries: int = 2  # retries on transient errors only
     backoff: float = 0.5  # first retry waits about this long, then doubles
-    max_redirects: int = 5
-    max_bytes: int = 20_000_000
+    max_redirects: int = 5  # redirects followed per fetch, each checked by the SSRF guard
+    max_bytes: int = 20_000_000  # larger responses are rejected as too_large
     threads: int = 32  # concurrent downloads per worker process
-    user_agent: str = "curate/0.1 (image-text dataset curation; +https://github.com/curate-dev/curate)"
-    allow_private_network: bool = False
+    user_agent: str = "curate/0.1 (image-text dataset curation; +https://github.com/curate-dev/curate)"  # sent with every request
+    allow_private_network: bool = False  # allow loopback/private/link-local hosts (SSRF guard off)
     # Wall-clock limit for one fetch (all hops, retries and the body), so a
     # server that drips a byte per read timeout cannot hold a thread for hours.
     deadline: float = 60.0

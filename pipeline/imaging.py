@@ -89,10 +89,10 @@ _DEFAULT_PNG_COMPRESS_LEVEL = 6
 class ResizeParams:
     """The `resize:` section of a recipe."""
 
-    image_size: int = 256
-    resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = "border"
-    resize_only_if_bigger: bool = False
-    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    image_size: int = 256  # px: the square output side (keep_ratio: the shorter side)
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = "border"  # as img2dataset: border pads, center_crop crops
+    resize_only_if_bigger: bool = False  # never upscale smaller images
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"  # image format in the shards
     # Quality for jpg/webp.  For png (lossless) a value 0-9 is the zlib
     # compression level, as in img2dataset; anything larger means level 6.
     encode_quality: int = 95

@@ -5,10 +5,18 @@ values and `--set` strings are checked against the field types here, so a typo
 or a wrong type fails before the pipeline is built, never hours into a run.
 Supported field types: bool, int, float, str, Literal[...] (a choice), tuples
 of those (`tuple[str, ...]`), and `X | None`.
+
+A field's help text (`curate stages`) is its `field(metadata={"help": ...})`,
+else the `#` comment on its line, else the comment lines right above it: the
+comments the Params classes carry anyway are their documentation.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin
@@ -20,17 +28,26 @@ class ParamError(ValueError):
     """A parameter value does not fit its declared type."""
 
 
-def build(params_cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate `params_cls` from recipe values, checking names and types."""
+def build(params_cls: type, values: dict[str, Any], where: str, places: dict[str, str] | None = None) -> Any:
+    """Instantiate `params_cls` from recipe values, checking names and types.
+
+    Errors name `where` (the recipe file and line), or for a value listed in
+    `places` the place it came from instead (e.g. "--set download.threads=abc").
+    """
+    places = places or {}
     hints = typing.get_type_hints(params_cls)
     known = {f.name for f in dataclasses.fields(params_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ParamError(
-            f"{where}: unknown parameter(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known)) or '(none)'}"
-        )
-    checked = {name: coerce(hints[name], value, f"{where}.{name}") for name, value in values.items()}
+        from_places = [places[name] for name in unknown if name in places]
+        if from_places:
+            named = f"{from_places[0]}: unknown parameter"
+        else:
+            named = f"{where}: unknown parameter(s) {', '.join(unknown)}"
+        raise ParamError(f"{named}; known: {', '.join(sorted(known)) or '(none)'}")
+    checked = {
+        name: coerce(hints[name], value, places.get(name, f"{where}.{name}")) for name, value in values.items()
+    }
     return params_cls(**checked)
 
 
@@ -103,6 +120,58 @@ def describe(params_cls: type) -> list[tuple[str, str, Any]]:
     return rows
 
 
+def field_help(params_cls: type) -> dict[str, str]:
+    """Each parameter's help text: its metadata "help", else its `#` comment (see the module doc)."""
+    comments = _field_comments(params_cls)
+    return {f.name: f.metadata.get("help") or comments.get(f.name, "") for f in dataclasses.fields(params_cls)}
+
+
+def _field_comments(params_cls: type) -> dict[str, str]:
+    """Field name -> its trailing comment, else the comment lines right above it ({} without source)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(params_cls))
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (OSError, TypeError, SyntaxError, tokenize.TokenError):
+        return {}
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    comments, first_on_line, fields = {}, {}, {}  # by line number
+    for token, following in zip(tokens, [*tokens[1:], None]):
+        line = token.start[0]
+        if token.type in (tokenize.INDENT, tokenize.DEDENT, tokenize.NL, tokenize.NEWLINE):
+            continue
+        first_on_line.setdefault(line, token)
+        if token.type == tokenize.COMMENT:
+            comments[line] = token.string.lstrip("#").strip()
+        elif first_on_line[line] is token and token.string in names and following and following.string == ":":
+            fields[line] = token.string
+    help_texts = {}
+    for line, name in fields.items():
+        above, previous = [], line - 1
+        while previous in comments and first_on_line[previous].type == tokenize.COMMENT:
+            above.insert(0, comments[previous])
+            previous -= 1
+        help_texts[name] = comments.get(line) or " ".join(above)
+    return help_texts
+
+
+def show_default(value: Any) -> str:
+    """A default as a recipe would write it: [] for an empty tuple, null for None."""
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _type_name(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "")
-    return getattr(annotation, "__name__", text) if get_origin(annotation) is None else text
+    """The type as a recipe writer reads it: "int", "str | None", "list of str", "one of a, b"."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))

@@ -38,6 +38,12 @@ SECTIONS: dict[str, type] = {
     "output": OutputParams,
     "crawl": CrawlParams,  # only for WARC/WAT inputs
 }
+SECTION_HELP: dict[str, str] = {
+    "download": "How images are fetched: timeouts, retries, threads, byte cap, SSRF guard, checkpointed task size.",
+    "resize": "How downloaded images are decoded, resized and re-encoded for the shards.",
+    "output": "The shard format and size.",
+    "crawl": "How image links and captions are taken from WARC/WAT crawl files (other inputs ignore it).",
+}
 
 
 class RecipeError(ValueError):
@@ -153,7 +159,9 @@ def _parse(path: str, root: yaml.MappingNode, overrides: dict[str, dict[str, str
     if stage_nodes is None:
         raise RecipeError(f"{path}: the recipe has no 'stages' list")
     sections = {
-        section: _build(cls, *section_values.get(section, ({}, f"{path} ({section})")), overrides.pop(section, {}))
+        section: _build(
+            cls, *section_values.get(section, ({}, f"{path} ({section})")), section, overrides.pop(section, {})
+        )
         for section, cls in SECTIONS.items()
     }
     stages = _parse_stages(path, stage_nodes, overrides)
@@ -184,14 +192,18 @@ def _parse_stages(path: str, node: yaml.Node, overrides: dict[str, dict[str, str
             stage_cls = get_stage(stage_name)
         except KeyError as err:
             raise RecipeError(f"{where}: {err.args[0]}") from None
-        params = _build(stage_cls.Params, values, where + f" (stage '{stage_name}')", overrides.pop(stage_name, {}))
+        params = _build(
+            stage_cls.Params, values, where + f" (stage '{stage_name}')", stage_name, overrides.pop(stage_name, {})
+        )
         specs.append(StageSpec(stage_name, params, line))
     return specs
 
 
-def _build(cls: type, values: dict, where: str, override: dict[str, str]) -> Any:
+def _build(cls: type, values: dict, where: str, scope: str, override: dict[str, str]) -> Any:
+    """The params of one section or stage: the recipe's values, then its --set overrides (errors name their source)."""
+    places = {name: f"--set {scope}.{name}={text}" for name, text in override.items()}
     try:
-        return typed.build(cls, {**values, **override}, where)
+        return typed.build(cls, {**values, **override}, where, places)
     except typed.ParamError as err:
         raise RecipeError(str(err)) from None
 

@@ -32,7 +32,7 @@ from pipeline.schema import REJECTS_SCHEMA, Reject, Sample
 
 @dataclass(frozen=True)
 class OutputParams:
-    format: Literal["webdataset", "parquet"] = "webdataset"
+    format: Literal["webdataset", "parquet"] = "webdataset"  # tar shards + Parquet metadata, or Parquet with the images inside
     samples_per_shard: int = 10000  # input rows per block; a block's kept rows make one shard
     shard_digits: int = 5  # at least; more shards than this allows widen the shard part of keys
 

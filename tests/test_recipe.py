@@ -124,3 +124,37 @@ def test_a_stage_outside_the_naming_convention_is_still_found(tmp_path, monkeypa
     assert registry.get_stage("oddly_named").__name__ == "OddlyNamed"
     with pytest.raises(KeyError, match="known stages: .*oddly_named"):
         registry.get_stage("no_such_stage")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("download.threads=abc", "--set download.threads=abc: expected int, got 'abc'"),
+        ("caption.min_chars=abc", "--set caption.min_chars=abc: expected int, got 'abc'"),
+        ("resize.resize_mode=squash", "--set resize.resize_mode=squash: 'squash' is not one of"),
+        ("download.thread=8", "--set download.thread=8: unknown parameter; known: "),
+        ("resolution.min_sid=3", "--set resolution.min_sid=3: unknown parameter; known: "),
+    ],
+)
+def test_a_bad_set_value_is_reported_as_the_set_not_the_recipe_file(override, message):
+    """The recipe file is fine: the error must point at the command line, not at a line of the file."""
+    with pytest.raises(RecipeError) as caught:
+        load_recipe("manifests/local-sample.yaml", [override])
+    assert str(caught.value).startswith(message)
+    assert "local-sample.yaml" not in str(caught.value)
+
+
+def test_a_bad_recipe_value_still_names_the_file_when_set_overrides_other_params(tmp_path):
+    path = write(tmp_path, "download: {threads: many}\nstages: [caption]\n")
+    with pytest.raises(RecipeError, match=r"r\.yaml line 1\.threads: expected int, got 'many'"):
+        load_recipe(path, ["download.timeout=3"])
+
+
+def test_curate_run_reports_the_bad_set(tmp_path, capsys):
+    from pipeline.cli import main
+
+    code = main(["run", "--recipe", "manifests/local-sample.yaml", "--input", str(tmp_path / "urls.csv"),
+                 "--output", str(tmp_path / "out"), "--set", "download.threads=abc"])
+    assert code == 2
+    assert "curate: error: --set download.threads=abc: expected int, got 'abc'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
