@@ -44,6 +44,7 @@ class ClipScore(SampleStage):
         model: str = "ViT-B-32-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None
+        pretrained_tag: str | None = None  # the open_clip tag a checkpoint file holds ("openai")
         threshold: float | None = 0.28
         store_embeddings: bool = False
         batch_size: int = 64

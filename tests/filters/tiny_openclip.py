@@ -66,6 +66,28 @@ def save_tiny_coca(directory: Path, name: str = "tiny-coca-test", seed: int = 0)
     return _save(directory, name, TINY_COCA_CONFIG, build, seed)
 
 
+def save_tiny_clip_torchscript(directory: Path, name: str = "tiny-clip-test", seed: int = 0) -> SavedModel:
+    """The tiny CLIP as a TorchScript archive laid out like OpenAI's CLIP releases (ViT-B-32.pt).
+
+    Its state_dict holds the weights plus OpenAI's `input_resolution`,
+    `context_length` and `vocab_size` entries, and no attention mask (OpenAI's
+    is a plain attribute; open_clip's a non-persistent buffer, which
+    TorchScript would save).
+    """
+    saved = save_tiny_clip(directory, name, seed)
+    from open_clip import CLIP
+
+    model = CLIP(**json.loads(json.dumps(TINY_CLIP_CONFIG)))
+    model.load_state_dict(torch.load(saved.pretrained, weights_only=True))
+    model.attn_mask = model._buffers.pop("attn_mask")
+    for key, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", VOCAB_SIZE)):
+        model.__dict__.pop(key, None)  # open_clip keeps some as plain ints
+        model.register_buffer(key, torch.tensor(value))
+    archive = directory / f"{name}-jit.pt"
+    torch.jit.script(model.eval()).save(str(archive))
+    return SavedModel(name, str(archive), saved.model_config)
+
+
 def save_linear_head(path: Path, layer_sizes: list[int], seed: int = 0) -> torch.nn.Sequential:
     """A LAION-v2-style head (Linear layers with dropout between, keys layers.N.*) saved as a state_dict."""
     torch.manual_seed(seed)
