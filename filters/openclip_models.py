@@ -27,6 +27,7 @@ deleted at once (open_clip keeps the parsed config in memory).
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import logging
 import os
@@ -38,7 +39,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from PIL import Image
 
-from filters.model_common import decode_rgb
 # ModelLoadError is raised (and caught by callers) from here as well.
 from filters.openclip_weights import PREPROCESS_ARGUMENTS, ModelLoadError, ResolvedWeights, resolve_weights  # noqa: F401
 from pipeline.schema import KEEP, Sample, Verdict, drop
@@ -266,8 +266,22 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 # --- inputs and embeddings shared by the stages ---------------------------------------
 
 
-# RGB image from encoded bytes; None when there are none or they do not decode.
-open_image = decode_rgb
+def open_image(data: bytes | None) -> Image.Image | None:
+    """The decoded image in its own mode (RGBA, P, L, ...), or None when there are no bytes or they do not decode.
+
+    Not converted to RGB here: open_clip's preprocessing resizes first and converts to RGB last, as in its
+    README (`preprocess(Image.open(path))`) and LAION's clip-retrieval.  Converting first gives other pixels
+    for transparent images (PIL resizes RGBA with premultiplied alpha) and palette images (resized with
+    nearest neighbour), so other scores than open_clip's.
+    """
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def caption_text(sample: Sample) -> str | None:

@@ -124,3 +124,35 @@ def png_bytes(seed: int, size: int = 40) -> bytes:
 def image_sample(index: int, caption: str | None = "a photo of a cat", image: bytes | None = None) -> Sample:
     return Sample(key=f"{index:09d}", shard_id=0, url=f"http://example.invalid/{index}.png",
                   caption=caption, image=png_bytes(index) if image is None else image)
+
+
+def sample_web_images(directory: Path) -> dict[str, bytes]:
+    """Encoded images of the bundled sample web, one per kind a model stage must read the same way as open_clip:
+    a non-square RGB JPEG, a grayscale JPEG, a palette PNG, a CMYK JPEG, and that photo as a cut-out RGBA PNG
+    (transparent at the edges)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.sample_web import generate_sample_web
+
+    wanted = {"rgb": ("JPEG", "RGB"), "grayscale": ("JPEG", "L"), "palette": ("PNG", "P"), "cmyk": ("JPEG", "CMYK")}
+    found: dict[str, bytes] = {}
+    for row in generate_sample_web(directory, n_rows=40, seed=0):
+        path = directory / row["path"]
+        try:
+            data = path.read_bytes()
+            image = Image.open(io.BytesIO(data))
+        except OSError:
+            continue  # the sample web plants broken links and files too
+        for kind, (fmt, mode) in wanted.items():
+            if kind not in found and (image.format, image.mode) == (fmt, mode) and image.width != image.height:
+                found[kind] = data
+            elif kind not in found and kind != "rgb" and (image.format, image.mode) == (fmt, mode):
+                found[kind] = data
+    photo = Image.open(io.BytesIO(found["rgb"])).convert("RGBA")
+    y, x = np.mgrid[0:photo.height, 0:photo.width]
+    alpha = np.clip(255 * (1.5 - np.hypot(x / photo.width - 0.5, y / photo.height - 0.5) * 4), 0, 255)
+    photo.putalpha(Image.fromarray(alpha.astype(np.uint8)))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    return {**found, "rgba": buffer.getvalue()}
