@@ -54,6 +54,7 @@ class Aesthetic(SampleStage):
         model: str = "ViT-L-14-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None
+        pretrained_tag: str | None = None  # the open_clip tag a checkpoint file holds ("openai")
         batch_size: int = 32
         device: str = "cpu"
 

@@ -3,6 +3,12 @@
 Runs before the download (it needs only the caption), so rejected rows are
 never fetched.  Rules follow what LAION and DataComp applied: a length window,
 a minimum word count, and alt texts that are really file names or placeholders.
+
+By default lengths are counted on the caption with whitespace runs collapsed,
+and words in unspaced scripts (Chinese, Japanese, Thai, ...) count as about
+two characters each.  DataComp's basic filter counts `len(text)` and
+`len(text.split())` on the caption as given: `collapse_whitespace: false`
+and `unspaced_scripts: false` do the same (manifests/datacomp-*.yaml).
 """
 from __future__ import annotations
 
@@ -33,24 +39,28 @@ class CaptionFilter(SampleStage):
     @dataclass(frozen=True)
     class Params:
         min_chars: int = 5  # shorter captions are dropped as caption_too_short
-        max_chars: int = 1000  # longer captions are dropped as caption_too_long
+        max_chars: int | None = 1000  # longer captions are dropped as caption_too_long; null: no limit
         min_words: int = 2  # fewer words: caption_too_few_words
         drop_file_names: bool = True  # drop alt texts that are file names (IMG_1234.JPG, photo.png)
         drop_placeholders: bool = True  # drop alt texts such as image, thumbnail, untitled, click here
+        collapse_whitespace: bool = True  # count characters after collapsing whitespace runs and trimming
+        unspaced_scripts: bool = True  # about two characters make a word in unspaced scripts (Chinese, Japanese, Thai)
 
     def keep(self, sample: Sample) -> Verdict:
         caption = " ".join((sample.caption or "").split())
         if not caption:
             return drop("empty_caption")
-        if len(caption) < self.params.min_chars:
+        length = len(caption) if self.params.collapse_whitespace else len(sample.caption)
+        if length < self.params.min_chars:
             return drop("caption_too_short")
-        if len(caption) > self.params.max_chars:
+        if self.params.max_chars is not None and length > self.params.max_chars:
             return drop("caption_too_long")
         if self.params.drop_file_names and _FILE_NAME.match(caption):
             return drop("caption_is_file_name")
         if self.params.drop_placeholders and caption.lower().strip(" .!:-_") in _PLACEHOLDERS:
             return drop("caption_is_placeholder")
-        if count_words(caption) < self.params.min_words:
+        words = count_words(caption) if self.params.unspaced_scripts else len(caption.split())
+        if words < self.params.min_words:
             return drop("caption_too_few_words")
         return KEEP
 

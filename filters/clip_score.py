@@ -46,6 +46,7 @@ class ClipScore(SampleStage):
         model: str = "ViT-B-32-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None
+        pretrained_tag: str | None = None  # the open_clip tag a checkpoint file holds ("openai"): its activation
         threshold: float | None = 0.28  # drop lower similarities (LAION: 0.28 for ViT-B/32); null: only score
         store_embeddings: bool = False  # keep float16 image and text embeddings in the metadata
         batch_size: int = 64

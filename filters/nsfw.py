@@ -34,12 +34,19 @@ With `clip_head_path` set, the score comes instead from a small classifier
 over the CLIP image embedding that an earlier `clip_score` stage (with
 `store_embeddings: true`) wrote to
 `sample.fields["clip_image_embedding"]`, as LAION-5B did.  The file is a
-torch state_dict of either one `nn.Linear` (keys `weight`, `bias`) or an
-`nn.Sequential` of Linear layers (keys `<i>.weight`, `<i>.bias`, optionally
-under `layers.` as in LAION's `h14_nsfw.pth`); a gap in the indices means a
-ReLU (see `mlp_from_state_dict`).  Its input size must equal the embedding
-size; the embedding is L2-normalised first, as LAION's heads expect.  Its
-output is one unit (sigmoid of it, or the raw value clipped to [0, 1] when
+torch state_dict of
+* one `nn.Linear` (keys `weight`, `bias`) or an `nn.Sequential` of Linear
+  layers (keys `<i>.weight`, `<i>.bias`, optionally under `layers.` as in
+  LAION's H14 head); a gap in the indices means a ReLU (see
+  `mlp_from_state_dict`); or
+* LAION's ViT-B-32 / ViT-L-14 heads (LAION-AI/CLIP-based-NSFW-Detector,
+  `NSFWModel_B32`/`_L14`: keys `norm.mean`, `norm.variance`, `linear_1` ...
+  `linear_n`): `(x - mean) / (sqrt(variance) + 1e-10)`, then the Linear layers
+  with a ReLU after each but the last, then a sigmoid (applied as for any
+  one-unit logit).
+Its input size must equal the embedding size; the embedding is L2-normalised
+first (`F.normalize`), as LAION's heads expect.  Its output is one unit
+(sigmoid of it, or the raw value clipped to [0, 1] when
 `clip_head_output="probability"`, for regressors such as LAION's H14 head)
 or two units (softmax, class 1 = NSFW).
 
@@ -141,8 +148,16 @@ class ClipHeadScorer:
         import torch
 
         state = read_state_dict(head_path)
-        prefix = "layers." if any(key.startswith("layers.") for key in state) else ""
-        self._head = mlp_from_state_dict(state, prefix)
+        if STANDARDISED_HEAD_KEYS <= set(state):
+            if output != "logit":
+                raise ValueError(f"{head_path}: LAION's standardised NSFW head ends in a sigmoid of one logit; "
+                                 "use clip_head_output: logit")
+            self._standardise = state["norm.mean"].float(), state["norm.variance"].float().sqrt() + 1e-10
+            self._head = standardised_head_layers(state)
+        else:
+            self._standardise = None
+            prefix = "layers." if any(key.startswith("layers.") for key in state) else ""
+            self._head = mlp_from_state_dict(state, prefix)
         self._output = output
         linear_layers = [m for m in self._head.modules() if isinstance(m, torch.nn.Linear)]
         self.input_size = linear_layers[0].in_features
@@ -165,6 +180,9 @@ class ClipHeadScorer:
                 f"{matrix.shape[1]}: use the head trained for the CLIP model of the clip stage"
             )
         matrix = torch.nn.functional.normalize(matrix, dim=1)
+        if self._standardise is not None:
+            mean, scale = self._standardise
+            matrix = (matrix - mean) / scale
         with torch.inference_mode():
             output = self._head(matrix)
         for i, score in zip(present, self._probabilities(output).tolist()):
@@ -179,3 +197,23 @@ class ClipHeadScorer:
         if self._output == "probability":
             return output[:, 0].clamp(0.0, 1.0)
         return torch.sigmoid(output[:, 0])
+
+
+STANDARDISED_HEAD_KEYS = {"norm.mean", "norm.variance", "linear_1.weight"}
+
+
+def standardised_head_layers(state: dict):
+    """LAION's NSFWModel_B32/_L14 between its input standardisation and its sigmoid:
+    linear_1, ReLU, linear_2, ReLU, ..., linear_n."""
+    import torch
+
+    count = len([key for key in state if key.startswith("linear_") and key.endswith(".weight")])
+    layers = []
+    for number in range(1, count + 1):
+        weight, bias = state[f"linear_{number}.weight"], state[f"linear_{number}.bias"]
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+        layers += [layer, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).eval()

@@ -8,6 +8,10 @@ A model is named by three parameters, the same on every stage that uses one:
   from the Hugging Face hub (or the tag's URL) on first use: fine on a machine
   with network access, impossible on an offline worker.  A path never touches
   the network.
+* `pretrained_tag`: for a checkpoint file, the open_clip tag whose weights it
+  holds ("openai"): the model is then built with that tag's activation and
+  preprocessing.  Needed for a file of an architecture whose tags disagree on
+  the activation (see filters.openclip_weights, which also covers tags).
 * `model_config`: optional path of an open_clip model-config JSON, for
   architectures open_clip does not ship.  The file is registered under the name
   given as `model`.  Both open_clip's own layout (`embed_dim`, `vision_cfg`,
@@ -16,11 +20,14 @@ A model is named by three parameters, the same on every stage that uses one:
 
 `check_weights` lets the command line fail before the pipeline starts;
 `load_model` returns (model, preprocess, tokenizer) and keeps one instance per
-process and source, so stages sharing a model share the memory.
+process and source, so stages sharing a model share the memory.  A
+`model_config` is registered with open_clip from a temporary copy that is
+deleted at once (open_clip keeps the parsed config in memory).
 """
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import logging
 import os
@@ -32,25 +39,14 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from PIL import Image
 
-from filters.model_common import decode_rgb
+# ModelLoadError is raised (and caught by callers) from here as well.
+from filters.openclip_weights import PREPROCESS_ARGUMENTS, ModelLoadError, ResolvedWeights, resolve_weights  # noqa: F401
 from pipeline.schema import KEEP, Sample, Verdict, drop
 
 SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".npz", ".ckpt")
 # open_clip only registers configs that have these keys.
 REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
-# Hub-layout preprocess keys -> create_model_and_transforms arguments.
-PREPROCESS_ARGUMENTS = {
-    "mean": "image_mean",
-    "std": "image_std",
-    "interpolation": "image_interpolation",
-    "resize_mode": "image_resize_mode",
-}
-
-
-class ModelLoadError(ValueError):
-    """A model, its weights or its config cannot be used; the message says why and what to do."""
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -60,23 +56,26 @@ class ModelSource:
     pretrained: str
     model_config: str | None = None
     device: str = "cpu"
+    pretrained_tag: str | None = None
 
     def describe(self) -> str:
         return f"{self.model} ({self.pretrained})"
 
     @classmethod
     def of(cls, params: Any, prefix: str = "") -> "ModelSource":
-        """From a stage's params: `{prefix}model`, `{prefix}pretrained`, `{prefix}model_config`, `device`."""
+        """From a stage's params: `{prefix}model`, `{prefix}pretrained`, `{prefix}model_config`, `device`
+        and `{prefix}pretrained_tag` (optional on a stage)."""
         return cls(
             getattr(params, f"{prefix}model"),
             getattr(params, f"{prefix}pretrained"),
             getattr(params, f"{prefix}model_config"),
             params.device,
+            getattr(params, f"{prefix}pretrained_tag", None),
         )
 
     def check(self) -> None:
         """Fail before the run if the weights cannot be found; log where they come from."""
-        check_and_log_weights(self.model, self.pretrained, self.model_config, self.device)
+        check_and_log_weights(self.model, self.pretrained, self.model_config, self.device, self.pretrained_tag)
 
 
 class OpenClipModel(NamedTuple):
@@ -88,16 +87,24 @@ class OpenClipModel(NamedTuple):
 log = logging.getLogger(__name__)
 _cache: dict[ModelSource, OpenClipModel] = {}
 _cache_lock = threading.Lock()
-_config_dir: Path | None = None
 
 
-def check_weights(model: str, pretrained: str, model_config: str | None = None, device: str = "cpu") -> str:
+def check_weights(model: str, pretrained: str, model_config: str | None = None, device: str = "cpu",
+                  pretrained_tag: str | None = None) -> str:
     """Check that a model can be loaded, without loading it; return where its weights come from.
 
     Raises ModelLoadError for an unknown architecture, a missing or malformed
     config file, a checkpoint path that does not exist, a tag open_clip does
-    not know for that architecture, or a device this machine does not have.
+    not know for that architecture, weights whose activation the architecture
+    contradicts or cannot be told (filters.openclip_weights), or a device this
+    machine does not have.
     """
+    return _checked_weights(model, pretrained, model_config, device, pretrained_tag)[0]
+
+
+def _checked_weights(model: str, pretrained: str, model_config: str | None, device: str,
+                     pretrained_tag: str | None) -> tuple[str, ResolvedWeights]:
+    """`check_weights`'s description, and the tag and activation the weights resolve to."""
     import open_clip
 
     if model.startswith(SCHEMA_PREFIXES):
@@ -116,21 +123,24 @@ def check_weights(model: str, pretrained: str, model_config: str | None = None, 
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"model {model!r}: checkpoint file {str(path)!r} does not exist")
-        return f"{model}: checkpoint file {path}{_hub_parts_note(model)}"
+        weights = resolve_weights(model, pretrained, pretrained_tag, path)
+        return f"{model}: checkpoint file {path}{weights.note(model)}{_hub_parts_note(model)}", weights
     if not open_clip.get_pretrained_cfg(model, pretrained):
         tags = open_clip.list_pretrained_tags_by_model(model)
         known = f"known tags for {model}: {', '.join(tags)}" if tags else f"open_clip has no pretrained tags for {model}"
         raise ModelLoadError(f"model {model!r}: {pretrained!r} is neither a known pretrained tag nor a "
                              f"checkpoint path ({known}); a path must contain '/' or end in "
                              f"{'/'.join(CHECKPOINT_SUFFIXES)}")
+    weights = resolve_weights(model, pretrained, pretrained_tag, None)
     return (f"{model}: pretrained tag {pretrained!r}, downloaded by open_clip from the Hugging Face hub "
-            "on first use (every worker needs network access; for offline workers pass a checkpoint path)"
-            f"{_hub_parts_note(model)}")
+            "on first use (every worker needs network access; for offline workers pass a checkpoint path and "
+            f"pretrained_tag){weights.note(model)}{_hub_parts_note(model)}"), weights
 
 
-def check_and_log_weights(model: str, pretrained: str, model_config: str | None, device: str) -> None:
+def check_and_log_weights(model: str, pretrained: str, model_config: str | None, device: str,
+                          pretrained_tag: str | None = None) -> None:
     """`check_weights`, then tell the user which weights the run will use; a hub download stands out."""
-    description = check_weights(model, pretrained, model_config, device)
+    description = check_weights(model, pretrained, model_config, device, pretrained_tag)
     offline = is_checkpoint_path(pretrained) and not _hub_parts_note(model)
     log.log(logging.INFO if offline else logging.WARNING, description)
 
@@ -171,9 +181,12 @@ def register_model_config(model: str, config_path: str) -> None:
                              "architecture; give this config a model name of its own")
     if "/" in model or os.sep in model:
         raise ModelLoadError(f"model {model!r}: a model defined by model_config needs a name without '/'")
-    path = _private_config_dir() / f"{model}.json"
-    path.write_text(json.dumps(model_cfg))
-    open_clip.add_model_config(path)
+    # open_clip parses the file when it is added and keeps the config in memory; later rescans skip the
+    # deleted file, so nothing is left behind in the temp directory.
+    with tempfile.TemporaryDirectory(prefix="curate-openclip-configs-") as directory:
+        path = Path(directory) / f"{model}.json"
+        path.write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(path)
 
 
 def read_model_config(config_path: str) -> tuple[dict, dict]:
@@ -198,7 +211,8 @@ def read_model_config(config_path: str) -> tuple[dict, dict]:
 def _load_uncached(source: ModelSource) -> OpenClipModel:
     import open_clip
 
-    check_weights(source.model, source.pretrained, source.model_config, source.device)
+    _description, weights = _checked_weights(source.model, source.pretrained, source.model_config, source.device,
+                                             source.pretrained_tag)
     pretrained = source.pretrained
     if is_checkpoint_path(pretrained):
         pretrained = str(Path(pretrained).expanduser())
@@ -208,7 +222,10 @@ def _load_uncached(source: ModelSource) -> OpenClipModel:
             pretrained=pretrained,
             device=source.device,
             require_pretrained=True,
-            **_preprocess_overrides(source.model_config),
+            force_quick_gelu=weights.force_quick_gelu,
+            # torch.load refuses TorchScript archives with weights_only; open_clip then reads their state_dict.
+            weights_only=not weights.torchscript,
+            **{**weights.preprocess, **_preprocess_overrides(source.model_config)},
         )
     except RuntimeError as err:
         # Mismatched checkpoints surface as torch's load_state_dict RuntimeError.
@@ -241,13 +258,6 @@ def _check_device(device: str) -> None:
         raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA device; use device=cpu")
 
 
-def _private_config_dir() -> Path:
-    global _config_dir
-    if _config_dir is None:
-        _config_dir = Path(tempfile.mkdtemp(prefix="curate-openclip-configs-"))
-    return _config_dir
-
-
 def _suggest(name: str, known: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3)
     return f" (did you mean {', '.join(close)}?)" if close else ""
@@ -256,8 +266,22 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 # --- inputs and embeddings shared by the stages ---------------------------------------
 
 
-# RGB image from encoded bytes; None when there are none or they do not decode.
-open_image = decode_rgb
+def open_image(data: bytes | None) -> Image.Image | None:
+    """The decoded image in its own mode (RGBA, P, L, ...), or None when there are no bytes or they do not decode.
+
+    Not converted to RGB here: open_clip's preprocessing resizes first and converts to RGB last, as in its
+    README (`preprocess(Image.open(path))`) and LAION's clip-retrieval.  Converting first gives other pixels
+    for transparent images (PIL resizes RGBA with premultiplied alpha) and palette images (resized with
+    nearest neighbour), so other scores than open_clip's.
+    """
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def caption_text(sample: Sample) -> str | None:

@@ -78,6 +78,7 @@ class Recaption(SampleStage):
         model: str = "ViT-B-32-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None
+        pretrained_tag: str | None = None  # the open_clip tag a checkpoint file holds ("openai")
         batch_size: int = 8
         device: str = "cpu"
 

@@ -12,6 +12,6 @@ want="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # constraints.txt pins every transitive package to the versions we test with.
-  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[models,test,gcp]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[models,train,test,gcp]"
   echo "$want" > "$stamp"
 fi

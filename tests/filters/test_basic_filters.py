@@ -68,3 +68,20 @@ def test_word_count_handles_unspaced_scripts(text, words):
     from filters.caption import count_words
 
     assert count_words(text) == words
+
+
+@pytest.mark.parametrize(
+    "caption, default_reason, datacomp_reason",
+    [
+        ("a b  c", "caption_too_short", None),  # 6 characters as written, 5 collapsed
+        ("夕阳下的长城 photo", None, "caption_too_few_words"),  # 2 whitespace-separated words
+        ("x" * 1001 + " a b", "caption_too_long", None),
+    ],
+)
+def test_datacomp_counting(caption, default_reason, datacomp_reason):
+    counting = dict(min_chars=6, min_words=3, drop_file_names=False, drop_placeholders=False)
+    default = CaptionFilter(CaptionFilter.Params(**counting))
+    datacomp = CaptionFilter(CaptionFilter.Params(**counting, max_chars=None, collapse_whitespace=False,
+                                                  unspaced_scripts=False))
+    assert default.keep(sample(caption)).reason == default_reason
+    assert datacomp.keep(sample(caption)).reason == datacomp_reason

@@ -66,6 +66,28 @@ def save_tiny_coca(directory: Path, name: str = "tiny-coca-test", seed: int = 0)
     return _save(directory, name, TINY_COCA_CONFIG, build, seed)
 
 
+def save_tiny_clip_torchscript(directory: Path, name: str = "tiny-clip-test", seed: int = 0) -> SavedModel:
+    """The tiny CLIP as a TorchScript archive laid out like OpenAI's CLIP releases (ViT-B-32.pt).
+
+    Its state_dict holds the weights plus OpenAI's `input_resolution`,
+    `context_length` and `vocab_size` entries, and no attention mask (OpenAI's
+    is a plain attribute; open_clip's a non-persistent buffer, which
+    TorchScript would save).
+    """
+    saved = save_tiny_clip(directory, name, seed)
+    from open_clip import CLIP
+
+    model = CLIP(**json.loads(json.dumps(TINY_CLIP_CONFIG)))
+    model.load_state_dict(torch.load(saved.pretrained, weights_only=True))
+    model.attn_mask = model._buffers.pop("attn_mask")
+    for key, value in (("input_resolution", 32), ("context_length", 16), ("vocab_size", VOCAB_SIZE)):
+        model.__dict__.pop(key, None)  # open_clip keeps some as plain ints
+        model.register_buffer(key, torch.tensor(value))
+    archive = directory / f"{name}-jit.pt"
+    torch.jit.script(model.eval()).save(str(archive))
+    return SavedModel(name, str(archive), saved.model_config)
+
+
 def save_linear_head(path: Path, layer_sizes: list[int], seed: int = 0) -> torch.nn.Sequential:
     """A LAION-v2-style head (Linear layers with dropout between, keys layers.N.*) saved as a state_dict."""
     torch.manual_seed(seed)
@@ -102,3 +124,35 @@ def png_bytes(seed: int, size: int = 40) -> bytes:
 def image_sample(index: int, caption: str | None = "a photo of a cat", image: bytes | None = None) -> Sample:
     return Sample(key=f"{index:09d}", shard_id=0, url=f"http://example.invalid/{index}.png",
                   caption=caption, image=png_bytes(index) if image is None else image)
+
+
+def sample_web_images(directory: Path) -> dict[str, bytes]:
+    """Encoded images of the bundled sample web, one per kind a model stage must read the same way as open_clip:
+    a non-square RGB JPEG, a grayscale JPEG, a palette PNG, a CMYK JPEG, and that photo as a cut-out RGBA PNG
+    (transparent at the edges)."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.sample_web import generate_sample_web
+
+    wanted = {"rgb": ("JPEG", "RGB"), "grayscale": ("JPEG", "L"), "palette": ("PNG", "P"), "cmyk": ("JPEG", "CMYK")}
+    found: dict[str, bytes] = {}
+    for row in generate_sample_web(directory, n_rows=40, seed=0):
+        path = directory / row["path"]
+        try:
+            data = path.read_bytes()
+            image = Image.open(io.BytesIO(data))
+        except OSError:
+            continue  # the sample web plants broken links and files too
+        for kind, (fmt, mode) in wanted.items():
+            if kind not in found and (image.format, image.mode) == (fmt, mode) and image.width != image.height:
+                found[kind] = data
+            elif kind not in found and kind != "rgb" and (image.format, image.mode) == (fmt, mode):
+                found[kind] = data
+    photo = Image.open(io.BytesIO(found["rgb"])).convert("RGBA")
+    y, x = np.mgrid[0:photo.height, 0:photo.width]
+    alpha = np.clip(255 * (1.5 - np.hypot(x / photo.width - 0.5, y / photo.height - 0.5) * 4), 0, 255)
+    photo.putalpha(Image.fromarray(alpha.astype(np.uint8)))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    return {**found, "rgba": buffer.getvalue()}
