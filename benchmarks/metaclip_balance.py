@@ -182,6 +182,9 @@ def check(spec: PoolSpec, t: int, result: dict, delta: float = 1e-6) -> list[str
     counts = true_counts(rows, spec.entries)
     kept = kept_counts(result["kept"], rows, spec.entries)
     problems = []
+    accounted = len(result["kept"]) + sum(result["reasons"].values())
+    if accounted != spec.captions:
+        problems.append(f"{spec.captions - accounted} captions neither kept nor rejected")
     tail = np.flatnonzero((counts > 0) & (counts <= t))
     if spec.two_entry_fraction == 0:
         short = [int(e) for e in tail if kept[e] != counts[e]]

@@ -35,7 +35,7 @@ import apache_beam as beam
 import numpy as np
 
 from filters.base import DatasetStage
-from filters.metaclip_entries import EntryMatcher, load_entries
+from filters.metaclip_entries import EntryMatcher, load_entries, shared_matcher
 from pipeline.params import ParamError
 from pipeline.registry import register
 from pipeline.schema import Sample
@@ -170,7 +170,7 @@ class _MatchEntries(beam.DoFn):
         self._matcher: EntryMatcher | None = None
 
     def setup(self):
-        self._matcher = EntryMatcher(load_entries(self._entries_path), self._lowercase)
+        self._matcher = shared_matcher(self._entries_path, self._lowercase)
 
     def process(self, sample: Sample):
         sample.fields[ENTRIES_FIELD] = self._matcher.match(sample.caption)

@@ -17,6 +17,7 @@ or plain text with one entry per line (blank lines and lines starting with
 """
 from __future__ import annotations
 
+import functools
 import json
 import string
 from importlib import resources
@@ -73,11 +74,16 @@ def _json_entries(text: str, path: str) -> list[str]:
     return [entry.strip() for entry in document if entry.strip()]
 
 
+_ASCII_PUNCTUATION = frozenset(string.punctuation)
+
+
 def _is_unspaced(char: str) -> bool:
+    if char.isascii():  # the common case, without the range scan
+        return char in _ASCII_PUNCTUATION
     code = ord(char)
     if any(low <= code <= high for low, high in _UNSPACED_RANGES):
         return True
-    return char in string.punctuation or char in _WIDE_PUNCTUATION
+    return char in _WIDE_PUNCTUATION
 
 
 def spaced_entry(entry: str) -> str:
@@ -113,3 +119,10 @@ class EntryMatcher:
             return []
         text = caption.lower() if self.lowercase else caption
         return sorted({entry for _end, entry in self._automaton.iter(spaced_text(text))})
+
+
+@functools.lru_cache(maxsize=4)
+def shared_matcher(entries_path: str | None, lowercase: bool) -> EntryMatcher:
+    """One matcher per process and entry file: building one for 500k entries takes seconds,
+    and a worker process may hold several instances of a stage's DoFn."""
+    return EntryMatcher(load_entries(entries_path), lowercase)
