@@ -172,6 +172,10 @@ class HashList(SampleStage):
     def check(self) -> None:
         if not self.params.lists:
             raise ValueError("hashlist: no lists given (hashlist.lists)")
+        try:
+            import pdqhash  # noqa: F401  (imported in the download threads)
+        except ImportError:
+            raise ValueError("hashlist needs the pdqhash package (pip install pdqhash==0.2.8)") from None
         load_hash_lists(self.params.lists, self.params.max_distance)
 
     def setup(self) -> None:
