@@ -1,0 +1,88 @@
+"""dedup_semantic: SemDeDup over embeddings, against planted near-duplicates."""
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from filters.dedup_semantic import SemanticDedup, semantic_losers
+from pipeline.registry import get_stage
+from pipeline.schema import Sample
+
+pytest.importorskip("faiss")
+
+DIM = 64
+
+
+def planted(n: int, duplicates: int, seed: int = 0):
+    """n random unit vectors; the first `duplicates` get a copy at cosine > 0.99 (keys n..)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, DIM))
+    copies = base[:duplicates] + rng.normal(scale=0.05, size=(duplicates, DIM))
+    vectors = np.concatenate([base, copies])
+    return [(f"{i:06d}", v / np.linalg.norm(v)) for i, v in enumerate(vectors.astype(np.float32))]
+
+
+def test_registered():
+    assert get_stage("dedup_semantic") is SemanticDedup
+
+
+@pytest.mark.parametrize("keep", ["hard", "easy"])
+def test_exactly_one_of_each_planted_pair_goes(keep):
+    keyed = planted(1500, 100)
+    params = SemanticDedup.Params(clusters=10, eps=0.05, keep=keep)
+    losers = dict(semantic_losers(keyed, params))
+    pairs = {frozenset((f"{i:06d}", f"{1500 + i:06d}")) for i in range(100)}
+    # Random 64-d unit vectors are nowhere near cosine 0.95: only planted pairs can go, one of each.
+    assert len(losers) == 100
+    assert {frozenset((loser, info["duplicate_of"])) for loser, info in losers.items()} == pairs
+    assert losers == dict(semantic_losers(list(reversed(keyed)), params))  # input order does not matter
+
+
+def test_eps_zero_drops_only_identical():
+    keyed = planted(200, 0) + [("999999", planted(200, 0)[5][1].copy())]
+    assert dict(semantic_losers(keyed, SemanticDedup.Params(clusters=4, eps=1e-6))) == {
+        "999999": {"duplicate_of": "000005"}
+    }
+
+
+def test_in_beam_with_reasons(tmp_path):
+    keyed = planted(300, 20)
+    samples = [Sample(key=k, shard_id=0, url="u", fields={"clip_image_embedding": v.tolist()}) for k, v in keyed]
+    samples.append(Sample(key="zzz", shard_id=0, url="u"))
+    path = tmp_path / "out.json"
+
+    def write(_, kept, rejected):
+        path.write_text(json.dumps({"kept": kept, "rejected": rejected}))
+
+    with beam.Pipeline(runner=FnApiRunner()) as pipeline:
+        out = pipeline | beam.Create(samples, reshuffle=False) | SemanticDedup(SemanticDedup.Params(clusters=5)).transform()
+        kept = out["kept"] | beam.Map(lambda s: s.key) | "K" >> beam.combiners.ToList()
+        rejected = out["rejected"] | beam.Map(lambda r: (r.key, r.stage, r.reason)) | "R" >> beam.combiners.ToList()
+        _ = pipeline | "One" >> beam.Create([None]) | beam.Map(
+            write, beam.pvalue.AsSingleton(kept), beam.pvalue.AsSingleton(rejected))
+    result = json.loads(path.read_text())
+    reasons = {key: (stage, reason) for key, stage, reason in result["rejected"]}
+    assert reasons.pop("zzz") == ("dedup_semantic", "missing_embedding")
+    assert set(reasons.values()) == {("dedup_semantic", "semantic_duplicate")} and len(reasons) == 20
+    assert len(result["kept"]) == 300
+
+
+@pytest.mark.parametrize("keep", ["hard", "easy"])
+def test_hard_keeps_the_one_farther_from_the_centroid(keep):
+    # One cluster: its centroid is the normalised mean of all vectors, computed here independently.
+    keyed = planted(300, 30, seed=4)
+    vectors = np.stack([v for _, v in keyed])
+    centroid = vectors.mean(axis=0)
+    centroid /= np.linalg.norm(centroid)
+    losers = dict(semantic_losers(keyed, SemanticDedup.Params(clusters=1, keep=keep)))
+    assert len(losers) == 30
+    for i in range(30):
+        a, b = i, 300 + i
+        nearer = a if vectors[a] @ centroid > vectors[b] @ centroid else b
+        farther = b if nearer == a else a
+        expected_loser = nearer if keep == "hard" else farther
+        assert f"{expected_loser:06d}" in losers
