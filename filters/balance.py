@@ -57,13 +57,13 @@ class Balance(DatasetStage):
         t: int = 20000  # OpenAI CLIP's threshold for 400M pairs; MetaCLIP used 170000 for 2.5B
         entries_path: str | None = None  # default: filters/data/balance_entries.txt; or MetaCLIP's metadata.json
         lowercase: bool = False  # MetaCLIP matches case-sensitively
-        seed: int = 0
+        seed: int = 0  # of the deterministic per-sample draw: another seed keeps another subset
         unmatched: Literal["drop", "keep"] = "drop"
         lang_field: str = "lang"  # "" counts every sample in one pool
         t_per_lang: tuple[str, ...] = ()  # "LANG=T" items
-        t_from_tail: bool = False
+        t_from_tail: bool = False  # other languages get the t that keeps the reference language's tail share
         t_reference_lang: str = "en"
-        curve_points: int = 24
+        curve_points: int = 24  # points of the entry-count curve in the audit
 
         def __post_init__(self) -> None:
             if self.t < 1:

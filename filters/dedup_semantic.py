@@ -40,12 +40,12 @@ class SemanticDedup(DatasetStage):
 
     @dataclass(frozen=True)
     class Params:
-        field: str = "clip_image_embedding"
-        clusters: int = 100
+        field: str = "clip_image_embedding"  # the embedding to compare (clip_score with store_embeddings)
+        clusters: int = 100  # k-means clusters; pairs are compared only within one
         eps: float = 0.05  # drop when cosine similarity > 1 - eps
-        keep: Literal["hard", "easy"] = "hard"
-        niter: int = 50
-        seed: int = 1234
+        keep: Literal["hard", "easy"] = "hard"  # hard: keep the copy farthest from its centroid (SemDeDup)
+        niter: int = 50  # k-means iterations
+        seed: int = 1234  # k-means initialisation
 
         def __post_init__(self) -> None:
             check_range("dedup_semantic.clusters", self.clusters, 1, 10**6)
