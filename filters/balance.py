@@ -58,11 +58,11 @@ class Balance(DatasetStage):
         entries_path: str | None = None  # default: filters/data/balance_entries.txt; or MetaCLIP's metadata.json
         lowercase: bool = False  # MetaCLIP matches case-sensitively
         seed: int = 0  # of the deterministic per-sample draw: another seed keeps another subset
-        unmatched: Literal["drop", "keep"] = "drop"
+        unmatched: Literal["drop", "keep"] = "drop"  # captions matching no entry: MetaCLIP drops them
         lang_field: str = "lang"  # "" counts every sample in one pool
         t_per_lang: tuple[str, ...] = ()  # "LANG=T" items
         t_from_tail: bool = False  # other languages get the t that keeps the reference language's tail share
-        t_reference_lang: str = "en"
+        t_reference_lang: str = "en"  # the language whose t sets the tail share for t_from_tail
         curve_points: int = 24  # points of the entry-count curve in the audit
 
         def __post_init__(self) -> None:
