@@ -23,7 +23,7 @@ from filters.base import DatasetStage
 from pipeline import audit, malloc
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
-from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard
+from pipeline.transforms import INPUTS, REJECTED, ApplyStage, DownloadImages, ReadAndKey, WriteByShard
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
 WORKER_LOG_DIR = Path(tempfile.gettempdir()) / "curate-worker-logs"
@@ -59,18 +59,18 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         list(inputs.paths), inputs.format, inputs.url_col, inputs.caption_col, recipe.output, recipe.crawl
     )
     input_rows = (
-        (read.samples, read[REJECTED])
+        (read["samples"], read[REJECTED])
         | "AllInputRows" >> beam.Flatten()
         | "CountInput" >> beam.combiners.Count.Globally()
     )
-    flow = _Flow(recipe, output_dir, read.samples, read[REJECTED])
+    flow = _Flow(recipe, output_dir, read["samples"], read[REJECTED])
     for stage in flow.stages:
         if stage.needs_image and not flow.downloaded:
             flow.download()
         flow.apply(stage)
     if not flow.downloaded:
         flow.download()
-    _write_and_finalize(pipeline, recipe, output_dir, flow, input_rows)
+    _write_and_finalize(pipeline, recipe, output_dir, flow, input_rows, read[INPUTS])
 
 
 class _Flow:
@@ -122,7 +122,7 @@ class _Flow:
             self.order.append(step)
 
 
-def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows) -> None:
+def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows, input_files) -> None:
     kept_summaries = flow.samples | "WriteShards" >> WriteByShard("samples", recipe.output, output_dir)
     reject_summaries = (
         flow.rejects
@@ -142,6 +142,7 @@ def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, 
             flow.order,
             recipe.to_dict(),
             output_dir,
+            inputs=beam.pvalue.AsList(input_files),
         )
     )
 
