@@ -496,7 +496,7 @@ def _delimited_rows(lines: Iterator[Line], delimiter: str, columns: _Columns, ta
         if fields is not None and len(record_lines) == 1 and _is_blank(record_lines[0]):
             tally.blank_lines += 1
         else:
-            yield _counted(_delimited_row(fields, header, columns), tally, len(record_lines))
+            yield _counted(_delimited_row(fields, record_lines, header, columns), tally, len(record_lines))
 
 
 def _header(records: DelimitedRecords, columns: _Columns, tally: FileTally) -> list[str] | None:
@@ -517,9 +517,11 @@ def _header(records: DelimitedRecords, columns: _Columns, tally: FileTally) -> l
     return None
 
 
-def _delimited_row(fields: list[str] | None, header: list[str], columns: _Columns) -> InputRow:
-    if fields is None or len(fields) != len(header) or any("\x00" in value for value in fields):
+def _delimited_row(fields: list[str] | None, lines: list[Line], header: list[str], columns: _Columns) -> InputRow:
+    # The lines' text is the fields' (quotes and delimiters are ASCII): checking it checks every field.
+    text = lines[0].text if len(lines) == 1 else "".join(line.text for line in lines)
+    if fields is None or len(fields) != len(header) or "\x00" in text:
         return _bad_row(MALFORMED_ROW)
-    if any(_has_undecodable(value) for value in fields):
+    if _has_undecodable(text):
         return _bad_row(BAD_ENCODING)
     return columns.row(dict(zip(header, fields)))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterator, NamedTuple
 
@@ -29,10 +28,8 @@ MAX_LINE_BYTES = 32 * 1024 * 1024
 # A quoted CSV field may hold a few newlines (a poem, an address), not a file.
 MAX_SPAN_LINES = 100
 MAX_SPAN_CHARS = 1024 * 1024
-_READ_BYTES = 1024 * 1024
+_READ_BYTES = 256 * 1024
 _UTF8_BOM = b"\xef\xbb\xbf"
-# Split a piece of text after each \r that is not the start of \r\n.
-_AFTER_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
 
 
 class Line(NamedTuple):
@@ -95,42 +92,36 @@ class FileTally:
 def physical_lines(handle: BinaryIO, tally: FileTally) -> Iterator[Line]:
     """The lines of a binary stream, counted into `tally`; a leading UTF-8 BOM is dropped.
 
-    `handle` must have peek() (an io.BufferedReader), to keep a \\r\\n that
-    straddles two reads one line end.
+    bytes.splitlines cuts at exactly the line ends counted here (\n, \r\n
+    and a lone \r).  A line longer than MAX_LINE_BYTES comes out as one
+    `too_long` Line, its bytes dropped as they are read.
     """
     tally.physical_lines = 0
-    first = True
-    for raw, too_long in _raw_lines(handle):
+    pending = b""  # the start of a line whose end is not read yet
+    skipping = False  # the pending line is over MAX_LINE_BYTES: its bytes are dropped
+    block = handle.read(_READ_BYTES)
+    if block.startswith(_UTF8_BOM):
+        block = block[len(_UTF8_BOM) :]
+    while block:
+        lines = (pending + block).splitlines(keepends=True)
+        # The last piece may continue in the next block (a lone \r may be half of a \r\n).
+        pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
+        for raw in lines:
+            tally.physical_lines += 1
+            yield _line(raw, skipping)
+            skipping = False
+        if len(pending) > MAX_LINE_BYTES:
+            pending, skipping = b"", True
+        block = handle.read(_READ_BYTES)
+    if pending or skipping:  # the last line, without a line end
         tally.physical_lines += 1
-        if first and raw.startswith(_UTF8_BOM):
-            raw = raw[len(_UTF8_BOM) :]
-        first = False
-        yield Line(raw.decode("utf-8", errors="surrogateescape"), too_long)
+        yield _line(pending, skipping)
 
 
-def _raw_lines(handle: BinaryIO) -> Iterator[tuple[bytes, bool]]:
-    parts: list[bytes] = []
-    size, too_long = 0, False
-    while True:
-        piece = handle.readline(_READ_BYTES)
-        if not piece:
-            if size:  # the last line, without a line end
-                yield b"".join(parts), too_long
-            return
-        if piece.endswith(b"\r") and handle.peek(1)[:1] == b"\n":
-            piece += handle.read(1)
-        for segment in _AFTER_LONE_CR.split(piece) if b"\r" in piece else (piece,):
-            if not segment:
-                continue
-            size += len(segment)
-            too_long = too_long or size > MAX_LINE_BYTES
-            if too_long:
-                parts = []  # the rest of the line is skipped, not kept
-            else:
-                parts.append(segment)
-            if segment.endswith((b"\n", b"\r")):
-                yield b"".join(parts), too_long
-                parts, size, too_long = [], 0, False
+def _line(raw: bytes, skipped: bool) -> Line:
+    if skipped or len(raw) > MAX_LINE_BYTES:
+        return Line("", too_long=True)
+    return Line(raw.decode("utf-8", errors="surrogateescape"))
 
 
 class _SpanBroken(Exception):
