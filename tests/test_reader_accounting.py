@@ -161,6 +161,22 @@ def test_a_line_over_the_size_bound_is_one_malformed_row(tmp_path, monkeypatch, 
     assert summary["physical_lines"] == (4 if fmt == "csv" else 3)
 
 
+@pytest.mark.parametrize("read_bytes", [1, 17])
+def test_an_over_long_line_ended_by_a_lone_cr_keeps_its_line_end(tmp_path, monkeypatch, read_bytes):
+    # Found by the fuzzer: dropping an over-long line's bytes dropped the \r that ended it, merging two lines.
+    monkeypatch.setattr(textlines, "MAX_LINE_BYTES", 16)
+    monkeypatch.setattr(textlines, "_READ_BYTES", read_bytes)
+    text = "http://h/1-16chr\rhttp://h/2\r\nhttp://h/3-16chr\r\nhttp://h/4\r"  # 16 bytes + a line end
+    rows, summary = read_counted(_write(tmp_path / "in.txt", text), "txt")
+    assert [(row.url, row.error) for row in rows] == [
+        (None, "malformed_row"),
+        ("http://h/2", None),
+        (None, "malformed_row"),
+        ("http://h/4", None),
+    ]
+    assert summary["physical_lines"] == 4
+
+
 @pytest.mark.parametrize("fmt", ["txt", "jsonl", "csv", "tsv"])
 def test_cr_only_line_ends(tmp_path, fmt):
     good = {

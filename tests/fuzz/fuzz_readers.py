@@ -12,8 +12,8 @@ invariants checked on every input:
 * every row is either good (a non-empty url) or carries a known reason;
 * reading the same file twice gives the same rows.
 
-The bounds on lines and multi-line records are shrunk so that short inputs
-reach them.  Run it longer with, e.g. (see docs/fuzzing.md):
+The bounds on lines and multi-line records are chosen by the input, small
+enough for short inputs to reach them.  Run it longer with, e.g. (see docs/fuzzing.md):
 
     PYTHONPATH=. python tests/fuzz/fuzz_readers.py -max_total_time=600 -rss_limit_mb=4096 \
         /tmp/reader-corpus tests/fuzz/corpus
@@ -33,15 +33,17 @@ with atheris.instrument_imports(include=["pipeline.readers", "pipeline.textlines
     from pipeline import readers, textlines
 
 FORMATS = ("csv", "tsv", "jsonl", "txt")
+HEAD_BYTES = 6
 REASONS = {readers.MISSING_URL, readers.MALFORMED_ROW, readers.BAD_ENCODING}
 _WORK_DIR = tempfile.mkdtemp(prefix="fuzz-readers-")
 
 
-def shrink_bounds() -> None:
-    textlines.MAX_LINE_BYTES = 300
-    textlines.MAX_SPAN_LINES = 4
-    textlines.MAX_SPAN_CHARS = 200
-    textlines._READ_BYTES = 64
+def use_bounds(head: bytes) -> None:
+    """Bounds small enough for short inputs to reach, chosen by the input (so a crash replays exactly)."""
+    textlines.MAX_SPAN_LINES = 1 + head[2] % 8
+    textlines.MAX_SPAN_CHARS = 16 + head[2] * 8
+    textlines._READ_BYTES = 1 + head[3] * 4
+    textlines.MAX_LINE_BYTES = 8 + int.from_bytes(head[4:6], "little") % 5000
 
 
 def read(path: str, fmt: str) -> tuple[list[readers.InputRow], textlines.FileTally] | None:
@@ -53,10 +55,10 @@ def read(path: str, fmt: str) -> tuple[list[readers.InputRow], textlines.FileTal
 
 
 def check(data: bytes) -> None:
-    provider = atheris.FuzzedDataProvider(data)
-    fmt = FORMATS[provider.ConsumeIntInRange(0, len(FORMATS) - 1)]
-    compressed = provider.ConsumeBool()
-    content = provider.ConsumeBytes(provider.remaining_bytes())
+    # Byte 0: the format; byte 1: gzip or not; bytes 2-5: the bounds; the rest: the file's content.
+    head, content = data[:HEAD_BYTES].ljust(HEAD_BYTES, b"\0"), data[HEAD_BYTES:]
+    fmt, compressed = FORMATS[head[0] % len(FORMATS)], bool(head[1] & 1)
+    use_bounds(head)
     path = os.path.join(_WORK_DIR, f"input.{fmt}{'.gz' if compressed else ''}")
     with open(path, "wb") as handle:
         handle.write(gzip.compress(content, mtime=0) if compressed else content)
@@ -76,7 +78,6 @@ def check(data: bytes) -> None:
 
 
 def main() -> None:
-    shrink_bounds()
     atheris.Setup(sys.argv, check)
     atheris.Fuzz()
 
