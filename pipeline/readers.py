@@ -440,28 +440,24 @@ def _txt_rows(lines: Iterable[Line], tally: FileTally) -> Iterator[InputRow]:
 
 def _jsonl_rows(lines: Iterable[Line], columns: _Columns, tally: FileTally) -> Iterator[InputRow]:
     # The url column is checked on the first object; bad lines before it are held back until then.
-    held_back: list[InputRow] = []
-    url_checked = False
+    held_back: list[InputRow] | None = []  # None once the first object was seen
     for line in lines:
         if _is_blank(line):
             tally.blank_lines += 1
             continue
-        record = None if _line_error(line) else _json_object(line.text)
-        if record is not None and not url_checked:
-            columns.require_url(record)
-            url_checked = True
-            yield from (_counted(row, tally) for row in held_back)
-        if record is None:
-            row = _bad_row(_line_error(line) or MALFORMED_ROW)
-            if not url_checked:
+        error = _line_error(line)
+        record = None if error else _json_object(line.text)
+        bad = _bad_row(error or MALFORMED_ROW) if record is None else None
+        if held_back is not None:
+            if bad is not None:
                 _reject_non_jsonl(columns.path, line.text, held_back)
-                held_back.append(row)
+                held_back.append(bad)
                 continue
-        else:
-            row = columns.row(record)
-        yield _counted(row, tally)
-    if not url_checked:
-        yield from (_counted(row, tally) for row in held_back)
+            columns.require_url(record)
+            yield from (_counted(row, tally) for row in held_back)
+            held_back = None
+        yield _counted(bad or columns.row(record), tally)
+    yield from (_counted(row, tally) for row in held_back or ())
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

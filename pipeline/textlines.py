@@ -176,8 +176,8 @@ class Record(NamedTuple):
 class DelimitedRecords:
     """The records of a CSV/TSV file (see the module docstring), each with the physical lines it took.
 
-    Set `starts_a_record` once the header is known: it tells whether a line,
-    parsed alone, is a whole record (the url column holds a URL).
+    Call `set_record_test` once the header is known: it tells whether a
+    line's fields, parsed alone, are a whole record (the url column holds a URL).
     """
 
     def __init__(self, lines: Iterator[Line], delimiter: str):
