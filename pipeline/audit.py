@@ -1,7 +1,10 @@
 """The run's accounting: report/audit.json, the summary table, and _SUCCESS.
 
 `counts.input == counts.kept + sum(rejected_by_stage)` always holds for a
-finished run; if it does not, finalising fails and `_SUCCESS` is not written.
+finished run, and so does the `inputs` check (each input file's physical
+records are all in its rows, see pipeline/textlines.FileTally, and the files'
+rows and read rejects add up to the counts); if either does not, finalising
+fails and `_SUCCESS` is not written.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ def build_audit(
     stage_reports: list[tuple[str, str, dict]],
     order: list[str],
     recipe: dict[str, Any],
+    inputs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     by_stage: dict[str, dict[str, int]] = {}
     for name, count in sorted(counts.items()):
@@ -45,6 +49,8 @@ def build_audit(
         "counts": {"input": input_rows, "kept": counts.get("kept", 0), "rejected_by_stage": by_stage},
         "stage_order": order,
     }
+    if inputs is not None:
+        result["inputs"] = sorted(inputs, key=lambda entry: entry["path"])
     for section, stage, report in sorted(stage_reports, key=lambda r: r[:2]):
         result.setdefault(section, {})[stage] = report
     result["recipe"] = recipe
@@ -63,6 +69,23 @@ def check_accounting(audit: dict[str, Any]) -> None:
         raise AccountingError(
             f"accounting mismatch: {counts['input']} input rows but {counts['kept']} kept + {rejected} rejected"
         )
+    if "inputs" in audit:
+        _check_inputs(audit["inputs"], counts)
+
+
+def _check_inputs(inputs: list[dict[str, Any]], counts: dict[str, Any]) -> None:
+    """Every input file's physical records are in its rows; the files' rows and read rejects are the counts'."""
+    for entry in inputs:
+        records = entry["physical_records"]
+        in_rows = entry["rows"] - entry["multiline_rows"] + entry["lines_in_multiline_rows"]
+        if records is not None and records != in_rows:
+            raise AccountingError(f"{entry['path']}: {records} physical records but {in_rows} accounted in rows")
+    rows = sum(entry["rows"] for entry in inputs)
+    if rows != counts["input"]:
+        raise AccountingError(f"accounting mismatch: the input files gave {rows} rows, the run counted {counts['input']}")
+    read_rejects: dict[str, int] = merge_counts(entry["rejected_at_read"] for entry in inputs)
+    if read_rejects != counts["rejected_by_stage"].get("read", {}):
+        raise AccountingError(f"accounting mismatch: the input files' read rejects {read_rejects} are not the counts'")
 
 
 def finalize(
@@ -72,9 +95,10 @@ def finalize(
     order: list[str],
     recipe: dict[str, Any],
     output_dir: str,
+    inputs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write the audit, check the invariant, then mark the output complete."""
-    audit = build_audit(input_rows, counts, stage_reports, order, recipe)
+    audit = build_audit(input_rows, counts, stage_reports, order, recipe, inputs)
     audit["shards"] = shard_listing(output_dir, counts.get("shards", 0), counts.get("kept", 0), recipe["output"])
     if not FileSystems.exists(f"{output_dir}/shards"):
         FileSystems.mkdirs(f"{output_dir}/shards")  # a run that kept nothing still has its (empty) shards folder

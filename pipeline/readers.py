@@ -3,14 +3,20 @@ and web crawls (WARC pages and WAT metadata, see pipeline/crawl.py).
 
 Files are opened through Beam's `FileSystems`, so local paths, gs://, s3://
 and friends all work, and text files compressed with .gz/.bz2/.zst/.xz are
-decompressed on the fly.  Every reader streams: Parquet one row group at a
-time, text one line (CSV: one record) at a time, so a worker never holds a
-whole input file in memory.
+decompressed on the fly (a truncated compressed file is an `InputError`, not
+a shorter list).  Every reader streams: Parquet one row group at a time, text
+one physical line at a time (pipeline/textlines.py), so a worker never holds
+a whole input file in memory.
 
-Each input row becomes exactly one `InputRow`, malformed ones included (they
-carry an `error` reason instead of being skipped), so the pipeline can count
-and reject them.  Blank lines are not rows.  A whole input that cannot be read
-raises `InputError`.
+Each physical record becomes exactly one `InputRow`, malformed ones included
+(they carry an `error` reason instead of being skipped), so the pipeline can
+count and reject them: in text formats every physical line is blank, the
+header, one row, or one line of a multi-line CSV record (a quoted field
+holding newlines, bounded: see pipeline/textlines.py).  Lines with bytes that
+are not UTF-8 are `bad_encoding` rows wherever they are.  `FileTally` counts
+all of it for the audit.  Only a file that is not its format at all (binary or
+compressed data, UTF-16 text, an unreadable header, no url column, no JSON
+object in its first lines) raises `InputError`, before its first row.
 
 `InputRow.extra` holds every other column with JSON-friendly values:
 timestamps, dates and times become ISO 8601 strings, decimals become strings
@@ -21,9 +27,7 @@ scalars become Python scalars.  CSV/TSV values stay strings as written.
 from __future__ import annotations
 
 import base64
-import codecs
 import contextlib
-import csv
 import datetime
 import decimal
 import io
@@ -42,6 +46,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.textlines import DelimitedRecords, FileTally, Line, physical_lines
+
 if TYPE_CHECKING:
     from pipeline.crawl import CrawlParams, Tally
 
@@ -51,7 +57,8 @@ CRAWL_FORMATS = ("warc", "wat")
 
 # Row error reasons.
 MISSING_URL = "missing_url"
-MALFORMED_ROW = "malformed_row"  # bad JSON line, wrong CSV column count, unparsable CSV record
+# Bad JSON line, wrong CSV column count, unclosed CSV quote, a NUL byte, a line over 32 MiB.
+MALFORMED_ROW = "malformed_row"
 BAD_ENCODING = "bad_encoding"  # the row's bytes are not valid UTF-8
 
 _EXTENSION_FORMATS = {
@@ -70,16 +77,26 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".xz", ".lzma", ".defla
 _GLOB_CHARS = ("*", "?", "[")
 _DELIMITERS = {"csv": ",", "tsv": "\t"}
 
-# Longer than any real URL or caption, yet bounded: an unbalanced quote makes
-# the csv module swallow the rest of the file into one field, and this limit
-# turns that into one malformed row instead of unbounded memory.
-_MAX_CSV_FIELD_CHARS = 32 * 1024 * 1024
 _PARQUET_BATCH_ROWS = 1024
 # A "JSON Lines" file with this many bad lines before its first object is not one.
 _MAX_LEADING_BAD_JSON_LINES = 100
-_ENCODING_CHECK_BYTES = 64 * 1024
+# What a text input must not start with: it is some other kind of file (or compressed without saying so).
+_NOT_TEXT_SIGNATURES = (
+    (b"\x1f\x8b", "gzip-compressed data (name it *.gz)"),
+    (b"BZh", "bzip2-compressed data (name it *.bz2)"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data (name it *.zst)"),
+    (b"\xfd7zXZ\x00", "xz-compressed data (name it *.xz)"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"PAR1", "a Parquet file"),
+    (b"\xff\xfe", "UTF-16 or UTF-32 text, not UTF-8 (re-encode it as UTF-8)"),
+    (b"\xfe\xff", "UTF-16 text, not UTF-8 (re-encode it as UTF-8)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+)
 # Undecodable bytes survive text decoding as lone surrogates (errors="surrogateescape").
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
+# A URL cell, for telling a line that is a whole record: scheme://host or //host.
+_URL_START = re.compile(r"\s*(?:[A-Za-z][A-Za-z0-9+.-]*:)?//[^\s/]")
 
 # Errors from the filesystem, decompressors and pyarrow that mean "this file is unreadable".
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -187,8 +204,9 @@ def read_rows(
     caption_col: str | None = "caption",
     crawl_params: CrawlParams | None = None,
     crawl_tally: Tally | None = None,
+    tally: FileTally | None = None,
 ) -> Iterator[InputRow]:
-    """Stream the rows of one input file in file order.
+    """Stream the rows of one input file in file order, counting them (and the physical lines) into `tally`.
 
     txt: one URL per line, no caption.  warc/wat: one row per image link
     (url_col and caption_col do not apply; `crawl_params` tunes the extraction,
@@ -199,32 +217,37 @@ def read_rows(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    tally = FileTally() if tally is None else tally
     columns = _Columns(path, url_col, caption_col)
     with _reading(path, fmt):
         if fmt in CRAWL_FORMATS:
             from pipeline import crawl  # crawl imports this module
 
             with open_binary(path) as handle:
-                yield from crawl.crawl_rows(handle, path, fmt, crawl_params or crawl.CrawlParams(), crawl_tally)
+                rows = crawl.crawl_rows(handle, path, fmt, crawl_params or crawl.CrawlParams(), crawl_tally)
+                yield from (_counted(row, tally) for row in rows)
         elif fmt == "parquet":
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                yield from _parquet_rows(handle, columns)
+                yield from _parquet_rows(handle, columns, tally)
         else:
-            with _open_text(path, newline="" if fmt in _DELIMITERS else None) as text:
+            with open_binary(path) as handle:
+                _refuse_non_text(handle, path, fmt)
+                lines = physical_lines(handle, tally)
                 if fmt == "txt":
-                    yield from _txt_rows(text)
+                    yield from _txt_rows(lines, tally)
                 elif fmt == "jsonl":
-                    yield from _jsonl_rows(text, columns)
+                    yield from _jsonl_rows(lines, columns, tally)
                 else:
-                    yield from _delimited_rows(text, _DELIMITERS[fmt], columns)
+                    yield from _delimited_rows(lines, _DELIMITERS[fmt], columns, tally)
 
 
 def check_input(path: str, fmt: str, url_col: str, caption_col: str | None) -> None:
-    """Cheap pre-flight check: the file opens, decodes as UTF-8 and has the url column.
+    """Cheap pre-flight check: the file opens, is its format and has the url column.
 
     Reads only the start of the file (header or schema and the first row;
     for warc/wat the first record, since the first image link may be far in).
-    Raises InputError with a clear message otherwise.
+    Raises InputError with a clear message otherwise.  Bad rows further on
+    (bad encoding included) are rows to reject, not a reason to refuse the file.
     """
     if fmt in CRAWL_FORMATS:
         from pipeline import crawl  # crawl imports this module
@@ -232,8 +255,6 @@ def check_input(path: str, fmt: str, url_col: str, caption_col: str | None) -> N
         with _reading(path, fmt), open_binary(path) as handle:
             crawl.check_archive(handle, path)
         return
-    if fmt != "parquet":
-        _check_utf8(path, fmt)
     rows = read_rows(path, fmt, url_col, caption_col)
     try:
         next(rows, None)
@@ -249,54 +270,39 @@ def _reading(path: str, fmt: str) -> Iterator[None]:
         raise InputError(f"{path}: cannot read as {fmt}: {error}") from error
 
 
-def _check_utf8(path: str, fmt: str) -> None:
-    with _reading(path, fmt), FileSystems.open(path) as handle:
-        start = handle.read(_ENCODING_CHECK_BYTES)
-    try:
-        # Not final: the sample may end in the middle of a multi-byte character.
-        codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
-    except UnicodeDecodeError as error:
-        raise InputError(
-            f"{path}: not UTF-8 text (byte 0x{start[error.start]:02x} at offset {error.start} "
-            f"of the decompressed content); re-encode it as UTF-8"
-        ) from error
+def _refuse_non_text(handle: io.BufferedReader, path: str, fmt: str) -> None:
+    start = handle.peek(8)[:8]
+    for signature, kind in _NOT_TEXT_SIGNATURES:
+        if start.startswith(signature):
+            raise InputError(f"{path}: starts like {kind}, not {fmt} text")
 
 
-def open_binary(path: str) -> BinaryIO:
+def open_binary(path: str) -> io.BufferedReader:
     """The file's bytes, decompressed by extension; a truncated compressed file raises EOFError at its end."""
     handle = FileSystems.open(path)
-    if not isinstance(handle, io.IOBase):  # Beam's CompressedFile lacks the io interface
+    if not isinstance(handle, io.BufferedReader):  # Beam's CompressedFile lacks the io interface
         handle = io.BufferedReader(_RawReader(handle))
     return handle
 
 
-def _open_text(path: str, newline: str | None) -> io.TextIOWrapper:
-    handle = open_binary(path)
-    # utf-8-sig drops a leading BOM; surrogateescape keeps bad bytes so the row
-    # holding them can be rejected alone instead of failing the whole file.
-    return io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline=newline)
-
-
 class _RawReader(io.RawIOBase):
-    """Adapts Beam's CompressedFile (it only has read()) to the io stack, so TextIOWrapper can decode it.
+    """Adapts Beam's CompressedFile (it only has read()) to the io stack.
 
     It also notices truncated compressed files, which Beam reads silently up
-    to where they were cut, losing the rest of the rows.
+    to where they were cut, losing the rest of the rows (all of them when the
+    cut comes before the end of the first bzip2 or zstd block).
     """
 
     def __init__(self, handle: BinaryIO):
         super().__init__()
         self._handle = handle
-        self._returned_data = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         data = self._handle.read(len(buffer))
-        if data:
-            self._returned_data = True
-        elif self._returned_data and not self._stream_complete():
+        if not data and not self._stream_complete():
             raise EOFError("the compressed stream ends early (truncated file?)")
         buffer[: len(data)] = data
         return len(data)
@@ -305,6 +311,9 @@ class _RawReader(io.RawIOBase):
         # Private Beam state, so checked defensively: every decompressor Beam
         # uses (zlib, bz2, lzma, zstandard) has `eof`, True once the stream's end marker was read.
         decompressor = getattr(self._handle, "_decompressor", None)
+        compressed = getattr(self._handle, "_file", None)
+        if compressed is not None and compressed.tell() == 0:
+            return True  # an empty file: an empty list, not a truncated stream
         return getattr(decompressor, "eof", True)
 
     def close(self) -> None:
@@ -390,64 +399,80 @@ def _has_undecodable(text: str) -> bool:
     return _UNDECODABLE.search(text) is not None
 
 
-def _parquet_rows(handle: BinaryIO, columns: _Columns) -> Iterator[InputRow]:
+def _line_error(line: Line) -> str | None:
+    """Why a physical line cannot be a row of any text format, or None."""
+    if line.too_long:
+        return MALFORMED_ROW
+    if _has_undecodable(line.text):
+        return BAD_ENCODING
+    return MALFORMED_ROW if "\x00" in line.text else None
+
+
+def _counted(row: InputRow, tally: FileTally, lines: int = 1) -> InputRow:
+    tally.count_row(row.error, lines)
+    return row
+
+
+def _parquet_rows(handle: BinaryIO, columns: _Columns, tally: FileTally) -> Iterator[InputRow]:
+    tally.physical_records = 0
     if not handle.read(1):
         return  # an empty file is an empty list, not a broken Parquet file
     handle.seek(0)
     # pre_buffer (on by default) fetches every row group's pages up front: the whole file.
     parquet = pq.ParquetFile(handle, pre_buffer=False)
     columns.require_url(parquet.schema_arrow.names)
+    tally.physical_records = parquet.metadata.num_rows
     for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
         for record in batch.to_pylist(maps_as_pydicts="lossy"):
-            yield columns.row(record)
+            yield _counted(columns.row(record), tally)
 
 
-def _txt_rows(text: Iterable[str]) -> Iterator[InputRow]:
-    for line in text:
-        url = line.strip()
-        if not url:
+def _is_blank(line: Line) -> bool:
+    return not line.too_long and not line.text.strip()
+
+
+def _txt_rows(lines: Iterable[Line], tally: FileTally) -> Iterator[InputRow]:
+    for line in lines:
+        if _is_blank(line):
+            tally.blank_lines += 1
             continue
-        yield _bad_row(BAD_ENCODING) if _has_undecodable(url) else InputRow(url=url, caption=None)
+        error = _line_error(line)
+        yield _counted(_bad_row(error) if error else InputRow(url=line.text.strip(), caption=None), tally)
 
 
-def _jsonl_rows(text: Iterable[str], columns: _Columns) -> Iterator[InputRow]:
-    lines = (line for line in text if line.strip())
+def _jsonl_rows(lines: Iterable[Line], columns: _Columns, tally: FileTally) -> Iterator[InputRow]:
     # The url column is checked on the first object; bad lines before it are held back until then.
-    held_back: list[InputRow] = []
+    held_back: list[InputRow] | None = []  # None once the first object was seen
     for line in lines:
-        record = _json_object(line)
-        if record is None:
-            _reject_non_jsonl(columns.path, line, held_back)
-            held_back.append(_bad_row(BAD_ENCODING if _has_undecodable(line) else MALFORMED_ROW))
+        if _is_blank(line):
+            tally.blank_lines += 1
             continue
-        columns.require_url(record)
-        yield from held_back
-        yield columns.row(record)
-        break
-    else:
-        yield from held_back
-        return
-    for line in lines:
-        record = _json_object(line)
-        if record is not None:
-            yield columns.row(record)
-        else:
-            yield _bad_row(BAD_ENCODING if _has_undecodable(line) else MALFORMED_ROW)
+        error = _line_error(line)
+        record = None if error else _json_object(line.text)
+        bad = _bad_row(error or MALFORMED_ROW) if record is None else None
+        if held_back is not None:
+            if bad is not None:
+                _reject_non_jsonl(columns.path, line.text, held_back)
+                held_back.append(bad)
+                continue
+            columns.require_url(record)
+            yield from (_counted(row, tally) for row in held_back)
+            held_back = None
+        yield _counted(bad or columns.row(record), tally)
+    yield from (_counted(row, tally) for row in held_back or ())
 
 
-def _json_object(line: str) -> dict[str, Any] | None:
-    """The line's JSON object, or None when it is not one (or holds undecodable bytes)."""
-    if _has_undecodable(line):
-        return None
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The line's JSON object, or None when it is not one."""
     try:
-        record = json.loads(line)
-    except ValueError:
+        record = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
         return None
     return record if isinstance(record, dict) else None
 
 
-def _reject_non_jsonl(path: str, line: str, held_back: list[InputRow]) -> None:
-    if not held_back and line.lstrip().startswith("["):
+def _reject_non_jsonl(path: str, text: str, held_back: list[InputRow]) -> None:
+    if not held_back and text.lstrip().startswith("["):
         raise InputError(f"{path}: starts with a JSON array, expected JSON Lines (one JSON object per line)")
     if len(held_back) >= _MAX_LEADING_BAD_JSON_LINES:
         raise InputError(
@@ -456,38 +481,45 @@ def _reject_non_jsonl(path: str, line: str, held_back: list[InputRow]) -> None:
         )
 
 
-def _delimited_rows(text: Iterable[str], delimiter: str, columns: _Columns) -> Iterator[InputRow]:
-    csv.field_size_limit(max(csv.field_size_limit(), _MAX_CSV_FIELD_CHARS))
-    records = _csv_records(csv.reader(text, delimiter=delimiter))
-    header = next(records, None)
+def _delimited_rows(lines: Iterator[Line], delimiter: str, columns: _Columns, tally: FileTally) -> Iterator[InputRow]:
+    records = DelimitedRecords(lines, delimiter)
+    header = _header(records, columns, tally)
     if header is None:
         return  # empty file
-    if not isinstance(header, list) or any(_has_undecodable(name) for name in header):
-        raise InputError(f"{columns.path}: unreadable header line")
-    columns.require_url(header)
-    for fields in records:
-        if not isinstance(fields, list) or len(fields) != len(header):
-            yield _bad_row(MALFORMED_ROW)
-        elif any(_has_undecodable(value) for value in fields):
-            yield _bad_row(BAD_ENCODING)
+    url_index = header.index(columns.url)
+    records.set_record_test(
+        lambda fields: len(fields) == len(header) and _URL_START.match(fields[url_index]) is not None
+    )
+    for fields, record_lines in records:
+        if fields is not None and len(record_lines) == 1 and _is_blank(record_lines[0]):
+            tally.blank_lines += 1
         else:
-            yield columns.row(dict(zip(header, fields)))
+            yield _counted(_delimited_row(fields, record_lines, header, columns), tally, len(record_lines))
 
 
-def _csv_records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
-    """The reader's non-blank records; a record the csv module cannot parse comes out as its error.
-
-    After an error the reader resumes at the next line, so one bad record
-    (e.g. a field over the size limit) costs one row, not the file.
-    """
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            yield error
+def _header(records: DelimitedRecords, columns: _Columns, tally: FileTally) -> list[str] | None:
+    """The first non-blank record, which must name the url column; None for a file with no records."""
+    for fields, record_lines in records:
+        if fields is not None and len(record_lines) == 1 and _is_blank(record_lines[0]):
+            tally.blank_lines += 1
             continue
-        if fields:  # blank lines are not records
-            yield fields
+        if fields is None:
+            raise InputError(f"{columns.path}: unreadable header line (an unclosed quote, or over 32 MiB)")
+        if any(_has_undecodable(name) for name in fields):
+            raise InputError(f"{columns.path}: header line is not UTF-8 text; re-encode the file as UTF-8")
+        if any("\x00" in name for name in fields):
+            raise InputError(f"{columns.path}: header line holds NUL bytes (UTF-16 text?); expected UTF-8 text")
+        columns.require_url(fields)
+        tally.header_lines += len(record_lines)
+        return fields
+    return None
 
+
+def _delimited_row(fields: list[str] | None, lines: list[Line], header: list[str], columns: _Columns) -> InputRow:
+    # The lines' text is the fields' (quotes and delimiters are ASCII): checking it checks every field.
+    text = lines[0].text if len(lines) == 1 else "".join(line.text for line in lines)
+    if fields is None or len(fields) != len(header) or "\x00" in text:
+        return _bad_row(MALFORMED_ROW)
+    if _has_undecodable(text):
+        return _bad_row(BAD_ENCODING)
+    return columns.row(dict(zip(header, fields)))

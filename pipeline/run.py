@@ -23,7 +23,7 @@ from filters.base import DatasetStage
 from pipeline import audit, malloc
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
-from pipeline.transforms import REJECTED, ApplyStage, DownloadImages, ReadAndKey
+from pipeline.transforms import INPUTS, REJECTED, ApplyStage, DownloadImages, ReadAndKey
 from pipeline.write_outputs import WriteOutputs
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
@@ -61,18 +61,18 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
         list(inputs.paths), inputs.format, inputs.url_col, inputs.caption_col, recipe.output, recipe.crawl
     )
     input_rows = (
-        (read.samples, read[REJECTED])
+        (read["samples"], read[REJECTED])
         | "AllInputRows" >> beam.Flatten()
         | "CountInput" >> beam.combiners.Count.Globally()
     )
-    flow = _Flow(recipe, output_dir, read.samples, read[REJECTED])
+    flow = _Flow(recipe, output_dir, read["samples"], read[REJECTED])
     for stage in flow.stages:
         if stage.needs_image and not flow.downloaded:
             flow.download()
         flow.apply(stage)
     if not flow.downloaded:
         flow.download()
-    _write_and_finalize(pipeline, recipe, output_dir, flow, input_rows)
+    _write_and_finalize(pipeline, recipe, output_dir, flow, input_rows, read[INPUTS])
 
 
 class _Flow:
@@ -124,7 +124,7 @@ class _Flow:
             self.order.append(step)
 
 
-def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows) -> None:
+def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows, input_files) -> None:
     rejects = flow.rejects | "AllRejects" >> beam.Flatten()
     summaries = (flow.samples, rejects) | "Write" >> WriteOutputs(recipe.output, output_dir)
     stage_reports = flow.reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
@@ -139,6 +139,7 @@ def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, 
             flow.order,
             recipe.to_dict(),
             output_dir,
+            inputs=beam.pvalue.AsList(input_files),
         )
     )
 

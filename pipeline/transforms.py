@@ -24,6 +24,7 @@ from pipeline.crawl import CrawlParams, Tally
 from pipeline.download import Downloader, DownloadParams
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
+from pipeline.textlines import FileTally
 from pipeline.writers import OutputParams
 
 REJECTED = "rejected"
@@ -33,8 +34,11 @@ log = logging.getLogger("curate")
 # ---------------------------------------------------------------- reading
 
 
+INPUTS = "inputs"
+
+
 class ReadInputFile(beam.DoFn):
-    """(file_index, path) -> (file_index, row_index, InputRow), streamed."""
+    """(file_index, path) -> (file_index, row_index, InputRow), streamed; then the file's tally to INPUTS."""
 
     def __init__(self, fmt: str | None, url_col: str, caption_col: str | None, crawl: CrawlParams):
         self._fmt, self._url_col, self._caption_col, self._crawl = fmt, url_col, caption_col, crawl
@@ -42,12 +46,14 @@ class ReadInputFile(beam.DoFn):
     def process(self, element):
         file_index, path = element
         fmt = readers.detect_format(path, self._fmt)
-        tally = Tally()
-        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl, crawl_tally=tally)
+        tally, crawl_tally = FileTally(), Tally()
+        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl,
+                                 crawl_tally=crawl_tally, tally=tally)
         for row_index, row in enumerate(rows):
             yield file_index, row_index, row
-        for name, count in tally.items():  # crawl files: records read, image links dropped and why
+        for name, count in crawl_tally.items():  # crawl files: records read, image links dropped and why
             Metrics.counter("crawl", name).inc(count)
+        yield beam.pvalue.TaggedOutput(INPUTS, tally.summary(path, fmt))
 
 
 def _offsets(counts: dict[int, int]) -> dict[int, int]:
@@ -60,7 +66,10 @@ def _offsets(counts: dict[int, int]) -> dict[int, int]:
 
 
 class ReadAndKey(beam.PTransform):
-    """Input files -> Samples with stable keys and shard ids, plus rejects of malformed rows.
+    """Input files -> Samples with stable keys and shard ids, rejects of malformed rows, and each file's tally.
+
+    The result is a dict: "samples", REJECTED, and INPUTS (one
+    FileTally.summary per file, for the audit's `inputs`).
 
     Row n of the whole input (files in sorted order) goes to shard
     n // samples_per_shard, with key "<shard><index in shard>", so keys and
@@ -81,12 +90,16 @@ class ReadAndKey(beam.PTransform):
         self._output, self._crawl = output, crawl
 
     def expand(self, pbegin):
-        rows = (
+        read = (
             pbegin
             | "ListFiles" >> beam.Create(list(enumerate(self._paths)))
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRows" >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col, self._crawl))
+            | "ReadRows"
+            >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col, self._crawl)).with_outputs(
+                INPUTS, main="rows"
+            )
         )
+        rows = read.rows
         offsets = (
             rows
             | "FileOfRow" >> beam.Map(lambda r: r[0])
@@ -94,9 +107,10 @@ class ReadAndKey(beam.PTransform):
             | "AllCounts" >> beam.combiners.ToDict()
             | "Offsets" >> beam.Map(_offsets)
         )
-        return rows | "AssignKeys" >> beam.ParDo(
+        keyed = rows | "AssignKeys" >> beam.ParDo(
             _ToSample(self._output), beam.pvalue.AsSingleton(offsets)
         ).with_outputs(REJECTED, main="samples")
+        return {"samples": keyed.samples, REJECTED: keyed[REJECTED], INPUTS: read[INPUTS]}
 
 
 class _ToSample(beam.DoFn):

@@ -522,11 +522,12 @@ def test_check_input_bad_parquet(tmp_path):
         check_input(str(path), "parquet", "url", "caption")
 
 
-@pytest.mark.parametrize("encoding", ["latin-1", "utf-16"])
-def test_check_input_not_utf8(tmp_path, encoding):
-    path = write_text(tmp_path / "in.csv", "url,caption\nhttp://a.test/1.jpg,caf\u00e9\n", encoding=encoding)
-    with pytest.raises(InputError, match="not UTF-8"):
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "latin-1"])
+def test_check_input_header_not_utf8(tmp_path, encoding):
+    path = write_text(tmp_path / "in.csv", "url,caption\u00e9\nhttp://a.test/1.jpg,caf\u00e9\n", encoding=encoding)
+    with pytest.raises(InputError, match="not UTF-8|NUL bytes") as raised:
         check_input(str(path), "csv", "url", "caption")
+    assert "in.csv" in str(raised.value)
 
 
 def test_check_input_missing_file(tmp_path):
