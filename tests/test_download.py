@@ -15,7 +15,10 @@ from PIL import Image
 from pipeline import download
 from pipeline.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
 from pipeline.localweb import LocalWeb, tiny_jpeg
+from pipeline.imaging import ResizeParams
 from pipeline.params import ParamError, build
+from pipeline.schema import Reject, Sample, Verdict
+from pipeline.transforms import DownloadHooks, fetch_and_resize
 
 # Tiny backoff and timeouts keep the whole module at a few seconds.
 LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)
@@ -222,6 +225,21 @@ def test_invalid_urls(url):
     assert (result.reason, result.final_url, result.data) == ("invalid_url", None, None)
 
 
+@pytest.mark.parametrize("userinfo", ["user:pass@", "user@", ":secret@", "@"])
+def test_url_with_credentials_is_refused_before_any_request(web, userinfo):
+    url = web.url("a.jpg").replace("http://", f"http://{userinfo}", 1)
+    hits_before = web.hits("a.jpg")
+    result = fetch(url)
+    assert (result.reason, result.data) == ("url_has_credentials", None)
+    assert web.hits("a.jpg") == hits_before
+
+
+def test_redirect_to_a_url_with_credentials_is_refused(web):
+    target = web.url("a.jpg").replace("http://", "http://user:pass@", 1)
+    result = fetch(fault(web, "redirect", to=target))
+    assert result.reason == "url_has_credentials"
+
+
 # --- SSRF guard ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1", "0.0.0.0"])
@@ -425,3 +443,31 @@ def test_sniffs_heic_brand():
 )
 def test_non_images_sniff_as_none(data):
     assert sniff_image_mime(data) is None
+
+
+# --- one row through the download thread ------------------------------------------------
+
+class _RecordingHook:
+    """A before-download stage that records the URLs it was asked about."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.urls = []
+
+    def before_download(self, sample):
+        self.urls.append(sample.url)
+        return Verdict(True)
+
+
+def test_row_with_credentials_is_rejected_before_any_stage_sees_it():
+    hook = _RecordingHook()
+    downloader = Downloader(LOCAL)
+    try:
+        row = Sample(key="000000", shard_id=0, url="http://user:secret@127.0.0.1:9/a.jpg")
+        result = fetch_and_resize(downloader, ResizeParams(), DownloadHooks(before_download=(hook,)), row)
+    finally:
+        downloader.close()
+    assert isinstance(result, Reject)
+    assert (result.stage, result.reason) == ("download", "url_has_credentials")
+    assert hook.urls == []  # a robots.txt check would have sent the password
