@@ -139,7 +139,7 @@ class ImageRejected(Exception):
     Reasons: decode_error, truncated_image (cut short, or less data than the
     header declares), decompression_bomb, decode_budget_exceeded (needs more
     memory to decode than resize.decode_budget_bytes), unsupported_image (a mode
-    that has no RGB conversion), output_too_large (keep_ratio of an extreme
+    that has no RGB conversion, or float samples), output_too_large (keep_ratio of an extreme
     aspect ratio), encode_error.
     """
 
@@ -323,6 +323,10 @@ def _has_alpha(img: Image.Image) -> bool:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode == "F":
+        # Float samples have no agreed display range (0-1? 0-255? HDR?): any
+        # choice would silently turn many of them black or white.
+        raise ImageRejected("unsupported_image", "32-bit float samples (mode F)")
     if img.mode in _SIXTEEN_BIT_GREY_MODES:
         return _sixteen_bit_grey_to_rgb(img)
     try:
