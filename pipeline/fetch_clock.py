@@ -25,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 _current = threading.local()
 # Lookups are short; a resolver that hangs holds one of these, not a fetch.
-_LOOKUPS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
+_LOOKUPS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="dns")
 
 
 class FetchClock:

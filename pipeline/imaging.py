@@ -133,6 +133,13 @@ class ProcessedImage:
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
+# Every reason ImageRejected carries (the fuzz test holds the decoder to these).
+REJECT_REASONS = frozenset({
+    "decode_error", "truncated_image", "decompression_bomb", "decode_budget_exceeded",
+    "unsupported_image", "output_too_large", "encode_error",
+})
+
+
 class ImageRejected(Exception):
     """The image cannot be used; `reason` is a snake_case word for reject records.
 
