@@ -32,9 +32,10 @@ long; one that asks to wait past the fetch's deadline is not retried.  At most
 waiting for a slot counts against the deadline.
 
 SSRF guard (unless `allow_private_network`): before each hop every address the
-host resolves to must be public, and the connection classes check the peer of
-the connected socket before a byte is sent, so a DNS answer that changes
-between the check and the connect (rebinding) is still refused.
+host resolves to must be public; the connection goes to exactly those checked
+addresses (no second lookup that a rebinding DNS answer could change), and the
+connection classes still check the peer of the connected socket before a byte
+is sent.
 """
 from __future__ import annotations
 
@@ -63,7 +64,15 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from pipeline.fetch_clock import FetchClock, fetch_clock, run_within, watch_socket
+from pipeline.fetch_clock import (
+    FetchClock,
+    fetch_clock,
+    fetch_expired,
+    pin_addresses,
+    pinned_addresses,
+    run_within,
+    watch_socket,
+)
 from pipeline.host_slots import HostSlots, NoSlot
 from pipeline.params import ParamError
 from pipeline.sniff import sniff_image_mime
@@ -189,7 +198,7 @@ class _WatchedConnectionMixin:
         # urllib3 opens the socket here, before the TLS handshake and the
         # request, so the check runs before any byte reaches the peer and the
         # clock can cut a handshake that drips.
-        sock = super()._new_conn()
+        sock = self._connect_to_pinned()
         try:
             if self.checks_peer:
                 check_peer(sock)
@@ -198,6 +207,25 @@ class _WatchedConnectionMixin:
             raise
         watch_socket(sock)
         return sock
+
+    def _connect_to_pinned(self) -> socket.socket:
+        """A socket to the addresses the fetch looked up and checked, in order; urllib3's own lookup if none."""
+        addresses = pinned_addresses(self._dns_host, self.port)
+        if not addresses:
+            return super()._new_conn()
+        name = self._dns_host
+        unique = list(dict.fromkeys(addresses))
+        for index, address in enumerate(unique):
+            # Only for opening the socket: `host` (TLS name, Host header) reads _dns_host too.
+            self._dns_host = address
+            try:
+                return super()._new_conn()
+            except ConnectTimeoutError:  # NewConnectionError too: try the next address
+                if index == len(unique) - 1 or fetch_expired():
+                    raise
+            finally:
+                self._dns_host = name
+        raise AssertionError("unreachable: the last address returns or raises")
 
 
 class _WatchedPoolMixin:
@@ -325,10 +353,11 @@ class Downloader:
         host, port = _host_and_port(url)
         seconds = min(self.params.timeout, remaining)
         with _errors_as_reasons(before_body=True):
-            # Bounded here; urllib3's own lookup right after is then answered from the resolver's cache.
+            # The one lookup, bounded; the connection goes to exactly these addresses.
             addresses = run_within(seconds, resolve, host, port)
             if not self.params.allow_private_network:
                 check_addresses(host, addresses)
+            pin_addresses(host, port, addresses)
             return self._pool.request(
                 "GET",
                 url,

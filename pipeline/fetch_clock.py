@@ -10,7 +10,8 @@ status line, headers, body) then returns at once with an error, which the
 downloader reports as `timeout` because the clock says it expired.
 
 DNS cannot be interrupted that way (getaddrinfo blocks in C), so
-`run_within` runs a lookup on a helper thread and stops waiting for it.
+`run_within` runs a lookup on a helper thread and stops waiting for it, and
+the addresses found are pinned on the clock for the connection to use.
 """
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class FetchClock:
 
     def __init__(self, deadline: float):
         self.deadline = deadline  # time.monotonic() value
+        # (host, port) -> the addresses looked up (and checked) for it: connections
+        # go to these, so urllib3 does not look the host up again, unbounded.
+        self.addresses: dict[tuple[str, int], list[str]] = {}
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._expired = False
@@ -134,6 +138,22 @@ def watch_socket(sock: socket.socket | None) -> None:
         clock.watch(sock)
 
 
+def host_key(host: str, port: int) -> tuple[str, int]:
+    return (host.strip("[]").rstrip(".").lower(), port)
+
+
+def pin_addresses(host: str, port: int, addresses: list[str]) -> None:
+    """Connections of this thread's fetch to host:port go to `addresses`."""
+    clock = current_clock()
+    if clock is not None:
+        clock.addresses[host_key(host, port)] = addresses
+
+
+def pinned_addresses(host: str, port: int) -> list[str]:
+    clock = current_clock()
+    return clock.addresses.get(host_key(host, port), []) if clock is not None else []
+
+
 def run_within(seconds: float, function, *args):
     """`function(*args)`, or TimeoutError if it takes longer than `seconds` (it may go on in the background)."""
     future = _LOOKUPS.submit(function, *args)
@@ -141,3 +161,8 @@ def run_within(seconds: float, function, *args):
         return future.result(timeout=max(seconds, 0.0))
     except FutureTimeout:
         raise TimeoutError(f"{getattr(function, '__name__', 'call')} took more than {seconds:.1f}s") from None
+
+
+def fetch_expired() -> bool:
+    clock = current_clock()
+    return clock is not None and clock.expired

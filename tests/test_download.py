@@ -299,15 +299,44 @@ def test_redirect_hop_is_checked(fresh_web, monkeypatch, target):
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_peer_check_catches_dns_rebinding(fresh_web, monkeypatch, scheme):
-    """Resolution says public, but the socket actually connects to loopback.
-    For https the refusal comes before the TLS handshake (the server speaks
-    plain HTTP, so reaching the handshake would give tls_error instead)."""
-    monkeypatch.setattr(download, "resolve", lambda host, port: ["93.184.216.34"])
+def test_peer_check_catches_what_the_address_check_missed(fresh_web, monkeypatch, scheme):
+    """The address check is fooled (here: disabled), yet the socket's peer is
+    loopback: refused before a byte is sent.  For https the refusal comes
+    before the TLS handshake (the server speaks plain HTTP, so reaching the
+    handshake would give tls_error instead)."""
+    monkeypatch.setattr(download, "check_addresses", lambda host, addresses: None)
     url = fresh_web.url("a.jpg").replace("http:", f"{scheme}:", 1)
     result = fetch(url, DownloadParams(backoff=0.01))
     assert result.reason == "blocked_address"
     assert fresh_web.hits("a.jpg") == 0  # refused before the request was sent
+
+
+def test_rebinding_answer_is_never_used(fresh_web, monkeypatch):
+    """The host is looked up once per hop: the connection goes to that answer
+    (127.0.0.2, where nothing listens), never to a second, rebound answer
+    (127.0.0.1, the server) that urllib3 would get by looking up again."""
+    port = int(fresh_web.base_url.rsplit(":", 1)[1])
+    monkeypatch.setattr(download, "resolve", lambda host, p: ["127.0.0.2"])
+    monkeypatch.setattr(socket, "getaddrinfo", _rebound_getaddrinfo(socket.getaddrinfo, "rebind.example"))
+    result = fetch(f"http://rebind.example:{port}/a.jpg", local(retries=0))
+    assert result.reason == "connection_error"
+    assert fresh_web.hits("a.jpg") == 0
+
+
+def _rebound_getaddrinfo(real, name):
+    """getaddrinfo that answers loopback for `name` (what a rebinding DNS would say the second time)."""
+    def lookup(host, *args, **kwargs):
+        return real("127.0.0.1" if host == name else host, *args, **kwargs)
+    return lookup
+
+
+def test_connects_to_the_address_it_looked_up(fresh_web, monkeypatch):
+    """One bounded lookup per hop: with it pinned, a name that urllib3 could not resolve still connects."""
+    port = int(fresh_web.base_url.rsplit(":", 1)[1])
+    monkeypatch.setattr(download, "resolve", lambda host, p: ["127.0.0.1"])
+    result = fetch(f"http://pinned.invalid:{port}/a.jpg")
+    assert result.ok, result.reason
+    assert fresh_web.hits("a.jpg") == 1
 
 
 def test_check_peer_on_a_real_socket(fresh_web):
@@ -376,8 +405,8 @@ def test_document_errors_are_retried_like_images(web, status, attempts):
 def test_document_fetch_keeps_the_ssrf_guard(fresh_web, tmp_path, monkeypatch, rebinding):
     (tmp_path / "robots.txt").write_text("User-agent: *\nDisallow:\n")  # fresh_web serves tmp_path
     assert fetch_document(fresh_web.url("robots.txt")).ok  # control: fetched when private is allowed
-    if rebinding:  # resolution says public: only the peer check can refuse
-        monkeypatch.setattr(download, "resolve", lambda host, port: ["93.184.216.34"])
+    if rebinding:  # the address check is fooled: only the peer check can refuse
+        monkeypatch.setattr(download, "check_addresses", lambda host, addresses: None)
     result = fetch_document(fresh_web.url("robots.txt"), DownloadParams(backoff=0.01))
     assert (result.reason, result.data) == ("blocked_address", None)
     assert fresh_web.hits("robots.txt") == 1  # only the control reached the server
