@@ -13,7 +13,6 @@ import pytest
 from pipeline import download
 from pipeline.download import Downloader, DownloadParams
 from pipeline.localweb import tiny_jpeg
-from tests.test_download_deadline import timed_fetch
 
 PARAMS = DownloadParams(timeout=5.0, retries=2, backoff=0.01, deadline=10.0, allow_private_network=True)
 
@@ -69,10 +68,19 @@ def server():
     httpd.server_close()
 
 
+def timed_fetch(url, params=PARAMS):
+    downloader = Downloader(params)
+    started = time.monotonic()
+    try:
+        return downloader.fetch(url), time.monotonic() - started
+    finally:
+        downloader.close()
+
+
 @pytest.mark.parametrize("status", [429, 503])
 def test_retry_after_seconds_is_honoured(server, status):
     server.status, server.refusals, server.retry_after = status, 1, "1"
-    result, seconds = timed_fetch(server.url, PARAMS)
+    result, seconds = timed_fetch(server.url)
     assert result.ok and server.hits == 2
     assert seconds >= 1.0  # not the 0.01 s backoff
 
@@ -80,7 +88,7 @@ def test_retry_after_seconds_is_honoured(server, status):
 def test_retry_after_http_date_is_honoured(server):
     server.refusals = 1
     server.retry_after = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: waits 1-2 s
-    result, seconds = timed_fetch(server.url, PARAMS)
+    result, seconds = timed_fetch(server.url)
     assert result.ok and server.hits == 2
     assert seconds >= 0.9
 
@@ -88,7 +96,7 @@ def test_retry_after_http_date_is_honoured(server):
 @pytest.mark.parametrize("retry_after", ["3600", email.utils.formatdate(time.time() + 3600, usegmt=True)])
 def test_retry_after_past_the_deadline_gives_up_at_once(server, retry_after):
     server.status, server.refusals, server.retry_after = 429, 5, retry_after
-    result, seconds = timed_fetch(server.url, PARAMS)
+    result, seconds = timed_fetch(server.url)
     assert (result.reason, server.hits) == ("http_429", 1)
     assert seconds < 1.0
 
@@ -96,7 +104,7 @@ def test_retry_after_past_the_deadline_gives_up_at_once(server, retry_after):
 @pytest.mark.parametrize("value", ["soon", "", "-5", "Thu, 01 Jan 1970 00:00:00 GMT"])
 def test_unusable_or_past_retry_after_falls_back_to_backoff(server, value):
     server.refusals, server.retry_after = 1, value
-    result, seconds = timed_fetch(server.url, PARAMS)
+    result, seconds = timed_fetch(server.url)
     assert result.ok and seconds < 1.0
 
 
