@@ -26,10 +26,6 @@ is a success.  Reasons:
 
 Retries (with deterministic exponential backoff) happen only for transient
 failures: timeout, connection_error, incomplete_read, http_429 and http_5xx.
-A 429 or 503 with `Retry-After` (seconds or an HTTP date) waits at least that
-long; one that asks to wait past the fetch's deadline is not retried.  At most
-`max_connections_per_host` requests to one host are in flight per process;
-waiting for a slot counts against the deadline.
 
 SSRF guard (unless `allow_private_network`): before each hop every address the
 host resolves to must be public; the connection goes to exactly those checked
@@ -40,8 +36,6 @@ is sent.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import email.utils
 import hashlib
 import ipaddress
 import logging
@@ -73,7 +67,6 @@ from pipeline.fetch_clock import (
     run_within,
     watch_socket,
 )
-from pipeline.host_slots import HostSlots, NoSlot
 from pipeline.params import ParamError
 from pipeline.sniff import sniff_image_mime
 
@@ -97,17 +90,13 @@ class DownloadParams:
     # Wall-clock limit for one fetch (all hops, retries and the body), so a
     # server that drips a byte per read timeout cannot hold a thread for hours.
     deadline: float = 60.0
-    # Requests in flight to one host from one worker process, so a dataset
-    # dominated by one site does not open `threads` connections to it.
-    max_connections_per_host: int = 16
     # Rows downloaded (and checkpointed) as one unit of work: smaller units
     # spread a shard over more workers, larger ones mean fewer files.
     rows_per_task: int = 1000
 
     def __post_init__(self):
         positive = {"timeout": self.timeout, "max_bytes": self.max_bytes, "threads": self.threads,
-                    "deadline": self.deadline, "rows_per_task": self.rows_per_task,
-                    "max_connections_per_host": self.max_connections_per_host}
+                    "deadline": self.deadline, "rows_per_task": self.rows_per_task}
         not_negative = {"retries": self.retries, "backoff": self.backoff, "max_redirects": self.max_redirects}
         problems = [f"{name} must be > 0, got {value}" for name, value in positive.items() if value <= 0]
         problems += [f"{name} must be >= 0, got {value}" for name, value in not_negative.items() if value < 0]
@@ -284,7 +273,6 @@ class Downloader:
             headers={"User-Agent": params.user_agent, "Accept": "image/*,*/*;q=0.5"},
         )
         self._pool.pool_classes_by_scheme = _pool_classes(checks_peer=not params.allow_private_network)
-        self._host_slots = HostSlots(params.max_connections_per_host)
 
     def fetch(self, url: str, expect_image: bool = True) -> FetchResult:
         """Download `url`; never raises.  With `expect_image=False` any 2xx body
@@ -316,8 +304,8 @@ class Downloader:
             try:
                 return self._get_once(url, clock)
             except _Failure as failure:
-                delay = max(_backoff_delay(self.params.backoff, url, attempt), _retry_after(failure))
-                out_of_time = delay >= clock.remaining()  # a Retry-After past the deadline: give up now
+                delay = _backoff_delay(self.params.backoff, url, attempt)
+                out_of_time = delay >= clock.remaining()
                 if not failure.transient or attempt == self.params.retries or out_of_time:
                     raise
                 time.sleep(delay)
@@ -325,13 +313,6 @@ class Downloader:
 
     def _get_once(self, url: str, clock: FetchClock) -> _Reply:
         """One request for one hop: a redirect (body None) or a 2xx with its body."""
-        try:
-            with self._host_slots.hold(_host_and_port(url)[0], clock.remaining()):
-                return self._get_in_slot(url, clock)
-        except NoSlot:
-            raise _Failure("timeout") from None
-
-    def _get_in_slot(self, url: str, clock: FetchClock) -> _Reply:
         response = self._request(url, clock)
         try:
             reply = self._reply(response, clock)
@@ -435,25 +416,6 @@ def _host_and_port(url: str) -> tuple[str, int]:
     if not parsed.host:
         raise _Failure("invalid_url")
     return parsed.host.strip("[]"), parsed.port or (443 if parsed.scheme == "https" else 80)
-
-
-_RETRY_AFTER_STATUSES = (429, 503)
-
-
-def _retry_after(failure: _Failure, now: float | None = None) -> float:
-    """Seconds the server asked us to wait (Retry-After on a 429/503, as seconds or an HTTP date); 0 if none."""
-    value = failure.headers.get("retry-after", "").strip()
-    if failure.status not in _RETRY_AFTER_STATUSES or not value:
-        return 0.0
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0  # unparsable: the usual backoff
-    if when.tzinfo is None:  # HTTP dates are GMT; a zone-less one is read as such
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _backoff_delay(backoff: float, url: str, attempt: int) -> float:
