@@ -399,6 +399,13 @@ def _checked_url(url: str) -> str:
     return url
 
 
+def without_credentials(url: str) -> str:
+    """`url` with its userinfo (user names can be tokens too) replaced by `***`."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
 def url_has_credentials(url: str) -> bool:
     """True if `url` carries userinfo (`user:password@`), even an empty one."""
     try:

@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers, stored_images
 from pipeline.crawl import CrawlParams
-from pipeline.download import Downloader, DownloadParams, url_has_credentials
+from pipeline.download import Downloader, DownloadParams, url_has_credentials, without_credentials
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
 from pipeline.writers import OutputParams, write_rejects, write_shard
@@ -144,6 +144,7 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
     Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
     """
     if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
+        sample.url = without_credentials(sample.url)  # nor kept in the rejects
         return sample.reject("download", "url_has_credentials")
     for stage in hooks.before_download:
         verdict = stage.before_download(sample)

@@ -500,3 +500,13 @@ def test_row_with_credentials_is_rejected_before_any_stage_sees_it():
     assert isinstance(result, Reject)
     assert (result.stage, result.reason) == ("download", "url_has_credentials")
     assert hook.urls == []  # a robots.txt check would have sent the password
+    assert result.url == "http://***@127.0.0.1:9/a.jpg"  # nor is it kept in the rejects
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://user:secret@example.com/a.jpg?x=1#f", "http://***@example.com/a.jpg?x=1#f"),
+    ("https://token@example.com:8443/a", "https://***@example.com:8443/a"),
+    ("http://a@b:c@example.com/", "http://***@example.com/"),
+])
+def test_credentials_are_redacted(url, expected):
+    assert download.without_credentials(url) == expected
