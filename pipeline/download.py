@@ -45,8 +45,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -58,17 +56,10 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from pipeline.fetch_clock import (
-    FetchClock,
-    fetch_clock,
-    fetch_expired,
-    pin_addresses,
-    pinned_addresses,
-    run_within,
-    watch_socket,
-)
+from pipeline.fetch_clock import FetchClock, fetch_clock, pin_addresses, run_within
 from pipeline.params import ParamError
 from pipeline.sniff import sniff_image_mime
+from pipeline.watched_pool import watched_pool_classes
 
 log = logging.getLogger(__name__)
 
@@ -178,65 +169,6 @@ def check_peer(sock: socket.socket) -> None:
         raise BlockedAddressError(f"connected to non-public address {peer}")
 
 
-class _WatchedConnectionMixin:
-    """Every socket is watched by the fetch's clock; with `checks_peer`, its peer must be public."""
-
-    checks_peer = False
-
-    def _new_conn(self) -> socket.socket:
-        # urllib3 opens the socket here, before the TLS handshake and the
-        # request, so the check runs before any byte reaches the peer and the
-        # clock can cut a handshake that drips.
-        sock = self._connect_to_pinned()
-        try:
-            if self.checks_peer:
-                check_peer(sock)
-        except BlockedAddressError:
-            sock.close()
-            raise
-        watch_socket(sock)
-        return sock
-
-    def _connect_to_pinned(self) -> socket.socket:
-        """A socket to the addresses the fetch looked up and checked, in order; urllib3's own lookup if none."""
-        addresses = pinned_addresses(self._dns_host, self.port)
-        if not addresses:
-            return super()._new_conn()
-        name = self._dns_host
-        unique = list(dict.fromkeys(addresses))
-        for index, address in enumerate(unique):
-            # Only for opening the socket: `host` (TLS name, Host header) reads _dns_host too.
-            self._dns_host = address
-            try:
-                return super()._new_conn()
-            except ConnectTimeoutError:  # NewConnectionError too: try the next address
-                if index == len(unique) - 1 or fetch_expired():
-                    raise
-            finally:
-                self._dns_host = name
-        raise AssertionError("unreachable: the last address returns or raises")
-
-
-class _WatchedPoolMixin:
-    def _get_conn(self, timeout=None):
-        # A connection reused from the pool is already open: watch its socket too.
-        conn = super()._get_conn(timeout)
-        watch_socket(getattr(conn, "sock", None))
-        return conn
-
-
-def _pool_classes(checks_peer: bool) -> dict[str, type]:
-    """urllib3 pool classes (by scheme) whose connections are watched, and peer-checked if asked."""
-    pools = {}
-    for scheme, connection, pool in (("http", HTTPConnection, HTTPConnectionPool),
-                                     ("https", HTTPSConnection, HTTPSConnectionPool)):
-        connection_class = type(f"_Watched{connection.__name__}", (_WatchedConnectionMixin, connection),
-                                {"checks_peer": checks_peer})
-        pools[scheme] = type(f"_Watched{pool.__name__}", (_WatchedPoolMixin, pool),
-                             {"ConnectionCls": connection_class})
-    return pools
-
-
 # --- fetching --------------------------------------------------------------------
 
 class _Failure(Exception):
@@ -272,7 +204,7 @@ class Downloader:
             retries=False,
             headers={"User-Agent": params.user_agent, "Accept": "image/*,*/*;q=0.5"},
         )
-        self._pool.pool_classes_by_scheme = _pool_classes(checks_peer=not params.allow_private_network)
+        self._pool.pool_classes_by_scheme = watched_pool_classes(None if params.allow_private_network else check_peer)
 
     def fetch(self, url: str, expect_image: bool = True) -> FetchResult:
         """Download `url`; never raises.  With `expect_image=False` any 2xx body
