@@ -7,11 +7,15 @@ and user agent, minus the two image checks: any 2xx body, even an empty one,
 is a success.  Reasons:
 
   invalid_url          not http/https, no host, unparsable (also a bad redirect Location)
+  url_has_credentials  the URL (or a redirect Location) carries user:password@, which
+                       would otherwise be sent and kept in the shards; never fetched
   blocked_address      the host resolves to, or the socket reached, a non-public address
   dns_error            the host name does not resolve
   tls_error            TLS handshake or certificate failure
   http_<status>        a non-2xx final status, e.g. http_404 (http_503 after retries)
   timeout              connect/read timeout, or the whole fetch exceeded `deadline`
+                       (DNS, connect, TLS, status line, headers, every hop, body and
+                       retries together: see pipeline.fetch_clock)
   connection_error     refused, reset, or cut before the response started
   too_many_redirects   more than `max_redirects` hops
   too_large            Content-Length or the streamed body exceeds `max_bytes`
@@ -24,9 +28,10 @@ Retries (with deterministic exponential backoff) happen only for transient
 failures: timeout, connection_error, incomplete_read, http_429 and http_5xx.
 
 SSRF guard (unless `allow_private_network`): before each hop every address the
-host resolves to must be public, and the connection classes check the peer of
-the connected socket before a byte is sent, so a DNS answer that changes
-between the check and the connect (rebinding) is still refused.
+host resolves to must be public; the connection goes to exactly those checked
+addresses (no second lookup that a rebinding DNS answer could change), and the
+connection classes still check the peer of the connected socket before a byte
+is sent.
 """
 from __future__ import annotations
 
@@ -40,8 +45,6 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -53,7 +56,10 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from pipeline.fetch_clock import FetchClock, fetch_clock, pin_addresses, run_within
 from pipeline.params import ParamError
+from pipeline.sniff import sniff_image_mime
+from pipeline.watched_pool import watched_pool_classes
 
 log = logging.getLogger(__name__)
 
@@ -104,48 +110,6 @@ class FetchResult:
         return self.reason is None
 
 
-# --- image sniffing ----------------------------------------------------------
-
-_HEIF_BRANDS = {
-    b"avif": "image/avif", b"avis": "image/avif",
-    b"heic": "image/heic", b"heix": "image/heic", b"hevc": "image/heic", b"hevx": "image/heic",
-    b"heim": "image/heic", b"heis": "image/heic",
-    b"mif1": "image/heif", b"msf1": "image/heif",
-}
-# BITMAPINFOHEADER sizes: "BM" alone is too weak a signature.
-_BMP_DIB_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}
-
-
-def sniff_image_mime(data: bytes) -> str | None:
-    """The image MIME type from the magic bytes, or None if `data` is not an image."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "image/gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
-    if data[:2] == b"BM" and len(data) >= 18 and int.from_bytes(data[14:18], "little") in _BMP_DIB_HEADER_SIZES:
-        return "image/bmp"
-    if data[4:8] == b"ftyp":
-        return _sniff_heif(data)
-    return None
-
-
-def _sniff_heif(data: bytes) -> str | None:
-    """AVIF/HEIC/HEIF: the major brand or a compatible brand of the `ftyp` box."""
-    box_size = int.from_bytes(data[:4], "big")
-    brands = [data[8:12]] + [data[i : i + 4] for i in range(16, min(box_size, len(data)) - 3, 4)]
-    found = {_HEIF_BRANDS[b] for b in brands if b in _HEIF_BRANDS}
-    for mime in ("image/avif", "image/heic", "image/heif"):  # most specific first
-        if mime in found:
-            return mime
-    return None
-
-
 # --- address policy ------------------------------------------------------------
 
 class BlockedAddressError(Exception):
@@ -191,9 +155,9 @@ def resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
-def check_resolved_host(host: str, port: int) -> None:
-    """Resolve `host`; raise BlockedAddressError unless ALL its addresses are public."""
-    blocked = sorted({address for address in resolve(host, port) if not is_public_address(address)})
+def check_addresses(host: str, addresses: list[str]) -> None:
+    """Raise BlockedAddressError unless ALL the addresses `host` resolved to are public."""
+    blocked = sorted({address for address in addresses if not is_public_address(address)})
     if blocked:
         raise BlockedAddressError(f"{host} resolves to non-public {', '.join(blocked)}")
 
@@ -203,35 +167,6 @@ def check_peer(sock: socket.socket) -> None:
     peer = sock.getpeername()[0]
     if not is_public_address(peer):
         raise BlockedAddressError(f"connected to non-public address {peer}")
-
-
-class _PeerCheckedMixin:
-    def _new_conn(self) -> socket.socket:
-        # urllib3 opens the socket here, before the TLS handshake and the
-        # request, so the check runs before any byte reaches the peer.
-        sock = super()._new_conn()
-        try:
-            check_peer(sock)
-        except BlockedAddressError:
-            sock.close()
-            raise
-        return sock
-
-
-class _PeerCheckedHTTPConnection(_PeerCheckedMixin, HTTPConnection):
-    pass
-
-
-class _PeerCheckedHTTPSConnection(_PeerCheckedMixin, HTTPSConnection):
-    pass
-
-
-class _PeerCheckedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _PeerCheckedHTTPConnection
-
-
-class _PeerCheckedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _PeerCheckedHTTPSConnection
 
 
 # --- fetching --------------------------------------------------------------------
@@ -269,87 +204,98 @@ class Downloader:
             retries=False,
             headers={"User-Agent": params.user_agent, "Accept": "image/*,*/*;q=0.5"},
         )
-        if not params.allow_private_network:
-            self._pool.pool_classes_by_scheme = {
-                "http": _PeerCheckedHTTPConnectionPool,
-                "https": _PeerCheckedHTTPSConnectionPool,
-            }
+        self._pool.pool_classes_by_scheme = watched_pool_classes(None if params.allow_private_network else check_peer)
 
     def fetch(self, url: str, expect_image: bool = True) -> FetchResult:
         """Download `url`; never raises.  With `expect_image=False` any 2xx body
         (even an empty one) is a success, e.g. for robots.txt."""
-        deadline = time.monotonic() + self.params.deadline
         current: str | None = None
-        try:
-            current = _checked_url(url)
-            for _hop in range(self.params.max_redirects + 1):
-                reply = self._get_with_retries(current, deadline)
-                if reply.body is None:
-                    current = _checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
-                    continue
-                return _success(url, current, reply, expect_image)
-            raise _Failure("too_many_redirects")
-        except _Failure as failure:
-            return FetchResult(url, current, None, failure.reason, failure.status, failure.headers)
-        except Exception:  # fetch must never take down a worker
-            log.exception("unexpected error fetching %s", url)
-            return FetchResult(url, current, None, "unexpected_error", None, {})
+        with fetch_clock(self.params.deadline) as clock:
+            try:
+                current = _checked_url(url)
+                for _hop in range(self.params.max_redirects + 1):
+                    reply = self._get_with_retries(current, clock)
+                    if reply.body is None:
+                        current = _checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
+                        continue
+                    return _success(url, current, reply, expect_image)
+                raise _Failure("too_many_redirects")
+            except _Failure as failure:
+                # A socket cut by the clock fails as whatever it was doing: say why it was cut.
+                reason = "timeout" if clock.expired and failure.reason != "blocked_address" else failure.reason
+                return FetchResult(url, current, None, reason, failure.status, failure.headers)
+            except Exception:  # fetch must never take down a worker
+                log.exception("unexpected error fetching %s", url)
+                return FetchResult(url, current, None, "unexpected_error", None, {})
 
     def close(self) -> None:
         self._pool.clear()
 
-    def _get_with_retries(self, url: str, deadline: float) -> _Reply:
+    def _get_with_retries(self, url: str, clock: FetchClock) -> _Reply:
         for attempt in range(self.params.retries + 1):
             try:
-                return self._get_once(url, deadline)
+                return self._get_once(url, clock)
             except _Failure as failure:
                 delay = _backoff_delay(self.params.backoff, url, attempt)
-                out_of_time = time.monotonic() + delay >= deadline
+                out_of_time = delay >= clock.remaining()
                 if not failure.transient or attempt == self.params.retries or out_of_time:
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _get_once(self, url: str, deadline: float) -> _Reply:
+    def _get_once(self, url: str, clock: FetchClock) -> _Reply:
         """One request for one hop: a redirect (body None) or a 2xx with its body."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise _Failure("timeout")
-        host, port = _host_and_port(url)
-        seconds = min(self.params.timeout, remaining)
-        with _errors_as_reasons(before_body=True):
-            if not self.params.allow_private_network:
-                check_resolved_host(host, port)
-            response = self._pool.request(
-                "GET",
-                url,
-                redirect=False,
-                preload_content=False,
-                timeout=urllib3.Timeout(connect=seconds, read=seconds),
-            )
+        response = self._request(url, clock)
         try:
-            headers = {name.lower(): value for name, value in response.headers.itermerged()}
-            if response.status in REDIRECT_STATUSES and "location" in headers:
-                return _Reply(response.status, headers, None)
-            if not 200 <= response.status <= 299:
-                raise _Failure(f"http_{response.status}", response.status, headers)
-            self._check_declared_length(headers, response.status)
-            with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
-                body = self._read_body(response, deadline, headers)
-            return _Reply(response.status, headers, body)
+            reply = self._reply(response, clock)
         finally:
             # A response read to the end keeps its connection for reuse; any other
             # is closed, so its unread bytes never reach the next request.
             if not response.isclosed():
                 response.close()
             response.release_conn()
+        if clock.expired:  # the clock cut the socket: what was read looks complete but is not
+            raise _Failure("timeout", reply.status, reply.headers)
+        return reply
+
+    def _request(self, url: str, clock: FetchClock):
+        """Send the request and read the status line and headers."""
+        remaining = clock.remaining()
+        if remaining <= 0:
+            raise _Failure("timeout")
+        host, port = _host_and_port(url)
+        seconds = min(self.params.timeout, remaining)
+        with _errors_as_reasons(before_body=True):
+            # The one lookup, bounded; the connection goes to exactly these addresses.
+            addresses = run_within(seconds, resolve, host, port)
+            if not self.params.allow_private_network:
+                check_addresses(host, addresses)
+            pin_addresses(host, port, addresses)
+            return self._pool.request(
+                "GET",
+                url,
+                redirect=False,
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=seconds, read=seconds),
+            )
+
+    def _reply(self, response, clock: FetchClock) -> _Reply:
+        headers = {name.lower(): value for name, value in response.headers.itermerged()}
+        if response.status in REDIRECT_STATUSES and "location" in headers:
+            return _Reply(response.status, headers, None)
+        if not 200 <= response.status <= 299:
+            raise _Failure(f"http_{response.status}", response.status, headers)
+        self._check_declared_length(headers, response.status)
+        with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
+            body = self._read_body(response, clock, headers)
+        return _Reply(response.status, headers, body)
 
     def _check_declared_length(self, headers: dict[str, str], status: int) -> None:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.params.max_bytes:
             raise _Failure("too_large", status, headers)
 
-    def _read_body(self, response, deadline: float, headers: dict[str, str]) -> bytes:
+    def _read_body(self, response, clock: FetchClock, headers: dict[str, str]) -> bytes:
         body = bytearray()
         # read1 returns what has arrived, so the deadline is checked even when
         # a server drips bytes slower than the read timeout would notice.
@@ -357,7 +303,7 @@ class Downloader:
             body += chunk
             if len(body) > self.params.max_bytes:
                 raise _Failure("too_large", response.status, headers)
-            if time.monotonic() > deadline:
+            if clock.expired:
                 raise _Failure("timeout", response.status, headers)
         return bytes(body)
 
@@ -380,7 +326,24 @@ def _checked_url(url: str) -> str:
         raise _Failure("invalid_url") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
         raise _Failure("invalid_url")
+    if url_has_credentials(url):
+        raise _Failure("url_has_credentials")
     return url
+
+
+def without_credentials(url: str) -> str:
+    """`url` with its userinfo (user names can be tokens too) replaced by `***`."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
+
+
+def url_has_credentials(url: str) -> bool:
+    """True if `url` carries userinfo (`user:password@`), even an empty one."""
+    try:
+        return "@" in urllib.parse.urlsplit(url).netloc
+    except (ValueError, TypeError, AttributeError):
+        return False
 
 
 def _host_and_port(url: str) -> tuple[str, int]:

@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 from PIL import ExifTags, Image
 
+from pipeline.decode_budget import OverBudget, estimate_decode_bytes, shared_budget
+from pipeline.image_integrity import container_shortfall, jpeg_shortfall
 from pipeline.params import ParamError
 
 WHITE = (255, 255, 255)
@@ -99,6 +101,11 @@ class ResizeParams:
     # Decompression-bomb guard, checked on the header before decoding.  Also
     # bounds the output of keep_ratio, which can be huge for extreme aspect ratios.
     max_pixels: int = 89_478_485
+    # Decoded bytes in flight across all the download threads of a process
+    # (pipeline.decode_budget): bounds decode memory whatever `download.threads`.
+    # An image whose estimated peak alone exceeds it is rejected as
+    # decode_budget_exceeded; the default fits a max_pixels RGBA or 16-bit image.
+    decode_budget_bytes: int = 1 << 30
     # Keep the original bytes when nothing would change and the format matches.
     skip_reencode: bool = False
 
@@ -109,6 +116,8 @@ class ResizeParams:
             raise ParamError(f"resize.encode_quality must be within 0-100, got {self.encode_quality}")
         if self.max_pixels < 1:
             raise ParamError(f"resize.max_pixels must be at least 1, got {self.max_pixels}")
+        if self.decode_budget_bytes < 1 << 20:
+            raise ParamError(f"resize.decode_budget_bytes must be at least 1 MiB, got {self.decode_budget_bytes}")
 
 
 @dataclass
@@ -124,12 +133,21 @@ class ProcessedImage:
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
 
+# Every reason ImageRejected carries (the fuzz test holds the decoder to these).
+REJECT_REASONS = frozenset({
+    "decode_error", "truncated_image", "decompression_bomb", "decode_budget_exceeded",
+    "unsupported_image", "output_too_large", "encode_error",
+})
+
+
 class ImageRejected(Exception):
     """The image cannot be used; `reason` is a snake_case word for reject records.
 
-    Reasons: decode_error, truncated_image, decompression_bomb,
-    unsupported_image (a mode that has no RGB conversion), output_too_large
-    (keep_ratio of an extreme aspect ratio), encode_error.
+    Reasons: decode_error, truncated_image (cut short, or less data than the
+    header declares), decompression_bomb, decode_budget_exceeded (needs more
+    memory to decode than resize.decode_budget_bytes), unsupported_image (a mode
+    that has no RGB conversion, or float samples), output_too_large (keep_ratio of an extreme
+    aspect ratio), encode_error.
     """
 
     def __init__(self, reason: str, detail: str = ""):
@@ -171,6 +189,8 @@ def _process_image(data: bytes, params: ResizeParams, use_draft: bool = True) ->
         return _decode_and_transform(data, params, use_draft)
     except ImageRejected:
         raise
+    except OverBudget as err:
+        raise ImageRejected("decode_budget_exceeded", str(err)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # The warning only arrives as an exception when warnings are errors.
         raise ImageRejected("decompression_bomb", str(err)) from None
@@ -184,19 +204,39 @@ def _process_image(data: bytes, params: ResizeParams, use_draft: bool = True) ->
 
 
 def _decode_and_transform(data: bytes, params: ResizeParams, use_draft: bool) -> ProcessedImage:
+    _reject_if_short(container_shortfall(data))
     with Image.open(io.BytesIO(data), formats=_OPEN_FORMATS) as img:
         header_size = img.size
         _check_header_size(header_size, params)
         if use_draft and img.format in _DRAFTABLE_FORMATS:
             _draft_for_target(img, header_size, params)
-        img.load()  # raises on truncated or corrupt data
-        orientation = _orientation(img)
-        (width, height) = _upright_size(header_size, orientation)
-        plan = plan_resize(width, height, params)
-        if _can_keep_original(img, plan, orientation, params):
-            return ProcessedImage(data, params.encode_format, width, height, width, height, img)
-        result = _apply_plan(_upright(_to_rgb(img), orientation), plan, (width, height))
-        return ProcessedImage(encode_image(result, params), params.encode_format, *result.size, width, height, result)
+        with shared_budget(params.decode_budget_bytes).hold(_decode_bytes(img, header_size, params)):
+            return _decode_held(img, data, header_size, params)
+
+
+def _decode_bytes(img: Image.Image, header_size: tuple[int, int], params: ResizeParams) -> int:
+    """The decode memory to reserve, from the header (orientation only where it precedes the pixels)."""
+    orientation = _orientation(img) if "exif" in img.info else 1
+    plan = plan_resize(*_upright_size(header_size, orientation), params)
+    (out_width, out_height) = plan.output_size or header_size
+    return estimate_decode_bytes(img, orientation != 1, out_width * out_height)
+
+
+def _decode_held(img: Image.Image, data: bytes, header_size: tuple[int, int], params: ResizeParams) -> ProcessedImage:
+    img.load()  # raises on truncated or corrupt data
+    _reject_if_short(jpeg_shortfall(img, data))
+    orientation = _orientation(img)
+    (width, height) = _upright_size(header_size, orientation)
+    plan = plan_resize(width, height, params)
+    if _can_keep_original(img, plan, orientation, params):
+        return ProcessedImage(data, params.encode_format, width, height, width, height, img)
+    result = _apply_plan(_upright(_to_rgb(img), orientation), plan, (width, height))
+    return ProcessedImage(encode_image(result, params), params.encode_format, *result.size, width, height, result)
+
+
+def _reject_if_short(shortfall: str | None) -> None:
+    if shortfall is not None:
+        raise ImageRejected("truncated_image", shortfall)
 
 
 def _check_header_size(size: tuple[int, int], params: ResizeParams) -> None:
@@ -290,11 +330,15 @@ def _has_alpha(img: Image.Image) -> bool:
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode == "F":
+        # Float samples have no agreed display range (0-1? 0-255? HDR?): any
+        # choice would silently turn many of them black or white.
+        raise ImageRejected("unsupported_image", "32-bit float samples (mode F)")
     if img.mode in _SIXTEEN_BIT_GREY_MODES:
         return _sixteen_bit_grey_to_rgb(img)
     try:
         if _has_alpha(img):
-            return _flatten_onto_white(img.convert("RGBA"))
+            return _flatten_onto_white(img if img.mode == "RGBA" else img.convert("RGBA"))
         return img.convert("RGB")
     except ValueError as err:  # a mode Pillow cannot convert (e.g. LAB, HSV)
         raise ImageRejected("unsupported_image", f"mode {img.mode}: {err}") from None
@@ -302,8 +346,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 def _sixteen_bit_grey_to_rgb(img: Image.Image) -> Image.Image:
     # Pillow's convert() clips 16-bit values at 255 instead of scaling them.
-    grey = (np.clip(np.asarray(img, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
-    return Image.fromarray(grey).convert("RGB")
+    # In place on one copy in the image's own width (2 or 4 bytes a pixel),
+    # not int64 temporaries: decode memory is budgeted per pixel.
+    grey = np.array(img)
+    if grey.dtype.kind == "i":
+        np.clip(grey, 0, 65535, out=grey)
+    np.right_shift(grey, 8, out=grey)
+    return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
 
 
 def _flatten_onto_white(rgba: Image.Image) -> Image.Image:

@@ -21,7 +21,7 @@ from apache_beam.metrics import Metrics
 from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers
 from pipeline.crawl import CrawlParams, Tally
-from pipeline.download import Downloader, DownloadParams
+from pipeline.download import Downloader, DownloadParams, url_has_credentials, without_credentials
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
 from pipeline.textlines import FileTally
@@ -160,6 +160,9 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
 
     Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
     """
+    if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
+        sample.url = without_credentials(sample.url)  # nor kept in the rejects
+        return sample.reject("download", "url_has_credentials")
     for stage in hooks.before_download:
         verdict = stage.before_download(sample)
         if not verdict.keep:

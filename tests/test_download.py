@@ -15,7 +15,10 @@ from PIL import Image
 from pipeline import download
 from pipeline.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
 from pipeline.localweb import LocalWeb, tiny_jpeg
+from pipeline.imaging import ResizeParams
 from pipeline.params import ParamError, build
+from pipeline.schema import Reject, Sample, Verdict
+from pipeline.transforms import DownloadHooks, fetch_and_resize
 
 # Tiny backoff and timeouts keep the whole module at a few seconds.
 LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)
@@ -222,6 +225,21 @@ def test_invalid_urls(url):
     assert (result.reason, result.final_url, result.data) == ("invalid_url", None, None)
 
 
+@pytest.mark.parametrize("userinfo", ["user:pass@", "user@", ":secret@", "@"])
+def test_url_with_credentials_is_refused_before_any_request(web, userinfo):
+    url = web.url("a.jpg").replace("http://", f"http://{userinfo}", 1)
+    hits_before = web.hits("a.jpg")
+    result = fetch(url)
+    assert (result.reason, result.data) == ("url_has_credentials", None)
+    assert web.hits("a.jpg") == hits_before
+
+
+def test_redirect_to_a_url_with_credentials_is_refused(web):
+    target = web.url("a.jpg").replace("http://", "http://user:pass@", 1)
+    result = fetch(fault(web, "redirect", to=target))
+    assert result.reason == "url_has_credentials"
+
+
 # --- SSRF guard ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1", "0.0.0.0"])
@@ -281,15 +299,44 @@ def test_redirect_hop_is_checked(fresh_web, monkeypatch, target):
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
-def test_peer_check_catches_dns_rebinding(fresh_web, monkeypatch, scheme):
-    """Resolution says public, but the socket actually connects to loopback.
-    For https the refusal comes before the TLS handshake (the server speaks
-    plain HTTP, so reaching the handshake would give tls_error instead)."""
-    monkeypatch.setattr(download, "resolve", lambda host, port: ["93.184.216.34"])
+def test_peer_check_catches_what_the_address_check_missed(fresh_web, monkeypatch, scheme):
+    """The address check is fooled (here: disabled), yet the socket's peer is
+    loopback: refused before a byte is sent.  For https the refusal comes
+    before the TLS handshake (the server speaks plain HTTP, so reaching the
+    handshake would give tls_error instead)."""
+    monkeypatch.setattr(download, "check_addresses", lambda host, addresses: None)
     url = fresh_web.url("a.jpg").replace("http:", f"{scheme}:", 1)
     result = fetch(url, DownloadParams(backoff=0.01))
     assert result.reason == "blocked_address"
     assert fresh_web.hits("a.jpg") == 0  # refused before the request was sent
+
+
+def test_rebinding_answer_is_never_used(fresh_web, monkeypatch):
+    """The host is looked up once per hop: the connection goes to that answer
+    (127.0.0.2, where nothing listens), never to a second, rebound answer
+    (127.0.0.1, the server) that urllib3 would get by looking up again."""
+    port = int(fresh_web.base_url.rsplit(":", 1)[1])
+    monkeypatch.setattr(download, "resolve", lambda host, p: ["127.0.0.2"])
+    monkeypatch.setattr(socket, "getaddrinfo", _rebound_getaddrinfo(socket.getaddrinfo, "rebind.example"))
+    result = fetch(f"http://rebind.example:{port}/a.jpg", local(retries=0))
+    assert result.reason == "connection_error"
+    assert fresh_web.hits("a.jpg") == 0
+
+
+def _rebound_getaddrinfo(real, name):
+    """getaddrinfo that answers loopback for `name` (what a rebinding DNS would say the second time)."""
+    def lookup(host, *args, **kwargs):
+        return real("127.0.0.1" if host == name else host, *args, **kwargs)
+    return lookup
+
+
+def test_connects_to_the_address_it_looked_up(fresh_web, monkeypatch):
+    """One bounded lookup per hop: with it pinned, a name that urllib3 could not resolve still connects."""
+    port = int(fresh_web.base_url.rsplit(":", 1)[1])
+    monkeypatch.setattr(download, "resolve", lambda host, p: ["127.0.0.1"])
+    result = fetch(f"http://pinned.invalid:{port}/a.jpg")
+    assert result.ok, result.reason
+    assert fresh_web.hits("a.jpg") == 1
 
 
 def test_check_peer_on_a_real_socket(fresh_web):
@@ -358,8 +405,8 @@ def test_document_errors_are_retried_like_images(web, status, attempts):
 def test_document_fetch_keeps_the_ssrf_guard(fresh_web, tmp_path, monkeypatch, rebinding):
     (tmp_path / "robots.txt").write_text("User-agent: *\nDisallow:\n")  # fresh_web serves tmp_path
     assert fetch_document(fresh_web.url("robots.txt")).ok  # control: fetched when private is allowed
-    if rebinding:  # resolution says public: only the peer check can refuse
-        monkeypatch.setattr(download, "resolve", lambda host, port: ["93.184.216.34"])
+    if rebinding:  # the address check is fooled: only the peer check can refuse
+        monkeypatch.setattr(download, "check_addresses", lambda host, addresses: None)
     result = fetch_document(fresh_web.url("robots.txt"), DownloadParams(backoff=0.01))
     assert (result.reason, result.data) == ("blocked_address", None)
     assert fresh_web.hits("robots.txt") == 1  # only the control reached the server
@@ -425,3 +472,41 @@ def test_sniffs_heic_brand():
 )
 def test_non_images_sniff_as_none(data):
     assert sniff_image_mime(data) is None
+
+
+# --- one row through the download thread ------------------------------------------------
+
+class _RecordingHook:
+    """A before-download stage that records the URLs it was asked about."""
+
+    name = "recording"
+
+    def __init__(self):
+        self.urls = []
+
+    def before_download(self, sample):
+        self.urls.append(sample.url)
+        return Verdict(True)
+
+
+def test_row_with_credentials_is_rejected_before_any_stage_sees_it():
+    hook = _RecordingHook()
+    downloader = Downloader(LOCAL)
+    try:
+        row = Sample(key="000000", shard_id=0, url="http://user:secret@127.0.0.1:9/a.jpg")
+        result = fetch_and_resize(downloader, ResizeParams(), DownloadHooks(before_download=(hook,)), row)
+    finally:
+        downloader.close()
+    assert isinstance(result, Reject)
+    assert (result.stage, result.reason) == ("download", "url_has_credentials")
+    assert hook.urls == []  # a robots.txt check would have sent the password
+    assert result.url == "http://***@127.0.0.1:9/a.jpg"  # nor is it kept in the rejects
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://user:secret@example.com/a.jpg?x=1#f", "http://***@example.com/a.jpg?x=1#f"),
+    ("https://token@example.com:8443/a", "https://***@example.com:8443/a"),
+    ("http://a@b:c@example.com/", "http://***@example.com/"),
+])
+def test_credentials_are_redacted(url, expected):
+    assert download.without_credentials(url) == expected
