@@ -11,6 +11,7 @@ is a success.  Reasons:
                        would otherwise be sent and kept in the shards; never fetched
   blocked_address      the host resolves to, or the socket reached, a non-public address
   dns_error            the host name does not resolve
+  dns_timeout          the lookup took longer than the time left, or the resolver said "try again"
   tls_error            TLS handshake or certificate failure
   http_<status>        a non-2xx final status, e.g. http_404 (http_503 after retries)
   timeout              connect/read timeout, or the whole fetch exceeded `deadline`
@@ -56,8 +57,10 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from pipeline.fetch_clock import FetchClock, fetch_clock, pin_addresses, run_within
+from pipeline.dns_cache import DnsCache, DnsTimeout
+from pipeline.fetch_clock import FetchClock, fetch_clock, pin_addresses
 from pipeline.params import ParamError
+from pipeline.politeness import THROTTLE_STATUSES
 from pipeline.sniff import sniff_image_mime
 from pipeline.watched_pool import watched_pool_classes
 
@@ -65,7 +68,7 @@ log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK_BYTES = 64 * 1024
-_TRANSIENT_REASONS = frozenset({"timeout", "connection_error", "incomplete_read", "http_429"})
+_TRANSIENT_REASONS = frozenset({"timeout", "dns_timeout", "connection_error", "incomplete_read", "http_429"})
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,43 @@ class DownloadParams:
     # Rows downloaded (and checkpointed) as one unit of work: smaller units
     # spread a shard over more workers, larger ones mean fewer files.
     rows_per_task: int = 1000
+    # Politeness per host, per worker process (pipeline.politeness): a site sees at most
+    # workers x these, or these overall with workers_per_host_budget set to the worker count.
+    per_host_connections: int = 8  # requests in flight to one host
+    per_host_rate: float = 20.0  # requests per second to one host (token bucket); 0: no limit
+    per_host_burst: float = 10.0  # requests a host may get at once after a quiet spell
+    workers_per_host_budget: int = 1  # divide the per-host limits by this many workers (cluster-wide limits)
+    throttle_retries: int = 3  # a row answered 429/503 is queued again this often (its host paused as told)
+    max_host_backoff: float = 60.0  # the longest pause a host's Retry-After may impose, in seconds
+    breaker_failures: int = 5  # consecutive timeouts/connection failures that mark a host down
+    breaker_cooldown: float = 60.0  # seconds a down host's rows are rejected fast (host_unavailable)
+    dns_cache_ttl: float = 300.0  # seconds a host's addresses are reused (the SSRF check still runs each time)
+    dns_negative_ttl: float = 30.0  # seconds a failed lookup is remembered
+
+    def politeness(self):
+        """The per-host limits of one worker process."""
+        from pipeline.politeness import PolitenessParams
+
+        share = self.workers_per_host_budget
+        return PolitenessParams(
+            per_host_connections=max(1, self.per_host_connections // share),
+            per_host_rate=self.per_host_rate / share,
+            per_host_burst=max(1.0, self.per_host_burst / share),
+            max_host_backoff=self.max_host_backoff,
+            breaker_failures=self.breaker_failures,
+            breaker_cooldown=self.breaker_cooldown,
+        )
 
     def __post_init__(self):
         positive = {"timeout": self.timeout, "max_bytes": self.max_bytes, "threads": self.threads,
-                    "deadline": self.deadline, "rows_per_task": self.rows_per_task}
-        not_negative = {"retries": self.retries, "backoff": self.backoff, "max_redirects": self.max_redirects}
+                    "deadline": self.deadline, "rows_per_task": self.rows_per_task,
+                    "per_host_connections": self.per_host_connections, "per_host_burst": self.per_host_burst,
+                    "workers_per_host_budget": self.workers_per_host_budget,
+                    "breaker_failures": self.breaker_failures}
+        not_negative = {"retries": self.retries, "backoff": self.backoff, "max_redirects": self.max_redirects,
+                        "per_host_rate": self.per_host_rate, "throttle_retries": self.throttle_retries,
+                        "max_host_backoff": self.max_host_backoff, "breaker_cooldown": self.breaker_cooldown,
+                        "dns_cache_ttl": self.dns_cache_ttl, "dns_negative_ttl": self.dns_negative_ttl}
         problems = [f"{name} must be > 0, got {value}" for name, value in positive.items() if value <= 0]
         problems += [f"{name} must be >= 0, got {value}" for name, value in not_negative.items() if value < 0]
         if problems:
@@ -195,8 +230,13 @@ class _Reply:
 class Downloader:
     """Thread-safe: one instance (one connection pool) serves a whole thread pool."""
 
-    def __init__(self, params: DownloadParams):
+    def __init__(self, params: DownloadParams, retry_throttled: bool = True):
+        """`retry_throttled=False`: a 429/503 is returned at once, for a scheduler that pauses the
+        whole host as its Retry-After says (pipeline.host_scheduler) instead of sleeping in this thread."""
         self.params = params
+        self._retry_throttled = retry_throttled
+        # `resolve` looked up at call time: tests stand in for DNS by replacing it.
+        self._dns = DnsCache(params.dns_cache_ttl, params.dns_negative_ttl, lambda host, port: resolve(host, port))
         self._pool = urllib3.PoolManager(
             num_pools=max(100, params.threads),
             maxsize=params.threads,
@@ -238,7 +278,8 @@ class Downloader:
             except _Failure as failure:
                 delay = _backoff_delay(self.params.backoff, url, attempt)
                 out_of_time = delay >= clock.remaining()
-                if not failure.transient or attempt == self.params.retries or out_of_time:
+                throttled = failure.status in THROTTLE_STATUSES and not self._retry_throttled
+                if not failure.transient or throttled or attempt == self.params.retries or out_of_time:
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -267,7 +308,7 @@ class Downloader:
         seconds = min(self.params.timeout, remaining)
         with _errors_as_reasons(before_body=True):
             # The one lookup, bounded; the connection goes to exactly these addresses.
-            addresses = run_within(seconds, resolve, host, port)
+            addresses = self._dns.resolve(host, port, seconds)
             if not self.params.allow_private_network:
                 check_addresses(host, addresses)
             pin_addresses(host, port, addresses)
@@ -387,6 +428,8 @@ def _errors_as_reasons(before_body: bool, status: int | None = None, headers: di
 def _reason_for_error(exc: BaseException, before_body: bool) -> str | None:
     if isinstance(exc, BlockedAddressError):
         return "blocked_address"
+    if isinstance(exc, DnsTimeout):
+        return "dns_timeout"
     if isinstance(exc, (socket.gaierror, NameResolutionError)):
         return "dns_error"
     if isinstance(exc, NewConnectionError):  # before timeouts: it subclasses ConnectTimeoutError

@@ -14,6 +14,7 @@ are rejected at once with `host_unavailable`.
 """
 from __future__ import annotations
 
+import threading
 import time
 import urllib.parse
 from collections import deque
@@ -21,11 +22,23 @@ from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from pipeline.politeness import THROTTLE_STATUSES, HostDown, HostPolicy
+from pipeline.politeness import THROTTLE_STATUSES, HostDown, HostPolicy, PolitenessParams
 from pipeline.schema import Reject, Sample
 
 _THROTTLED_REASONS = frozenset(f"http_{status}" for status in THROTTLE_STATUSES)
 _IDLE_WAIT = 0.05  # seconds between looks at paused hosts while nothing finishes
+
+
+_POLICIES: dict[PolitenessParams, HostPolicy] = {}
+_POLICIES_LOCK = threading.Lock()
+
+
+def shared_policy(params: PolitenessParams) -> HostPolicy:
+    """One policy per process and settings: every download task of a worker shares its hosts' limits."""
+    with _POLICIES_LOCK:
+        if params not in _POLICIES:
+            _POLICIES[params] = HostPolicy(params)
+        return _POLICIES[params]
 
 
 def host_of(url: str) -> str:

@@ -235,6 +235,12 @@ class HostPolicy:
             state.bucket.rate = min(limit, state.bucket.rate + REGAIN_RATE)
         state.connections = min(float(self.params.per_host_connections), state.connections + REGAIN_CONNECTIONS)
 
+    def release(self, host: str) -> None:
+        """A started row that sent no request (a stage rejected it first): its slot only is given back."""
+        with self._lock:
+            state = self._host(host, self._clock())
+            state.in_flight = max(0, state.in_flight - 1)
+
     def rejected_fast(self, host: str) -> None:
         with self._lock:
             self._host(host, self._clock()).stats.rejected_fast += 1

@@ -11,9 +11,9 @@ import hashlib
 import logging
 import threading
 import time
-from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,7 +21,8 @@ from apache_beam.metrics import Metrics
 from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers
 from pipeline.crawl import CrawlParams, Tally
-from pipeline.download import Downloader, DownloadParams, url_has_credentials, without_credentials
+from pipeline.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
+from pipeline.host_scheduler import HostScheduler, host_of, shared_policy
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
 from pipeline.textlines import FileTally
@@ -154,11 +155,13 @@ class DownloadHooks:
         return list(unique.values())
 
 
-def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample) -> Sample | Reject:
+def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample,
+                     on_fetch: Callable[[FetchResult], None] | None = None) -> Sample | Reject:
     """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
     then the fields stages compute from the image while it is at hand.
 
     Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
+    `on_fetch` is told the fetch's result (for the per-host politeness), if a fetch happens.
     """
     if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
         sample.url = without_credentials(sample.url)  # nor kept in the rejects
@@ -168,6 +171,8 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
     result = downloader.fetch(sample.url)
+    if on_fetch is not None:
+        on_fetch(result)
     if result.reason:
         return sample.reject("download", result.reason)
     for stage in hooks.check_response:
@@ -208,9 +213,11 @@ def download_task(sample: Sample, output: OutputParams, rows_per_task: int) -> t
 class _DownloadTask(beam.DoFn):
     """Downloads one task's rows with a bounded pool of threads, streaming results as they finish.
 
-    Results are also written to the task's checkpoint, which a resumed run
-    reuses row by row instead of downloading again (pipeline.checkpoint).
-    At most `threads * 2` rows are in flight, so memory stays bounded.
+    Rows wait in per-host queues and get a thread only when their host may
+    take a request (pipeline.host_scheduler, pipeline.politeness).  Results
+    are also written to the task's checkpoint, which a resumed run reuses row
+    by row instead of downloading again (pipeline.checkpoint).  At most
+    `threads` rows are in flight, so memory stays bounded.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
@@ -225,7 +232,8 @@ class _DownloadTask(beam.DoFn):
         _freeze_long_lived_objects()
         for stage in self._hooks.stages():
             stage.setup()
-        self._downloader = Downloader(self._download)
+        self._downloader = Downloader(self._download, retry_throttled=False)
+        self._policy = shared_policy(self._download.politeness())
         self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
         self._progress = _Progress("download")
 
@@ -233,18 +241,32 @@ class _DownloadTask(beam.DoFn):
         task, samples = element
         previous = checkpoint.load(self._output, self._output_dir, task)
         with checkpoint.TaskCheckpoint(self._output, self._output_dir, task) as saved:
-            pending = set()
+            to_fetch = []
             for sample in samples:
                 if sample.key in previous:
                     self._reused.inc()
                     yield saved.add(self._reuse(previous[sample.key]))
-                    continue
-                pending.add(self._pool.submit(fetch_and_resize, self._downloader, self._resize, self._hooks, sample))
-                if len(pending) >= self._download.threads * 2:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from self._finished(done, task, saved)
-            done, _ = wait(pending, return_when=ALL_COMPLETED)
-            yield from self._finished(done, task, saved)
+                else:
+                    to_fetch.append(sample)
+            scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._download.threads,
+                                      self._download.throttle_retries, self._download.deadline)
+            for result in scheduler.run(to_fetch):
+                yield self._finished(result, task, saved)
+
+    def _polite_fetch(self, sample: Sample) -> Sample | Reject:
+        """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
+        fetched: list[FetchResult] = []
+        started = time.monotonic()
+        try:
+            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample, fetched.append)
+        finally:
+            host = host_of(sample.url)
+            if host and fetched:
+                result = fetched[0]
+                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"),
+                                    time.monotonic() - started)
+            elif host:
+                self._policy.release(host)
 
     def _reuse(self, record: Sample | Reject) -> Sample | Reject:
         """A checkpointed result, with the fields that this run's stages compute from images."""
@@ -253,16 +275,14 @@ class _DownloadTask(beam.DoFn):
                 stage.fields_from_image(record)
         return record
 
-    def _finished(self, futures, task, saved) -> Iterable[Sample | Reject]:
-        for future in futures:
-            result = future.result()
-            if isinstance(result, Reject):
-                self._failed.inc()
-            else:
-                self._done.inc()
-                result.image_ref = task  # its image can be read back from this task's checkpoint
-            self._progress.tick()
-            yield saved.add(result)
+    def _finished(self, result: Sample | Reject, task, saved) -> Sample | Reject:
+        if isinstance(result, Reject):
+            self._failed.inc()
+        else:
+            self._done.inc()
+            result.image_ref = task  # its image can be read back from this task's checkpoint
+        self._progress.tick()
+        return saved.add(result)
 
     def teardown(self):
         self._pool.shutdown(wait=True)

@@ -1,0 +1,210 @@
+"""Per-host politeness end to end: a dead host costs a few timeouts, a throttling host is waited for, DNS is cached."""
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline import download
+from pipeline.cli import main
+from pipeline.dns_cache import DnsCache, DnsTimeout
+from pipeline.download import Downloader, DownloadParams
+
+
+def jpeg() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 120, 200)).save(out, "JPEG")
+    return out.getvalue()
+
+
+class DeadHost:
+    """Accepts connections and never answers; counts them."""
+
+    def __init__(self, address: str):
+        self.sock = socket.create_server((address, 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections, self.held = 0, []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+class ThrottlingHost(http.server.ThreadingHTTPServer):
+    """Answers 429 with Retry-After: 1 to any request beyond `limit` in flight; counts them."""
+
+    daemon_threads = True
+
+    def __init__(self, address: str, limit: int):
+        self.limit, self.in_flight, self.throttled, self.served, self.peak = limit, 0, 0, 0, 0
+        self.lock = threading.Lock()
+        self.image = jpeg()
+        super().__init__((address, 0), _ThrottlingHandler)
+
+
+class _ThrottlingHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        with server.lock:
+            server.in_flight += 1
+            server.peak = max(server.peak, server.in_flight)
+            over = server.in_flight > server.limit
+        try:
+            if over:
+                with server.lock:
+                    server.throttled += 1
+                self.send_response(429)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            time.sleep(0.05)
+            with server.lock:
+                server.served += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(server.image)))
+            self.end_headers()
+            self.wfile.write(server.image)
+        finally:
+            with server.lock:
+                server.in_flight -= 1
+
+
+@pytest.fixture()
+def hosts():
+    dead = DeadHost("127.0.0.3")
+    busy = ThrottlingHost("127.0.0.2", limit=2)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    yield dead, busy
+    busy.shutdown()
+    busy.server_close()
+    dead.close()
+
+
+def test_a_dead_host_costs_a_few_timeouts_and_a_throttling_host_loses_nothing(tmp_path, hosts):
+    dead, busy = hosts
+    urls = [f"http://127.0.0.3:{dead.port}/{i}.jpg" for i in range(40)]
+    urls += [f"http://127.0.0.2:{busy.server_address[1]}/{i}.jpg" for i in range(40)]
+    pq.write_table(pa.table({"url": urls, "caption": [f"picture number {i}" for i in range(len(urls))]}),
+                   tmp_path / "urls.parquet")
+    (tmp_path / "recipe.yaml").write_text(
+        "download: {timeout: 1, retries: 0, threads: 16, per_host_connections: 4, breaker_failures: 2,\n"
+        "           breaker_cooldown: 600, throttle_retries: 20}\n"
+        "output: {samples_per_shard: 100}\nstages: []\n"
+    )
+    started = time.monotonic()
+    assert main(["run", "--recipe", str(tmp_path / "recipe.yaml"), "--input", str(tmp_path / "urls.parquet"),
+                 "--output", str(tmp_path / "out"), "--allow-private-network", "--direct_num_workers=1"]) == 0
+    seconds = time.monotonic() - started
+    counts = json.loads((tmp_path / "out" / "report" / "audit.json").read_text())["counts"]
+    assert counts["kept"] == 40  # every row of the throttling host, in the end
+    reasons = counts["rejected_by_stage"]["download"]
+    assert sum(reasons.values()) == 40 and set(reasons) <= {"timeout", "host_unavailable"}
+    assert dead.connections <= 2 + 4  # the breaker's streak plus what was in flight, not one per row
+    assert reasons["host_unavailable"] >= 40 - 6
+    assert busy.throttled < 40  # the host was paused, not hammered
+    assert seconds < 60
+
+
+# ---------------------------------------------------------------- DNS cache
+
+
+class FakeClock:
+    now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_dns_answers_are_cached_for_their_ttl():
+    calls, clock = [], FakeClock()
+    cache = DnsCache(300, 30, lambda host, port: calls.append(host) or ["1.2.3.4"], clock)
+    assert cache.resolve("Example.com", 80, 5) == ["1.2.3.4"]
+    assert cache.resolve("example.com", 80, 5) == ["1.2.3.4"]
+    assert calls == ["Example.com"]
+    clock.now = 301
+    cache.resolve("example.com", 80, 5)
+    assert len(calls) == 2
+
+
+def test_a_name_that_does_not_exist_is_remembered_for_the_negative_ttl():
+    calls, clock = [], FakeClock()
+
+    def missing(host, port):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    cache = DnsCache(300, 30, missing, clock)
+    for _ in range(3):
+        with pytest.raises(socket.gaierror):
+            cache.resolve("nope.example", 80, 5)
+    assert len(calls) == 1
+    clock.now = 31
+    with pytest.raises(socket.gaierror):
+        cache.resolve("nope.example", 80, 5)
+    assert len(calls) == 2
+
+
+def test_dns_timeout_is_not_dns_error_and_is_not_cached():
+    calls = []
+
+    def again(host, port):
+        calls.append(host)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    cache = DnsCache(300, 30, again)
+    for _ in range(2):
+        with pytest.raises(DnsTimeout):
+            cache.resolve("flaky.example", 80, 5)
+    assert len(calls) == 2
+
+    def slow(host, port):
+        time.sleep(2)
+        return ["1.2.3.4"]
+
+    with pytest.raises(DnsTimeout):
+        DnsCache(300, 30, slow).resolve("slow.example", 80, 0.2)
+
+
+def test_the_ssrf_guard_checks_a_cached_answer_every_time(monkeypatch):
+    lookups = []
+    monkeypatch.setattr(download, "resolve", lambda host, port: lookups.append(host) or ["127.0.0.1"])
+    downloader = Downloader(dataclasses.replace(DownloadParams(), retries=0))
+    for _ in range(3):
+        assert downloader.fetch("http://internal.example/a.jpg").reason == "blocked_address"
+    assert lookups == ["internal.example"]  # one lookup, three refusals
+
+
+def test_dns_timeout_reason_from_a_fetch(monkeypatch):
+    def again(host, port):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(download, "resolve", again)
+    result = Downloader(dataclasses.replace(DownloadParams(), retries=0)).fetch("http://flaky.example/a.jpg")
+    assert result.reason == "dns_timeout"
