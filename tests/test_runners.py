@@ -341,6 +341,7 @@ def test_flink_or_spark_without_a_local_jar_is_refused_not_downloaded(
     error = capsys.readouterr().err
     assert "scripts/fetch_job_servers.sh" in error and says in error, error
     assert "download was attempted" not in error
+    assert not (tmp_path / "out").exists()  # refused before the output folder is claimed
 
 
 def test_fetch_script_names_the_jars_engines_look_for(maven_repo):
