@@ -344,18 +344,43 @@ def test_flink_or_spark_without_a_local_jar_is_refused_not_downloaded(
     assert not (tmp_path / "out").exists()  # refused before the output folder is claimed
 
 
-def test_fetch_script_names_the_jars_engines_look_for(maven_repo):
+FAKE_MVN = """#!/usr/bin/env bash
+# Stands in for Maven: puts the jar where Maven would, or fails like a registry that lacks it.
+echo "$@" >> "$MVN_CALLS"
+[ -n "${MVN_REFUSES:-}" ] && exit 1
+artifact=$(printf '%s\\n' "$@" | sed -n 's/^-Dartifact=//p'); IFS=: read -r group name version <<< "$artifact"
+mkdir -p "$CURATE_M2_REPOSITORY/${group//.//}/$name/$version"
+touch "$CURATE_M2_REPOSITORY/${group//.//}/$name/$version/$name-$version.jar"
+"""
+
+
+@pytest.mark.parametrize("registry", ["serves", "refuses"])
+def test_fetch_script_puts_the_jars_where_engines_look(maven_repo, tmp_path, monkeypatch, registry):
     from pipeline import engines
 
-    listed = subprocess.run(
-        [sys.executable, "-m", "pipeline.engines"], capture_output=True, text=True, check=True, cwd=REPO, timeout=60,
-    ).stdout.splitlines()
-    import apache_beam
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mvn").write_text(FAKE_MVN)
+    (bin_dir / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MVN_CALLS", str(tmp_path / "calls"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    if registry == "refuses":
+        monkeypatch.setenv("MVN_REFUSES", "1")
 
-    assert sorted(listed) == sorted(
-        f"org.apache.beam:{engine.artifact}:{apache_beam.__version__} {engines.job_server_jar(engine)}"
-        for engine in engines.ENGINES.values()
-    )
+    def fetch() -> str:
+        done = subprocess.run(["bash", str(REPO / "scripts" / "fetch_job_servers.sh")], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+        assert done.returncode == 0, done.stderr  # never fails the set-up
+        return done.stdout
+
+    first = fetch()
+    jars = [engines.job_server_jar(engine) for engine in engines.ENGINES.values()]
+    if registry == "refuses":
+        assert first.count("Maven could not get") == len(jars) and not any(jar.exists() for jar in jars)
+        return
+    assert first.count("fetched") == len(jars) and all(jar.is_file() for jar in jars)
+    assert "have" in fetch() and len((tmp_path / "calls").read_text().splitlines()) == len(jars)  # cached
 
 
 def shard_bytes(output: Path) -> dict[str, bytes]:
