@@ -66,51 +66,43 @@ def maven_repository() -> Path:
     return Path(os.environ.get("CURATE_M2_REPOSITORY", Path.home() / ".m2" / "repository"))
 
 
-def job_server_jar(engine: Engine, beam_version: str = beam.__version__) -> Path:
-    """Where Maven puts the job-server jar of this Beam version (it may not be there)."""
-    folder = maven_repository() / "org" / "apache" / "beam" / engine.artifact / beam_version
-    return folder / f"{engine.artifact}-{beam_version}.jar"
+def job_server_jar(engine: Engine, flink_version: str = FLINK_VERSION, beam_version: str = beam.__version__) -> Path:
+    """Where Maven puts the job-server jar of this Beam (and Flink) version (it may not be there)."""
+    artifact = engine.artifact.replace(f"flink-{FLINK_VERSION}-", f"flink-{flink_version}-")
+    folder = maven_repository() / "org" / "apache" / "beam" / artifact / beam_version
+    return folder / f"{artifact}-{beam_version}.jar"
 
 
 def expand(options: PipelineOptions) -> PipelineOptions:
-    """The options with `--engine` spelled out; a Flink or Spark run checked to have a local jar."""
+    """The options with `--engine` spelled out; a Flink or Spark run given the local jar, or refused."""
     name = options.view_as(EngineOptions).engine
     if name is None:
-        _check_jar_given(options)
+        _give_local_jar(options)
         return options
     engine = ENGINES[name]
     given = options.get_all_options(drop_default=True, retain_unknown_options=True)
     given.pop("engine")
     if given.get("runner") not in (None, engine.runner):
         raise JobError(f"--engine {name} runs the {engine.runner}: drop --runner={given['runner']}")
-    jar = given.get(engine.jar_option) or str(_found_jar(engine))
-    expanded = {**dict(engine.options), "runner": engine.runner, engine.jar_option: jar, **given}
+    expanded = {**dict(engine.options), "runner": engine.runner, **given}
     # Set by default for the local runner only (pipeline.launch.default_beam_args): meaningless here.
     for local_only in ("direct_num_workers", "direct_running_mode"):
         expanded.pop(local_only, None)
-    return type(options).from_dictionary(expanded)
+    options = type(options).from_dictionary(expanded)
+    _give_local_jar(options)
+    return options
 
 
-def _found_jar(engine: Engine) -> Path:
-    jar = job_server_jar(engine)
-    if not jar.is_file():
-        raise JobError(
-            f"no {engine.runner} job server: {jar} is missing. Fetch it with `bash {FETCH_SCRIPT}` "
-            f"(Maven, into ~/.m2), or give --{engine.jar_option}=PATH"
-        )
-    return jar
-
-
-def _check_jar_given(options: PipelineOptions) -> None:
+def _give_local_jar(options: PipelineOptions) -> None:
     """A Flink or Spark run without a jar would make Beam download one in the middle of the run."""
     engine = RUNNER_ENGINES.get(options.view_as(StandardOptions).runner)
     if engine is None or options.get_all_options().get(engine.jar_option):
         return
-    jar = job_server_jar(engine)
+    jar = job_server_jar(engine, options.view_as(FlinkRunnerOptions).flink_version)
     if not jar.is_file():
         raise JobError(
-            f"--runner={engine.runner} needs --{engine.jar_option}=PATH (Beam would download the jar "
-            f"at run time): fetch it with `bash {FETCH_SCRIPT}` or pass the path"
+            f"no {engine.runner} job-server jar at {jar} (Beam would download one in the middle of the run): "
+            f"fetch it with `bash {FETCH_SCRIPT}` (Maven, into ~/.m2) or give --{engine.jar_option}=PATH"
         )
     setattr(options.view_as(engine.options_class), engine.jar_option, str(jar))
 

@@ -318,6 +318,9 @@ def test_engine_flag_expands_to_the_runner_and_the_maven_jar(maven_repo, engine,
     # What the user gave wins over the expansion.
     pool = engines.expand(RunOptions([f"--engine={engine}", "--environment_type=EXTERNAL"]))
     assert pool.get_all_options()["environment_type"] == "EXTERNAL"
+    # A plain --runner gets the jar Maven fetched too, not Beam's download.
+    plain = engines.expand(RunOptions([f"--runner={runner}"]))
+    assert plain.get_all_options()[engines.ENGINES[engine].jar_option] == str(jar)
 
 
 @pytest.mark.parametrize("beam_args, says", [
@@ -325,6 +328,7 @@ def test_engine_flag_expands_to_the_runner_and_the_maven_jar(maven_repo, engine,
     (["--runner=SparkRunner", "--spark_master_url=local[1]"], "--spark_job_server_jar=PATH"),
     (["--engine", "flink-local"], "beam-runners-flink-"),
     (["--engine", "spark-local"], "beam-runners-spark-3-job-server"),
+    (["--runner=FlinkRunner", "--flink_version=1.20"], "beam-runners-flink-1.20-job-server"),
 ])
 def test_flink_or_spark_without_a_local_jar_is_refused_not_downloaded(
     served_list, tmp_path, maven_repo, monkeypatch, capsys, beam_args, says
