@@ -7,9 +7,12 @@ resident memory of the `curate` process and of each Beam worker process every
 0.2 s.  The runner process and the worker processes are reported apart: with
 the local FnApiRunner, data crossing a shuffle (GroupByKey) is held by the
 runner process, while Dataflow, Spark and Flink keep it in their shuffle
-service or spill it to disk.
+service or spill it to disk.  `--engine flink-local` (or `spark-local`) runs
+on that engine instead (pipeline/engines.py; its job-server jar fetched by
+scripts/fetch_job_servers.sh): its JVM is a child of the `curate` process and
+is reported in its own column too.
 
-    .venv/bin/python benchmarks/memory.py --rows 10000 100000
+    .venv/bin/python benchmarks/memory.py --rows 10000 100000 [--engine flink-local]
 """
 from __future__ import annotations
 
@@ -51,6 +54,13 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def is_java(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "java"
+    except OSError:
+        return False
+
+
 def children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -65,7 +75,7 @@ class PeakSampler:
     """Max RSS of the root process and of its largest descendant, sampled every 0.2 s."""
 
     def __init__(self, pid: int):
-        self.pid, self.root_peak, self.worker_peak, self.total_peak = pid, 0, 0, 0
+        self.pid, self.root_peak, self.worker_peak, self.total_peak, self.java_peak = pid, 0, 0, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -73,7 +83,9 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             root = rss_kib(self.pid)
-            workers = [rss_kib(c) for c in children(self.pid)]
+            descendants = children(self.pid)
+            workers = [rss_kib(c) for c in descendants]
+            self.java_peak = max([self.java_peak, *(rss_kib(c) for c in descendants if is_java(c))])
             self.root_peak = max(self.root_peak, root)
             self.worker_peak = max([self.worker_peak, *workers])
             self.total_peak = max(self.total_peak, root + sum(workers))
@@ -83,7 +95,7 @@ class PeakSampler:
         self._thread.join()
 
 
-def measure(rows: int, work: Path, web: LocalWeb) -> dict:
+def measure(rows: int, work: Path, web: LocalWeb, engine: str | None = None) -> dict:
     urls = work / f"urls-{rows}.parquet"
     pq.write_table(pa.Table.from_pylist(
         [{"url": web.url(f"img.jpg?n={i}"), "caption": f"sample picture number {i}"} for i in range(rows)]
@@ -92,7 +104,7 @@ def measure(rows: int, work: Path, web: LocalWeb) -> dict:
     recipe.write_text(RECIPE)
     out = work / f"out-{rows}"
     command = [sys.executable, "-m", "pipeline.cli", "run", "--recipe", str(recipe), "--input", str(urls),
-               "--output", str(out), "--allow-private-network", "--overwrite"]
+               "--output", str(out), "--allow-private-network", "--overwrite", *(["--engine", engine] if engine else [])]
     start = time.monotonic()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sampler = PeakSampler(process.pid)
@@ -101,12 +113,13 @@ def measure(rows: int, work: Path, web: LocalWeb) -> dict:
     if process.returncode != 0:
         raise SystemExit(f"curate run failed at {rows} rows:\n{err[-2000:]}")
     return {"rows": rows, "seconds": time.monotonic() - start, "runner_mib": sampler.root_peak / 1024,
-            "largest_worker_mib": sampler.worker_peak / 1024, "all_processes_mib": sampler.total_peak / 1024}
+            "largest_worker_mib": sampler.worker_peak / 1024, "all_processes_mib": sampler.total_peak / 1024, "java_mib": sampler.java_peak / 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--engine", choices=["flink-local", "spark-local"], help="default: Beam's FnApiRunner")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="curate-memory-") as temp:
         work = Path(temp)
@@ -115,11 +128,11 @@ def main() -> None:
         Image.new("RGB", (96, 72), (120, 80, 40)).save(jpeg, "JPEG", quality=85)
         (work / "web" / "img.jpg").write_bytes(jpeg.getvalue())
         with LocalWeb(work / "web") as web:
-            print(f"{'rows':>8} {'seconds':>8} {'runner MiB':>11} {'largest worker MiB':>19} {'all MiB':>8}")
+            print(f"{'rows':>8} {'seconds':>8} {'runner MiB':>11} {'largest worker MiB':>19} {'all MiB':>8} {'java MiB':>9}")
             for rows in args.rows:
-                r = measure(rows, work, web)
+                r = measure(rows, work, web, args.engine)
                 print(f"{r['rows']:>8} {r['seconds']:>8.1f} {r['runner_mib']:>11.0f} "
-                      f"{r['largest_worker_mib']:>19.0f} {r['all_processes_mib']:>8.0f}", flush=True)
+                      f"{r['largest_worker_mib']:>19.0f} {r['all_processes_mib']:>8.0f} {r['java_mib']:>9.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
-from pipeline import audit, checkpoint, output_folder
+from pipeline import audit, checkpoint, engines, output_folder
 from pipeline import run as run_module
 from pipeline.errors import JobError
 from pipeline.recipe import Recipe
@@ -57,7 +57,8 @@ def run_job(
 ) -> JobResult:
     """Run one job as `curate run` does; `recipe` a Recipe or a file/bundled name, `inputs` an InputSpec or
     files/folders/globs, `beam_args` Beam pipeline options."""
-    options = RunOptions(default_beam_args(list(beam_args)))
+    # --engine spelled out, and a Flink/Spark run without its jar refused, before the output folder is touched.
+    options = engines.expand(RunOptions(default_beam_args(list(beam_args))))
     recipe = recipe if isinstance(recipe, Recipe) else load_job_recipe(recipe)
     check_stages(recipe, options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES)
     inputs = inputs if isinstance(inputs, InputSpec) else resolve_inputs(list(inputs))

@@ -2,8 +2,9 @@
 
 The local runner is Beam's FnApiRunner, named explicitly: Beam 2.77's
 DirectRunner first tries to download the Prism runner binary from the
-internet, which stalls a run on a closed network.  Any other `--runner` goes
-to Beam unchanged.
+internet, which stalls a run on a closed network.  `--engine flink-local` or
+`spark-local` is spelled out by pipeline.engines; any other `--runner` goes to
+Beam unchanged, Flink and Spark only with a local job-server jar.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from filters.base import DatasetStage
-from pipeline import audit, malloc
+from pipeline import audit, engines, malloc
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
 from pipeline.transforms import INPUTS, REJECTED, ApplyStage, DownloadImages, ReadAndKey
@@ -145,6 +146,7 @@ def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, 
 
 
 def make_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    options = engines.expand(options)  # --engine flink-local/spark-local; never a jar download
     runner = options.view_as(StandardOptions).runner
     if runner in LOCAL_RUNNER_NAMES:
         return beam.Pipeline(runner=_local_runner(options), options=options)

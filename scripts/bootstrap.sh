@@ -15,3 +15,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[models,train,test,gcp]"
   echo "$want" > "$stamp"
 fi
+# Beam's Flink and Spark job-server jars, with Maven into ~/.m2 (cached; never fails the set-up).
+PYTHON=.venv/bin/python bash scripts/fetch_job_servers.sh

@@ -5,8 +5,11 @@
   separate from the submitting process, so nothing can lean on shared memory.
 * DataflowRunner with --dry_run: the job is built and translated offline
   (needs apache-beam[gcp], the `gcp` extra); its job file names our stages.
-* Spark and Flink: their options parse into the classes Beam reads them from
-  (running them needs a cluster and a job-server jar; docs/running-at-scale.md).
+* Spark and Flink: their options parse into the classes Beam reads them from;
+  `--engine flink-local|spark-local` expands to them with the job-server jar
+  Maven fetched (scripts/fetch_job_servers.sh), a run without a local jar is
+  refused (never a download), and with the jar the whole pipeline runs on
+  them, byte-identical to the default runner (skipped where the jar is absent).
 """
 import contextlib
 import io
@@ -275,6 +278,135 @@ def test_spark_and_flink_job_servers_use_the_given_jar_without_downloading(tmp_p
         assert server.java_arguments("1", "2", "3", "/artifacts")[1] in ("spark://h:7077", "http://h:8081")
     # The default, for contrast: a Maven URL, i.e. a download at run time.
     assert spark_runner.SparkJarJobServer(PipelineOptions([])).path_to_jar().startswith("https://")
+
+
+# --------------------------------------------------------------------------- Flink and Spark on this machine
+
+
+@pytest.fixture
+def maven_repo(tmp_path, monkeypatch):
+    """An empty ~/.m2/repository of our own: where pipeline.engines looks for the job-server jars."""
+    repo = tmp_path / "m2"
+    monkeypatch.setenv("CURATE_M2_REPOSITORY", str(repo))
+    return repo
+
+
+def put_jar(engine_name: str) -> Path:
+    from pipeline import engines
+
+    jar = engines.job_server_jar(engines.ENGINES[engine_name])
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    jar.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip: located, never run
+    return jar
+
+
+@pytest.mark.parametrize("engine, runner, master", [
+    ("flink-local", "FlinkRunner", ("flink_master", "[local]")),
+    ("spark-local", "SparkRunner", ("spark_master_url", f"local[{os.cpu_count() or 1}]")),
+])
+def test_engine_flag_expands_to_the_runner_and_the_maven_jar(maven_repo, engine, runner, master):
+    from pipeline import engines
+    from pipeline.launch import default_beam_args
+    from pipeline.run import RunOptions
+
+    jar = put_jar(engine)
+    expanded = engines.expand(RunOptions(default_beam_args(["--engine", engine, "--parallelism=3"])))
+    given = expanded.get_all_options()
+    assert (given["runner"], given[master[0]], given["environment_type"]) == (runner, master[1], "LOOPBACK")
+    assert given[engines.ENGINES[engine].jar_option] == str(jar)
+    assert given["parallelism"] == 3 and given["direct_running_mode"] != "multi_processing"
+    # What the user gave wins over the expansion.
+    pool = engines.expand(RunOptions([f"--engine={engine}", "--environment_type=EXTERNAL"]))
+    assert pool.get_all_options()["environment_type"] == "EXTERNAL"
+    # A plain --runner gets the jar Maven fetched too, not Beam's download.
+    plain = engines.expand(RunOptions([f"--runner={runner}"]))
+    assert plain.get_all_options()[engines.ENGINES[engine].jar_option] == str(jar)
+
+
+@pytest.mark.parametrize("beam_args, says", [
+    (["--runner=FlinkRunner", "--flink_master=[local]"], "--flink_job_server_jar=PATH"),
+    (["--runner=SparkRunner", "--spark_master_url=local[1]"], "--spark_job_server_jar=PATH"),
+    (["--engine", "flink-local"], "beam-runners-flink-"),
+    (["--engine", "spark-local"], "beam-runners-spark-3-job-server"),
+    (["--runner=FlinkRunner", "--flink_version=1.20"], "beam-runners-flink-1.20-job-server"),
+])
+def test_flink_or_spark_without_a_local_jar_is_refused_not_downloaded(
+    served_list, tmp_path, maven_repo, monkeypatch, capsys, beam_args, says
+):
+    """Beam would fetch the job-server jar from the internet in the middle of the run: we say what to do."""
+    from apache_beam.utils import subprocess_server
+
+    def refuse(*args):
+        raise AssertionError(f"a jar download was attempted: {args}")
+
+    monkeypatch.setattr(subprocess_server.JavaJarServer, "_download_jar_to_cache", refuse)
+    monkeypatch.setattr(subprocess_server.JavaJarServer, "local_jar", refuse)
+    assert main(curate_args(served_list, tmp_path / "out", *beam_args)) == 2
+    error = capsys.readouterr().err
+    assert "scripts/fetch_job_servers.sh" in error and says in error, error
+    assert "download was attempted" not in error
+    assert not (tmp_path / "out").exists()  # refused before the output folder is claimed
+
+
+FAKE_MVN = """#!/usr/bin/env bash
+# Stands in for Maven: puts the jar where Maven would, or fails like a registry that lacks it.
+echo "$@" >> "$MVN_CALLS"
+[ -n "${MVN_REFUSES:-}" ] && exit 1
+artifact=$(printf '%s\\n' "$@" | sed -n 's/^-Dartifact=//p'); IFS=: read -r group name version <<< "$artifact"
+mkdir -p "$CURATE_M2_REPOSITORY/${group//.//}/$name/$version"
+touch "$CURATE_M2_REPOSITORY/${group//.//}/$name/$version/$name-$version.jar"
+"""
+
+
+@pytest.mark.parametrize("registry", ["serves", "refuses"])
+def test_fetch_script_puts_the_jars_where_engines_look(maven_repo, tmp_path, monkeypatch, registry):
+    from pipeline import engines
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mvn").write_text(FAKE_MVN)
+    (bin_dir / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MVN_CALLS", str(tmp_path / "calls"))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    if registry == "refuses":
+        monkeypatch.setenv("MVN_REFUSES", "1")
+
+    def fetch() -> str:
+        done = subprocess.run(["bash", str(REPO / "scripts" / "fetch_job_servers.sh")], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+        assert done.returncode == 0, done.stderr  # never fails the set-up
+        return done.stdout
+
+    first = fetch()
+    jars = [engines.job_server_jar(engine) for engine in engines.ENGINES.values()]
+    if registry == "refuses":
+        assert first.count("Maven could not get") == len(jars) and not any(jar.exists() for jar in jars)
+        return
+    assert first.count("fetched") == len(jars) and all(jar.is_file() for jar in jars)
+    assert "have" in fetch() and len((tmp_path / "calls").read_text().splitlines()) == len(jars)  # cached
+
+
+def shard_bytes(output: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(output)): path.read_bytes()
+            for folder in ("shards", "rejects") for path in sorted((output / folder).glob("*"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["flink-local", "spark-local"])
+def test_real_engine_run_matches_the_default_runner(served_list, tmp_path, engine):
+    """The whole pipeline on an embedded Flink / local Spark: same rows, same audit, byte-identical shards."""
+    from pipeline import engines
+
+    jar = engines.job_server_jar(engines.ENGINES[engine])
+    if not jar.is_file():
+        pytest.skip(f"{jar} is missing: `bash scripts/fetch_job_servers.sh` fetches it with Maven, if served")
+    if shutil.which("java") is None:
+        pytest.skip("no java on PATH: the job server is a Java program")
+    assert main(curate_args(served_list, tmp_path / "default")) == 0
+    assert main(curate_args(served_list, tmp_path / engine, "--engine", engine)) == 0
+    check_output_and_audit(tmp_path / engine)
+    assert shard_bytes(tmp_path / engine) == shard_bytes(tmp_path / "default")
 
 
 # --------------------------------------------------------------------------- worker images
