@@ -44,6 +44,7 @@ import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Callable
 
 import urllib3
 from urllib3.exceptions import (
@@ -60,7 +61,7 @@ from urllib3.exceptions import (
 from pipeline.dns_cache import DnsCache, DnsTimeout
 from pipeline.fetch_clock import FetchClock, fetch_clock, pin_addresses
 from pipeline.params import ParamError
-from pipeline.politeness import THROTTLE_STATUSES
+from pipeline.politeness import THROTTLE_STATUSES, host_of
 from pipeline.sniff import sniff_image_mime
 from pipeline.watched_pool import watched_pool_classes
 
@@ -230,11 +231,15 @@ class _Reply:
 class Downloader:
     """Thread-safe: one instance (one connection pool) serves a whole thread pool."""
 
-    def __init__(self, params: DownloadParams, retry_throttled: bool = True):
+    def __init__(self, params: DownloadParams, retry_throttled: bool = True,
+                 may_retry: Callable[[str, str], bool] | None = None):
         """`retry_throttled=False`: a 429/503 is returned at once, for a scheduler that pauses the
-        whole host as its Retry-After says (pipeline.host_scheduler) instead of sleeping in this thread."""
+        whole host as its Retry-After says (pipeline.host_scheduler) instead of sleeping in this thread.
+        `may_retry(host, reason)` hears of each failed attempt that would be retried, and may stop it
+        (a host found down by the politeness breaker is not tried again)."""
         self.params = params
         self._retry_throttled = retry_throttled
+        self._may_retry = may_retry
         # `resolve` looked up at call time: tests stand in for DNS by replacing it.
         self._dns = DnsCache(params.dns_cache_ttl, params.dns_negative_ttl, lambda host, port: resolve(host, port))
         self._pool = urllib3.PoolManager(
@@ -280,6 +285,8 @@ class Downloader:
                 out_of_time = delay >= clock.remaining()
                 throttled = failure.status in THROTTLE_STATUSES and not self._retry_throttled
                 if not failure.transient or throttled or attempt == self.params.retries or out_of_time:
+                    raise
+                if self._may_retry is not None and not self._may_retry(host_of(url), failure.reason):
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")

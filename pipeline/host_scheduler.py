@@ -16,36 +16,32 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.parse
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from pipeline.politeness import THROTTLE_STATUSES, HostDown, HostPolicy, PolitenessParams
+from pipeline.politeness import THROTTLE_STATUSES, HostDown, HostPolicy, PolitenessParams, host_of
 from pipeline.schema import Reject, Sample
 
 _THROTTLED_REASONS = frozenset(f"http_{status}" for status in THROTTLE_STATUSES)
 _IDLE_WAIT = 0.05  # seconds between looks at paused hosts while nothing finishes
 
 
-_POLICIES: dict[PolitenessParams, HostPolicy] = {}
+_POLICIES: dict[str, HostPolicy] = {}
 _POLICIES_LOCK = threading.Lock()
+_RUNS_KEPT = 4
 
 
-def shared_policy(params: PolitenessParams) -> HostPolicy:
-    """One policy per process and settings: every download task of a worker shares its hosts' limits."""
+def shared_policy(run: str, params: PolitenessParams) -> HostPolicy:
+    """One policy per run and process: every download task of a worker shares its hosts' limits, and
+    a later run in the same process (a library user, a test) starts with no host paused or down."""
     with _POLICIES_LOCK:
-        if params not in _POLICIES:
-            _POLICIES[params] = HostPolicy(params)
-        return _POLICIES[params]
-
-
-def host_of(url: str) -> str:
-    try:
-        return (urllib.parse.urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return ""
+        if run not in _POLICIES:
+            for old in list(_POLICIES)[:-_RUNS_KEPT]:
+                del _POLICIES[old]
+            _POLICIES[run] = HostPolicy(params)
+        return _POLICIES[run]
 
 
 @dataclass
@@ -71,14 +67,28 @@ class HostScheduler:
 
     def run(self, samples: Iterable[Sample]) -> Iterator[Sample | Reject]:
         """Results in the order they finish."""
+        self.add(samples)
+        yield from self.drive(until_idle=True)
+
+    def add(self, samples: Iterable[Sample]) -> None:
         for sample in samples:
             host = host_of(sample.url)
             self._queues.setdefault(host, deque()).append(_Row(sample, host))
+
+    @property
+    def pending(self) -> int:
+        return sum(len(queue) for queue in self._queues.values()) + len(self._running)
+
+    def drive(self, until_idle: bool) -> Iterator[Sample | Reject]:
+        """Runs rows, yielding results as they finish.  With `until_idle` until every row is done;
+        else it returns as soon as a thread is free that no queued row may use (their hosts must wait),
+        so the caller can add rows of other hosts."""
         while self._queues or self._running:
             yield from self._dispatch()
+            if not until_idle and len(self._running) < self._max_in_flight:
+                return
             if not self._running:
-                if self._queues:
-                    time.sleep(self._next_wait())
+                time.sleep(self._next_wait())
                 continue
             done, _ = wait(list(self._running), timeout=self._next_wait(), return_when=FIRST_COMPLETED)
             for future in done:

@@ -31,6 +31,7 @@ import email.utils
 import math
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +41,17 @@ UNREACHABLE_REASONS = frozenset({"timeout", "connection_error", "dns_error", "dn
 THROTTLE_STATUSES = frozenset({429, 503})
 REGAIN_RATE = 0.1  # requests per second regained per success after throttling
 REGAIN_CONNECTIONS = 0.1  # connections regained per success
+
+
+def host_of(url: str) -> str:
+    """The origin's host, with its port when the URL names one ("example.com", "127.0.0.1:8080"):
+    what the limits apply to."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = (parts.hostname or "").lower(), parts.port
+    except ValueError:
+        return ""
+    return f"{host}:{port}" if host and port else host
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -214,7 +226,7 @@ class HostPolicy:
     def _unreachable(self, state: _Host, now: float) -> None:
         state.stats.unreachable += 1
         state.failure_streak += 1
-        if state.probing or state.failure_streak >= self.params.breaker_failures:
+        if state.probing or (state.failure_streak >= self.params.breaker_failures and state.down_until <= now):
             if not state.probing:
                 state.stats.breaker_trips += 1
             state.down_until = now + self.params.breaker_cooldown
@@ -234,6 +246,20 @@ class HostPolicy:
         if state.bucket.rate < limit:
             state.bucket.rate = min(limit, state.bucket.rate + REGAIN_RATE)
         state.connections = min(float(self.params.per_host_connections), state.connections + REGAIN_CONNECTIONS)
+
+    def may_retry(self, host: str, reason: str) -> bool:
+        """A failed attempt that would be retried in its thread: it counts toward the breaker, and
+        no retry once the host is down (so a dead host costs about `breaker_failures` timeouts)."""
+        with self._lock:
+            now = self._clock()
+            state = self._host(host, now)
+            if reason in UNREACHABLE_REASONS:
+                state.stats.unreachable += 1
+                state.failure_streak += 1
+                if state.failure_streak >= self.params.breaker_failures and state.down_until <= now:
+                    state.stats.breaker_trips += 1
+                    state.down_until = now + self.params.breaker_cooldown
+            return state.down_until <= now
 
     def release(self, host: str) -> None:
         """A started row that sent no request (a stage rejected it first): its slot only is given back."""

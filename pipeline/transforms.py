@@ -11,12 +11,16 @@ import hashlib
 import logging
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers
@@ -205,7 +209,10 @@ def _freeze_long_lived_objects() -> None:
         gc.freeze()
 
 
-def download_task(sample: Sample, output: OutputParams, rows_per_task: int) -> tuple[int, int]:
+_MAX_OPEN_TASKS = 4  # download tasks a worker interleaves (their rows wait in per-host queues)
+
+
+def download_task(sample: Sample | Reject, output: OutputParams, rows_per_task: int) -> tuple[int, int]:
     """(shard id, task number in shard): the unit of download work and checkpointing."""
     return sample.shard_id, output.index_in_shard(sample.key) // rows_per_task
 
@@ -221,9 +228,10 @@ class _DownloadTask(beam.DoFn):
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
-                 output: OutputParams, output_dir: str):
+                 output: OutputParams, output_dir: str, run_token: str):
         self._download, self._resize, self._hooks = download, resize, hooks
         self._output, self._output_dir = output, output_dir
+        self._run_token = run_token  # one per pipeline: hosts' state is shared within a run, never across
         self._done = Metrics.counter("download", "ok")
         self._failed = Metrics.counter("download", "failed")
         self._reused = Metrics.counter("download", "reused_from_checkpoint")
@@ -232,26 +240,54 @@ class _DownloadTask(beam.DoFn):
         _freeze_long_lived_objects()
         for stage in self._hooks.stages():
             stage.setup()
-        self._downloader = Downloader(self._download, retry_throttled=False)
-        self._policy = shared_policy(self._download.politeness())
+        self._policy = shared_policy(self._run_token, self._download.politeness())
+        self._downloader = Downloader(self._download, retry_throttled=False, may_retry=self._policy.may_retry)
         self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
         self._progress = _Progress("download")
 
+    def start_bundle(self):
+        self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
+        self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._download.threads,
+                                        self._download.throttle_retries, self._download.deadline)
+
     def process(self, element):
+        """Starts the task's rows beside those of the bundle's earlier tasks, so that a task of one slow or
+        throttled host (a list sorted by domain) leaves the threads to the next task's hosts."""
         task, samples = element
         previous = checkpoint.load(self._output, self._output_dir, task)
-        with checkpoint.TaskCheckpoint(self._output, self._output_dir, task) as saved:
-            to_fetch = []
-            for sample in samples:
-                if sample.key in previous:
-                    self._reused.inc()
-                    yield saved.add(self._reuse(previous[sample.key]))
-                else:
-                    to_fetch.append(sample)
-            scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._download.threads,
-                                      self._download.throttle_retries, self._download.deadline)
-            for result in scheduler.run(to_fetch):
-                yield self._finished(result, task, saved)
+        saved = checkpoint.TaskCheckpoint(self._output, self._output_dir, task)
+        to_fetch = []
+        for sample in samples:
+            if sample.key in previous:
+                self._reused.inc()
+                yield saved.add(self._reuse(previous[sample.key]))
+            else:
+                to_fetch.append(sample)
+        self._open[task] = [saved, len(to_fetch)]
+        if not to_fetch:
+            self._close(task)
+        self._scheduler.add(to_fetch)
+        yield from self._results(self._scheduler.drive(until_idle=False))
+        while len(self._open) > _MAX_OPEN_TASKS:  # bounded: a few tasks' rows and checkpoints at a time
+            yield from self._results(self._scheduler.drive(until_idle=True), until_open=_MAX_OPEN_TASKS)
+
+    def finish_bundle(self):
+        for result in self._results(self._scheduler.drive(until_idle=True)):
+            yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _results(self, finished, until_open: int | None = None):
+        for result in finished:
+            task = download_task(result, self._output, self._download.rows_per_task)
+            yield self._finished(result, task, self._open[task][0])
+            self._open[task][1] -= 1
+            if self._open[task][1] == 0:
+                self._close(task)
+                if until_open is not None and len(self._open) <= until_open:
+                    return
+
+    def _close(self, task) -> None:
+        saved, _ = self._open.pop(task)
+        saved.__exit__(None, None, None)  # complete: the checkpoint is put in place
 
     def _polite_fetch(self, sample: Sample) -> Sample | Reject:
         """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
@@ -311,7 +347,8 @@ class DownloadImages(beam.PTransform):
         self._output, self._output_dir = output, output_dir
 
     def expand(self, samples):
-        fetch = _DownloadTask(self._download, self._resize, self._hooks, self._output, self._output_dir)
+        fetch = _DownloadTask(self._download, self._resize, self._hooks, self._output, self._output_dir,
+                              uuid.uuid4().hex)
         output, rows_per_task = self._output, self._download.rows_per_task
         return (
             samples

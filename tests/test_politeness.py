@@ -270,6 +270,20 @@ def test_a_retry_after_beyond_the_deadline_rejects_as_host_backoff_exceeded():
 
 
 def test_host_of():
-    assert host_of("http://Example.COM:8080/x") == "example.com"
+    assert host_of("http://Example.COM/x") == "example.com"
+    assert host_of("http://Example.COM:8080/x") == "example.com:8080"  # another server on the same name
     assert host_of("not a url") == ""
     assert host_of("http://[::1/") == ""
+
+
+def test_failed_attempts_count_toward_the_breaker_and_stop_retries_once_it_trips():
+    clock = Clock()
+    p = policy(clock, breaker_failures=3, per_host_rate=0)
+    assert p.try_start("dead")
+    assert p.may_retry("dead", "timeout") and p.may_retry("dead", "timeout")
+    assert not p.may_retry("dead", "timeout")  # the third failed attempt trips it: no more retries
+    p.finish("dead", "timeout", None, None)
+    with pytest.raises(HostDown):
+        p.wait_time("dead")
+    assert p.stats()["dead"]["breaker_trips"] == 1
+    assert p.may_retry("busy", "http_500")  # an answer is not a dead host
