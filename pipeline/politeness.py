@@ -280,3 +280,37 @@ class HostPolicy:
     def stats(self) -> dict[str, dict]:
         with self._lock:
             return {host: state.stats.as_dict() for host, state in self._hosts.items()}
+
+
+TOP_HOSTS = 50  # hosts listed by name in the audit; the rest are summed
+
+
+def merge_host_tallies(tallies) -> dict[str, dict[str, float]]:
+    """Per-host counters of many bundles, summed (a Beam combine)."""
+    total: dict[str, dict[str, float]] = {}
+    for tally in tallies:
+        for host, counts in tally.items():
+            mine = total.setdefault(host, {})
+            for name, value in counts.items():
+                mine[name] = mine.get(name, 0) + value
+    return total
+
+
+def host_report(tally: dict[str, dict[str, float]]) -> dict:
+    """The audit's per-host table: the hosts with the most rows, and how each behaved."""
+    ranked = sorted(tally.items(), key=lambda item: (-item[1].get("rows", 0), item[0]))
+    rows = []
+    for host, counts in ranked[:TOP_HOSTS]:
+        requests = counts.get("requests", 0)
+        rows.append({
+            "host": host,
+            "rows": int(counts.get("rows", 0)),
+            "kept": int(counts.get("kept", 0)),
+            "success_rate": round(counts.get("kept", 0) / counts["rows"], 4) if counts.get("rows") else None,
+            "throttled_answers": int(counts.get("throttled", 0)),
+            "host_unavailable": int(counts.get("host_unavailable", 0)),
+            "mean_latency_s": round(counts.get("seconds", 0) / requests, 3) if requests else None,
+        })
+    return {"hosts": len(tally), "top": rows,
+            "throttled_answers": int(sum(c.get("throttled", 0) for c in tally.values())),
+            "host_unavailable": int(sum(c.get("host_unavailable", 0) for c in tally.values()))}

@@ -180,6 +180,25 @@ def domains_section(report: Report) -> Section:
     return Section("domains", "Top domains", body)
 
 
+def hosts_section(report: Report) -> Section:
+    """The download's per-host table (pipeline.politeness.host_report) and a plot of the busiest hosts."""
+    hosts = (report.audit.get("download") or {}).get("hosts")
+    if not hosts or not hosts["top"]:
+        return Section("hosts", "Hosts", '<p class="empty">No download in this run.</p>')
+    top = hosts["top"]
+    bars = [Bar(h["host"], [h["kept"], h["rows"] - h["kept"]], [f"{h['kept']:,} of {h['rows']:,}"])
+            for h in top[:TOP_DOMAINS]]
+    rows = [[h["host"], h["rows"], h["kept"], h["success_rate"], h["throttled_answers"], h["host_unavailable"],
+             h["mean_latency_s"]] for h in top]
+    body = (f"<p>{hosts['hosts']:,} hosts; {hosts['throttled_answers']:,} throttling answers (429/503, each "
+            f"pausing its host); {hosts['host_unavailable']:,} rows rejected fast because their host was down "
+            "(the breaker).</p>"
+            + _figure("Rows by host: kept and not kept", svg_bars(bars, [KEPT, REJECTED]), legend=True)
+            + _table(["host", "rows", "kept", "success rate", "429/503 answers", "host_unavailable",
+                      "mean latency (s)"], rows))
+    return Section("hosts", "Hosts", body)
+
+
 def dedup_section(report: Report) -> Section:
     parts = []
     for stage, stage_report in (report.audit.get("dedup") or {}).items():
@@ -348,7 +367,7 @@ def recipe_section(report: Report) -> Section:
 # ---------------------------------------------------------------- the page
 
 SECTIONS = (summary_section, funnel_section, scores_section, images_section, captions_section,
-            languages_section, domains_section, dedup_section, optout_section, bias_section,
+            languages_section, domains_section, hosts_section, dedup_section, optout_section, bias_section,
             examples_section, recipe_section)
 
 STYLE = """

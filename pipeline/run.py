@@ -115,7 +115,8 @@ class _Flow:
             self.recipe.download, self.recipe.resize, self.stages, self.recipe.output, self.output_dir
         )
         result = self.samples | "Download" >> download
-        self._advance(result.samples, result[REJECTED], "download")
+        self._advance(result["samples"], result[REJECTED], "download")
+        self.reports.append(result["report"])  # the per-host table (audit.json: download.hosts)
         self.downloaded = True
 
     def _advance(self, samples, rejects, step: str | None = None) -> None:

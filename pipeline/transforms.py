@@ -26,13 +26,15 @@ from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers
 from pipeline.crawl import CrawlParams, Tally
 from pipeline.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
-from pipeline.host_scheduler import HostScheduler, host_of, shared_policy
+from pipeline.host_scheduler import HostScheduler, shared_policy
+from pipeline.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
 from pipeline.textlines import FileTally
 from pipeline.writers import OutputParams
 
 REJECTED = "rejected"
+HOST_TALLY = "host_tally"
 log = logging.getLogger("curate")
 
 
@@ -247,6 +249,8 @@ class _DownloadTask(beam.DoFn):
 
     def start_bundle(self):
         self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
+        self._hosts: dict[str, dict[str, float]] = {}  # host -> counters, for the audit's per-host table
+        self._hosts_lock = threading.Lock()
         self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._download.threads,
                                         self._download.throttle_retries, self._download.deadline)
 
@@ -274,10 +278,21 @@ class _DownloadTask(beam.DoFn):
     def finish_bundle(self):
         for result in self._results(self._scheduler.drive(until_idle=True)):
             yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
+        if self._hosts:
+            yield beam.pvalue.TaggedOutput(HOST_TALLY, WindowedValue(self._hosts, MIN_TIMESTAMP, [GlobalWindow()]))
+
+    def _count(self, host: str, **counts: float) -> None:
+        with self._hosts_lock:
+            mine = self._hosts.setdefault(host, {})
+            for name, value in counts.items():
+                mine[name] = mine.get(name, 0) + value
 
     def _results(self, finished, until_open: int | None = None):
         for result in finished:
             task = download_task(result, self._output, self._download.rows_per_task)
+            kept = not isinstance(result, Reject)
+            self._count(host_of(result.url), rows=1, kept=int(kept),
+                        host_unavailable=int(not kept and result.reason == "host_unavailable"))
             yield self._finished(result, task, self._open[task][0])
             self._open[task][1] -= 1
             if self._open[task][1] == 0:
@@ -298,9 +313,9 @@ class _DownloadTask(beam.DoFn):
         finally:
             host = host_of(sample.url)
             if host and fetched:
-                result = fetched[0]
-                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"),
-                                    time.monotonic() - started)
+                result, seconds = fetched[0], time.monotonic() - started
+                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"), seconds)
+                self._count(host, requests=1, seconds=seconds, throttled=int(result.status in THROTTLE_STATUSES))
             elif host:
                 self._policy.release(host)
 
@@ -350,13 +365,19 @@ class DownloadImages(beam.PTransform):
         fetch = _DownloadTask(self._download, self._resize, self._hooks, self._output, self._output_dir,
                               uuid.uuid4().hex)
         output, rows_per_task = self._output, self._download.rows_per_task
-        return (
+        fetched = (
             samples
             | "KeyByTask" >> beam.Map(lambda s: (download_task(s, output, rows_per_task), s))
             | "GroupByTask" >> beam.GroupByKey()
-            | "Fetch" >> beam.ParDo(fetch)
-            | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
+            | "Fetch" >> beam.ParDo(fetch).with_outputs(HOST_TALLY, main="results")
         )
+        split = fetched.results | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
+        report = (
+            fetched[HOST_TALLY]
+            | "MergeHosts" >> beam.CombineGlobally(merge_host_tallies).without_defaults()
+            | "HostReport" >> beam.Map(lambda tally: ("download", "hosts", host_report(tally)))
+        )
+        return {"samples": split.samples, REJECTED: split[REJECTED], "report": report}
 
 
 class _Progress:

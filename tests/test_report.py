@@ -278,8 +278,8 @@ def test_page_is_self_contained(page):
 def test_page_has_every_section_chart_and_thumbnail(page):
     parser = PageParser()
     parser.feed(page)
-    sections = {"summary", "funnel", "scores", "images", "captions", "languages", "domains", "dedup", "optout",
-                "bias", "examples", "recipe"}
+    sections = {"summary", "funnel", "scores", "images", "captions", "languages", "domains", "hosts", "dedup",
+                "optout", "bias", "examples", "recipe"}
     assert sections <= parser.ids
     assert {value[1:] for tag, _, value in parser.links if tag == "a"} == sections  # the table of contents
     assert parser.tags["svg"] >= 12  # funnel, 3 scores, 3 image, 2 caption, languages, domains, 2 opt-out
