@@ -60,6 +60,7 @@ import numpy as np
 from filters.base import SampleStage
 from filters.model_common import (
     NUDENET_CLASSES,
+    NUDENET_INPUT_SIDE,
     existing_file,
     mlp_from_state_dict,
     nudenet_detections,
@@ -68,6 +69,7 @@ from filters.model_common import (
     read_state_dict,
     tag_or_drop,
 )
+from pipeline.params import ParamError
 from pipeline.registry import register
 from pipeline.schema import Sample, Verdict
 
@@ -91,9 +93,14 @@ class NsfwFilter(SampleStage):
     class Params:
         threshold: float = 0.5
         action: Literal["drop", "tag"] = "tag"
-        batch_size: int = 16  # ~30 ms per image on one CPU core
+        batch_size: int = 16  # NudeNet: ~35 ms of CPU per image at side 320 (benchmarks/bench_onnx_stages.py)
+        detector_side: int = NUDENET_INPUT_SIDE  # NudeNet's input side, multiple of 32: cost grows with its square
         clip_head_path: str | None = None  # LAION-style head over clip_image_embedding instead of NudeNet
         clip_head_output: Literal["logit", "probability"] = "logit"
+
+        def __post_init__(self):
+            if self.detector_side < 64 or self.detector_side % 32:
+                raise ParamError(f"nsfw.detector_side must be a multiple of 32, at least 64, got {self.detector_side}")
 
     def check(self) -> None:
         if self.params.clip_head_path:
@@ -107,7 +114,7 @@ class NsfwFilter(SampleStage):
             self._scorer = ClipHeadScorer(self.model_path, self.params.clip_head_output)
         else:
             nudenet_session()  # load it now, not on the first batch
-            self._scorer = NudeNetScorer()
+            self._scorer = NudeNetScorer(self.params.detector_side)
 
     def _model_file(self) -> Path:
         if self.params.clip_head_path:
@@ -126,8 +133,11 @@ class NsfwFilter(SampleStage):
 
 
 class NudeNetScorer:
+    def __init__(self, side: int):
+        self._side = side
+
     def scores(self, batch: list[Sample]) -> list[float | None]:
-        detections = nudenet_detections([sample.image for sample in batch])
+        detections = nudenet_detections([sample.image for sample in batch], side=self._side)
         return [None if found is None else exposed_confidence(found.class_top) for found in detections]
 
 
