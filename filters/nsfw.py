@@ -17,6 +17,17 @@ only removes overlapping boxes, never the most confident one, so it is not
 needed for the max).  FEET, ARMPITS, BELLY and MALE_BREAST "exposed" are left
 out: they are everyday beach and sports photos, not NSFW.
 
+`detector_side` (default 320, NudeNet's own) is the side the padded square
+is scaled to; the model accepts any multiple of 32 and any batch size.  The
+cost grows with its square: one core spends ~35 ms per image at 320 and
+~22 ms at 256 (benchmarks/bench_onnx_stages.py).  A smaller side changes the
+scores: on generated benign images side 256 moved them by up to ~0.05-0.09
+with the same verdicts at 0.5, but there is no labelled NSFW set here, so
+its accuracy on real nudity is unmeasured -- hence the default stays 320.
+face_blur always runs the detector at 320; with another side here, each
+stage runs it on its own (results at different sides are never mixed).
+The session runs on one thread (filters.model_common.onnx_session).
+
 The detector is shared with `face_blur` (filters.model_common's
 `nudenet_detections`): it is loaded once per process, and an image whose
 exact bytes it ran on recently in this process is not run again, so with
