@@ -104,8 +104,12 @@ def watermark_variants(args) -> dict[str, WatermarkFilter]:
 
 def run_nsfw(stage_and_session, images):
     stage, session = stage_and_session
-    model_common._session = session  # the shared per-process session the stage will use
+    model_common.nudenet_session = lambda: session  # the per-process session the detector runs on
     return scored(stage, images, "nsfw_score")
+
+
+def run_watermark(stage, images):
+    return scored(stage, images, "watermark_score")
 
 
 def main() -> None:
@@ -122,7 +126,7 @@ def main() -> None:
     truth = np.array([image.has_watermark for image in benchmark])
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
         runs = {label: (run_nsfw, v) for label, v in nsfw_variants(args, Path(tmp)).items()}
-        runs.update({label: (lambda s, i: scored(s, i, "watermark_score"), v) for label, v in watermark_variants(args).items()})
+        runs.update({label: (run_watermark, v) for label, v in watermark_variants(args).items()})
         seconds: dict[str, list[float]] = {label: [] for label in runs}
         scores: dict[str, np.ndarray] = {}
         for round_number in range(args.rounds):
@@ -130,7 +134,8 @@ def main() -> None:
                 cpu, scores[label] = run(stage, images)
                 seconds[label].append(cpu)
             print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    print(f"{len(images)} images (watermark_eval seeds {args.seeds}, {args.count} each); CPU time per image, median of {args.rounds} rounds")
+    print(f"{len(images)} images (watermark_eval seeds {args.seeds}, {args.count} each); "
+          f"CPU time per image, median of {args.rounds} rounds")
     nsfw_reference = scores[f"nsfw side {model_common.NUDENET_INPUT_SIDE}"]
     watermark_reference = scores[f"watermark side {args.watermark_sides[0]}"]
     for label, times in seconds.items():
@@ -138,7 +143,8 @@ def main() -> None:
         reference = nsfw_reference if label.startswith("nsfw") else watermark_reference
         drift = np.abs(scores[label] - reference).max()
         agree = ((scores[label] >= THRESHOLD) == (reference >= THRESHOLD)).mean()
-        line = f"{label:38s} {cpu * 1000:6.1f} ms  {1 / cpu:5.1f} images/s  max|diff| {drift:.3f}  same verdict {agree:.3f}"
+        line = f"{label:38s} {cpu * 1000:6.1f} ms  {1 / cpu:5.1f} images/s"
+        line += f"  max|diff| {drift:.3f}  same verdict {agree:.3f}"
         if label.startswith("watermark"):
             flagged = scores[label] >= THRESHOLD
             precision = (flagged & truth).sum() / max(flagged.sum(), 1)

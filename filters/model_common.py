@@ -92,6 +92,23 @@ def onnx_session(path: Path):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+_sessions_lock = threading.Lock()
+_sessions: dict[str, Any] = {}
+
+
+def shared_onnx_session(path: Path):
+    """One `onnx_session` per model file and process, whichever stage or thread asks first.
+
+    RunInference may set up a stage in several threads of a worker; a
+    session is thread-safe, so they share one copy of the weights.
+    """
+    key = str(Path(path).resolve())
+    with _sessions_lock:
+        if key not in _sessions:
+            _sessions[key] = onnx_session(Path(key))
+        return _sessions[key]
+
+
 def mlp_from_state_dict(state_dict: dict[str, Any], prefix: str = ""):
     """Rebuild a Linear or an `nn.Sequential` of Linear layers from its state_dict.
 
@@ -201,17 +218,9 @@ def nudenet_model_file() -> Path:
     return packaged_file("nudenet", "320n.onnx")
 
 
-_session_lock = threading.Lock()
-_session = None
-
-
 def nudenet_session():
     """The detector's onnxruntime session, loaded once per process whichever stage asks first."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            _session = onnx_session(nudenet_model_file())
-        return _session
+    return shared_onnx_session(nudenet_model_file())
 
 
 def nudenet_detections(
@@ -250,7 +259,9 @@ def forget_nudenet_detections() -> None:
     _recent.clear()
 
 
-def run_nudenet(images: list[Image.Image], face_floor: float, side: int = NUDENET_INPUT_SIDE) -> list[NudeNetDetections]:
+def run_nudenet(
+    images: list[Image.Image], face_floor: float, side: int = NUDENET_INPUT_SIDE
+) -> list[NudeNetDetections]:
     """Run the detector on a batch of RGB images, scaled to `side` x `side`."""
     session = nudenet_session()
     blob = np.stack([nudenet_input(image, side) for image in images])

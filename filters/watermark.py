@@ -72,7 +72,7 @@ from filters.model_common import (
     decode_rgb,
     existing_file,
     mlp_from_state_dict,
-    onnx_session,
+    shared_onnx_session,
     packaged_file,
     read_state_dict,
     tag_or_drop,
@@ -164,7 +164,7 @@ class TextDetectorScorer:
     def __init__(self, model_path, side: int):
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
-        self._session = onnx_session(model_path)
+        self._session = shared_onnx_session(model_path)
         self._input_name = self._session.get_inputs()[0].name
         self._side = side
         # rapidocr's defaults (its config.yaml), so boxes match what RapidOCR finds.
