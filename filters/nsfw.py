@@ -21,8 +21,8 @@ out: they are everyday beach and sports photos, not NSFW.
 is scaled to; the model accepts any multiple of 32 and any batch size.  The
 cost grows with its square: one core spends ~35 ms per image at 320 and
 ~22 ms at 256 (benchmarks/bench_onnx_stages.py).  A smaller side changes the
-scores: on generated benign images side 256 moved them by up to ~0.05-0.09
-with the same verdicts at 0.5, but there is no labelled NSFW set here, so
+scores: on 240 generated benign images side 256 moved them by up to 0.25
+(every verdict at 0.5 unchanged), but there is no labelled NSFW set here, so
 its accuracy on real nudity is unmeasured -- hence the default stays 320.
 face_blur always runs the detector at 320; with another side here, each
 stage runs it on its own (results at different sides are never mixed).
