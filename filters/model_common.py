@@ -80,7 +80,10 @@ def onnx_session(path: Path):
 
     One thread because Beam runs one worker process per core: onnxruntime's
     default (a thread per core in every process) oversubscribes the cores
-    and spins its idle threads, which costs CPU time for nothing.
+    and spins its idle threads, which nearly doubled the CPU time per image
+    (benchmarks/README.md).  Where one process has several bundle threads
+    (Dataflow's harness threads), each `run` call still computes on its
+    caller's thread, so they run in parallel.
     """
     import onnxruntime
 
