@@ -20,7 +20,7 @@ out: they are everyday beach and sports photos, not NSFW.
 `detector_side` (default 320, NudeNet's own) is the side the padded square
 is scaled to; the model accepts any multiple of 32 and any batch size.  The
 cost grows with its square: one core spends ~35 ms per image at 320 and
-~22 ms at 256 (benchmarks/bench_onnx_stages.py).  A smaller side changes the
+~22-24 ms at 256 (benchmarks/bench_onnx_stages.py).  A smaller side changes the
 scores: on 240 generated benign images side 256 moved them by up to 0.25
 (every verdict at 0.5 unchanged), but there is no labelled NSFW set here, so
 its accuracy on real nudity is unmeasured -- hence the default stays 320.
