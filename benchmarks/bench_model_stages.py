@@ -12,6 +12,8 @@ ends a caption early, so recaption is timed at its longest).
 `--vit-b-32` adds clip_score and aesthetic with ViT-B-32 (writes a 300 MB fp16
 checkpoint to a temporary directory); `--coca-b-32` adds recaption with
 coca_ViT-B-32 (slow on a CPU: give it a small --batch-size).  Not a test.
+The ONNX stages (nsfw's NudeNet, watermark's text detector) are timed by
+`bench_onnx_stages.py`, in CPU time per image.
 """
 from __future__ import annotations
 

@@ -76,12 +76,40 @@ def decode_rgb(data: bytes | None) -> Image.Image | None:
 
 
 def onnx_session(path: Path):
-    """A CPU onnxruntime session for the model at `path`."""
+    """A CPU onnxruntime session for the model at `path`, on one thread.
+
+    One thread because Beam runs one worker process per core: onnxruntime's
+    default (a thread per core in every process) oversubscribes the cores
+    and spins its idle threads, which nearly doubled the CPU time per image
+    (benchmarks/README.md).  Where one process has several bundle threads
+    (Dataflow's harness threads), each `run` call still computes on its
+    caller's thread, so they run in parallel.
+    """
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: the shipped models log harmless shape warnings
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+_sessions_lock = threading.Lock()
+_sessions: dict[str, Any] = {}
+
+
+def shared_onnx_session(path: Path):
+    """One `onnx_session` per model file and process, whichever stage or thread asks first.
+
+    RunInference may set up a stage in several threads of a worker; a
+    session is thread-safe, so they share one copy of the weights.
+    """
+    key = str(Path(path).resolve())
+    with _sessions_lock:
+        if key not in _sessions:
+            _sessions[key] = onnx_session(Path(key))
+        return _sessions[key]
 
 
 def mlp_from_state_dict(state_dict: dict[str, Any], prefix: str = ""):
@@ -169,7 +197,7 @@ NUDENET_CLASSES = (
     "BUTTOCKS_COVERED",
 )
 FACE_CLASSES = ("FACE_FEMALE", "FACE_MALE")
-NUDENET_INPUT_SIDE = 320
+NUDENET_INPUT_SIDE = 320  # NudeNet's own size; the model takes any multiple of 32 (and any batch)
 NUDENET_FACE_FLOOR = 0.2  # NudeNet's own cut: weaker face candidates are not kept unless a stage asks for them
 _BOX_COORDINATES = 4  # each anchor's output: cx, cy, w, h, then one confidence per class
 _FACE_ROWS = np.array([_BOX_COORDINATES + NUDENET_CLASSES.index(name) for name in FACE_CLASSES])
@@ -193,23 +221,16 @@ def nudenet_model_file() -> Path:
     return packaged_file("nudenet", "320n.onnx")
 
 
-_session_lock = threading.Lock()
-_session = None
-
-
 def nudenet_session():
     """The detector's onnxruntime session, loaded once per process whichever stage asks first."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            _session = onnx_session(nudenet_model_file())
-        return _session
+    return shared_onnx_session(nudenet_model_file())
 
 
 def nudenet_detections(
     encoded: list[bytes | None],
     images: list[Image.Image | None] | None = None,
     face_threshold: float | None = None,
+    side: int = NUDENET_INPUT_SIDE,
 ) -> list[NudeNetDetections | None]:
     """The detector's results for each encoded image; None for an unreadable one.
 
@@ -221,15 +242,16 @@ def nudenet_detections(
     the stage that runs second on the same image (nsfw and face_blur) reuses
     the first one's results.  Different bytes (an image face_blur blurred)
     run again, so each stage's results are those it would get alone.
+    `side` is the detector's input side: results at another side are not reused.
     """
-    keys = [_image_key(data) for data in encoded]
+    keys = [_image_key(data, side) for data in encoded]
     results = [_recent.get(key, face_threshold) for key in keys]
     to_run = [i for i, result in enumerate(results) if result is None]
     decoded = {i: images[i] if images is not None else decode_rgb(encoded[i]) for i in to_run}
     readable = [i for i in to_run if decoded[i] is not None]
     if readable:
         floor = NUDENET_FACE_FLOOR if face_threshold is None else min(NUDENET_FACE_FLOOR, face_threshold)
-        for i, detections in zip(readable, run_nudenet([decoded[i] for i in readable], floor)):
+        for i, detections in zip(readable, run_nudenet([decoded[i] for i in readable], floor, side)):
             results[i] = detections
             _recent.put(keys[i], detections)
     return results
@@ -240,33 +262,37 @@ def forget_nudenet_detections() -> None:
     _recent.clear()
 
 
-def run_nudenet(images: list[Image.Image], face_floor: float) -> list[NudeNetDetections]:
-    """Run the detector on a batch of RGB images."""
+def run_nudenet(
+    images: list[Image.Image], face_floor: float, side: int = NUDENET_INPUT_SIDE
+) -> list[NudeNetDetections]:
+    """Run the detector on a batch of RGB images, scaled to `side` x `side`."""
     session = nudenet_session()
-    blob = np.stack([nudenet_input(image) for image in images])
+    blob = np.stack([nudenet_input(image, side) for image in images])
     (output,) = session.run(None, {session.get_inputs()[0].name: blob})
-    return [summarise_nudenet(anchors, image.size, face_floor) for anchors, image in zip(output, images)]
+    return [summarise_nudenet(anchors, image.size, face_floor, side) for anchors, image in zip(output, images)]
 
 
-def nudenet_input(image: Image.Image) -> np.ndarray:
-    """NudeNet's preprocessing of a PIL RGB image: a (3, 320, 320) float32 BGR array."""
+def nudenet_input(image: Image.Image, side: int = NUDENET_INPUT_SIDE) -> np.ndarray:
+    """NudeNet's preprocessing of a PIL RGB image: a (3, side, side) float32 BGR array."""
     import cv2
 
     pixels = np.asarray(image)[:, :, ::-1]
-    side = max(pixels.shape[:2])
-    square = np.zeros((side, side, 3), np.uint8)
+    longer = max(pixels.shape[:2])
+    square = np.zeros((longer, longer, 3), np.uint8)
     square[: pixels.shape[0], : pixels.shape[1]] = pixels
-    resized = cv2.resize(square, (NUDENET_INPUT_SIDE, NUDENET_INPUT_SIDE), interpolation=cv2.INTER_LINEAR)
+    resized = cv2.resize(square, (side, side), interpolation=cv2.INTER_LINEAR)
     return (resized.astype(np.float32) / 255.0).transpose(2, 0, 1)
 
 
-def summarise_nudenet(anchors: np.ndarray, size: tuple[int, int], face_floor: float) -> NudeNetDetections:
-    """`anchors`: the detector's (4 + classes, anchors) output for one image of `size`."""
+def summarise_nudenet(
+    anchors: np.ndarray, size: tuple[int, int], face_floor: float, side: int = NUDENET_INPUT_SIDE
+) -> NudeNetDetections:
+    """`anchors`: the detector's (4 + classes, anchors) output for one image of `size` run at `side`."""
     class_top = anchors[_BOX_COORDINATES:].max(axis=1)
     confidence = anchors[_FACE_ROWS].max(axis=0)
     candidates = np.flatnonzero(confidence >= face_floor)
     # nudenet_input pads at the right and bottom to a square, then scales it to the model's side.
-    scale = max(size) / NUDENET_INPUT_SIDE
+    scale = max(size) / side
     centre_x, centre_y, box_width, box_height = (anchors[:_BOX_COORDINATES, candidates] * scale).tolist()
     boxes = tuple(
         (max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(size[0], cx + w / 2), min(size[1], cy + h / 2))
@@ -282,8 +308,8 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _image_key(data: bytes | None) -> bytes | None:
-    return hashlib.blake2b(data, digest_size=16).digest() if data else None
+def _image_key(data: bytes | None, side: int) -> bytes | None:
+    return hashlib.blake2b(data, digest_size=16, salt=side.to_bytes(16, "little")).digest() if data else None
 
 
 class _RecentDetections:

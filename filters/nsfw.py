@@ -17,6 +17,17 @@ only removes overlapping boxes, never the most confident one, so it is not
 needed for the max).  FEET, ARMPITS, BELLY and MALE_BREAST "exposed" are left
 out: they are everyday beach and sports photos, not NSFW.
 
+`detector_side` (default 320, NudeNet's own) is the side the padded square
+is scaled to; the model accepts any multiple of 32 and any batch size.  The
+cost grows with its square: one core spends ~35 ms per image at 320 and
+~22-24 ms at 256 (benchmarks/bench_onnx_stages.py).  A smaller side changes the
+scores: on 240 generated benign images side 256 moved them by up to 0.25
+(every verdict at 0.5 unchanged), but there is no labelled NSFW set here, so
+its accuracy on real nudity is unmeasured -- hence the default stays 320.
+face_blur always runs the detector at 320; with another side here, each
+stage runs it on its own (results at different sides are never mixed).
+The session runs on one thread (filters.model_common.onnx_session).
+
 The detector is shared with `face_blur` (filters.model_common's
 `nudenet_detections`): it is loaded once per process, and an image whose
 exact bytes it ran on recently in this process is not run again, so with
@@ -67,6 +78,7 @@ import numpy as np
 from filters.base import SampleStage
 from filters.model_common import (
     NUDENET_CLASSES,
+    NUDENET_INPUT_SIDE,
     existing_file,
     mlp_from_state_dict,
     nudenet_detections,
@@ -75,6 +87,7 @@ from filters.model_common import (
     read_state_dict,
     tag_or_drop,
 )
+from pipeline.params import ParamError
 from pipeline.registry import register
 from pipeline.schema import Sample, Verdict
 
@@ -98,9 +111,14 @@ class NsfwFilter(SampleStage):
     class Params:
         threshold: float = 0.5  # nsfw_score at or above this is NSFW
         action: Literal["drop", "tag"] = "tag"  # drop NSFW samples, or only tag them (LAION)
-        batch_size: int = 16  # ~30 ms per image on one CPU core
+        batch_size: int = 16  # NudeNet: ~35 ms of CPU per image at side 320 (benchmarks/bench_onnx_stages.py)
+        detector_side: int = NUDENET_INPUT_SIDE  # NudeNet's input side, multiple of 32: cost grows with its square
         clip_head_path: str | None = None  # LAION-style head over clip_image_embedding instead of NudeNet
         clip_head_output: Literal["logit", "probability"] = "logit"  # the head's output (LAION H14: probability)
+
+        def __post_init__(self):
+            if self.detector_side < 64 or self.detector_side % 32:
+                raise ParamError(f"nsfw.detector_side must be a multiple of 32, at least 64, got {self.detector_side}")
 
     def check(self) -> None:
         if self.params.clip_head_path:
@@ -114,7 +132,7 @@ class NsfwFilter(SampleStage):
             self._scorer = ClipHeadScorer(self.model_path, self.params.clip_head_output)
         else:
             nudenet_session()  # load it now, not on the first batch
-            self._scorer = NudeNetScorer()
+            self._scorer = NudeNetScorer(self.params.detector_side)
 
     def _model_file(self) -> Path:
         if self.params.clip_head_path:
@@ -133,8 +151,11 @@ class NsfwFilter(SampleStage):
 
 
 class NudeNetScorer:
+    def __init__(self, side: int):
+        self._side = side
+
     def scores(self, batch: list[Sample]) -> list[float | None]:
-        detections = nudenet_detections([sample.image for sample in batch])
+        detections = nudenet_detections([sample.image for sample in batch], side=self._side)
         return [None if found is None else exposed_confidence(found.class_top) for found in detections]
 
 

@@ -8,7 +8,13 @@ to `detector_side` (default 512) to bound the cost.  Boxes come from
 rapidocr's own DB post-processing (`DBPostProcess`, its default thresholds).
 Images go through the detector one at a time (`batch_size` only sets how
 many RunInference hands over at once): at their own aspect ratios nothing
-is padded, and on CPU a stacked batch is no faster per image.
+is padded, and on CPU a stacked batch is no faster per image.  The session
+runs on one thread (one worker process per core; onnxruntime's default
+thread pool doubled the CPU time per image).  The side stays 512: the
+detector costs ~60 ms of one core there, and smaller sides lose recall on
+`benchmarks/watermark_eval.py` (see benchmarks/README.md, "ONNX stages on
+CPU"); onnxruntime's `quantize_dynamic` cannot quantize this model (a Conv
+whose weight is not an initializer).
 
 The score, with every term in [0, 1]:
 
@@ -66,7 +72,7 @@ from filters.model_common import (
     decode_rgb,
     existing_file,
     mlp_from_state_dict,
-    onnx_session,
+    shared_onnx_session,
     packaged_file,
     read_state_dict,
     tag_or_drop,
@@ -158,7 +164,7 @@ class TextDetectorScorer:
     def __init__(self, model_path, side: int):
         from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
-        self._session = onnx_session(model_path)
+        self._session = shared_onnx_session(model_path)
         self._input_name = self._session.get_inputs()[0].name
         self._side = side
         # rapidocr's defaults (its config.yaml), so boxes match what RapidOCR finds.

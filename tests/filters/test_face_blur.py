@@ -354,9 +354,9 @@ def detector_runs(monkeypatch) -> list[int]:
     runs: list[int] = []
     original = model_common.run_nudenet
 
-    def counting(images, face_floor):
+    def counting(images, face_floor, side=model_common.NUDENET_INPUT_SIDE):
         runs.append(len(images))
-        return original(images, face_floor)
+        return original(images, face_floor, side)
 
     monkeypatch.setattr(model_common, "run_nudenet", counting)
     return runs

@@ -73,3 +73,12 @@ def test_decode_rgb():
     assert decode_rgb(None) is None
     assert decode_rgb(b"") is None
     assert decode_rgb(b"GIF89a truncated") is None
+
+
+def test_onnx_sessions_run_on_one_thread_per_process():
+    # Beam runs a worker process per core: onnxruntime's default thread pool
+    # (a thread per core in each of them) would oversubscribe the cores.
+    from filters.model_common import nudenet_model_file, onnx_session
+
+    options = onnx_session(nudenet_model_file()).get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)

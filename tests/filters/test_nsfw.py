@@ -110,6 +110,41 @@ def test_batch_gives_the_same_scores_as_one_by_one(stage):
     )
 
 
+def test_detector_side_sets_the_input_size_and_is_not_mixed_with_other_sides(monkeypatch):
+    from filters import model_common
+
+    forget_nudenet_detections()
+    shapes = []
+    session = model_common.nudenet_session()
+    original_run = session.run
+
+    class Recording:  # onnxruntime sessions do not take new attributes: wrap instead
+        def run(self, outputs, feeds):
+            shapes.append(next(iter(feeds.values())).shape)
+            return original_run(outputs, feeds)
+
+        def get_inputs(self):
+            return session.get_inputs()
+
+    monkeypatch.setattr(model_common, "nudenet_session", lambda: Recording())
+    images = _benign_images()[:2]
+    scored = {}
+    for side in (320, 256, 320):  # the second 320 is answered from memory
+        stage = NsfwFilter(NsfwFilter.Params(detector_side=side))
+        stage.setup()
+        samples = _samples(images)
+        stage.score(samples)
+        scored[side] = [s.fields["nsfw_score"] for s in samples]
+    assert shapes == [(2, 3, 320, 320), (2, 3, 256, 256)]
+    assert all(0.0 <= score < 0.2 for score in scored[256])
+
+
+@pytest.mark.parametrize("side", [0, 32, 300])
+def test_detector_side_must_be_a_multiple_of_32(side):
+    with pytest.raises(ParamError, match="multiple of 32"):
+        NsfwFilter.Params(detector_side=side)
+
+
 def test_preprocessing_matches_nudenet():
     from nudenet.nudenet import _read_image
 

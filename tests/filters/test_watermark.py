@@ -217,3 +217,10 @@ def test_missing_classifier_file_or_unknown_arch_fail_the_preflight_check(tmp_pa
     with pytest.raises(ValueError, match="no model 'resnet9000'"):
         stage.check()
     WatermarkFilter().check()  # the packaged detector is there
+
+
+def test_stages_set_up_in_one_process_share_one_detector_session():
+    first, second = WatermarkFilter(), WatermarkFilter(WatermarkFilter.Params(detector_side=256))
+    first.setup()
+    second.setup()
+    assert first._scorer._session is second._scorer._session

@@ -1,0 +1,158 @@
+"""CPU cost and accuracy of the ONNX model stages (nsfw's NudeNet, watermark's text detector) per input size.
+
+Cost is process CPU time per image (`time.process_time()`, all threads of
+the process), not wall time: the figures hold on a loaded machine and show
+what one worker process costs its core.  Variants are timed round by round,
+interleaved, and the median round is printed.  "default threads" is an
+onnxruntime session with its default options (a thread per core), as the
+stages used before sessions were pinned to one thread.
+
+Accuracy, on generated images only (no download):
+
+* watermark: precision/recall on `watermark_eval.py`'s images (seeds 1-3 by
+  default), and agreement of the verdicts (score >= 0.5) with the default side.
+* nsfw: NO ACCURACY -- there is no labelled NSFW set here.  What is printed
+  is agreement with NudeNet at its own size (320): the max absolute score
+  difference and the share of equal verdicts at 0.5, on the same generated
+  (benign) images, so it measures drift, not correctness on real nudity.
+
+    python benchmarks/bench_onnx_stages.py [--count 80] [--rounds 3] [--int8]
+
+`--int8` also times onnxruntime's dynamic int8 quantization of NudeNet
+(`quantize_dynamic`, written to a temporary directory; needs the `onnx`
+package).  Not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.watermark_eval import make_benchmark  # noqa: E402
+from filters import model_common  # noqa: E402
+from filters.nsfw import NsfwFilter  # noqa: E402
+from filters.watermark import WatermarkFilter  # noqa: E402
+from pipeline.schema import Sample  # noqa: E402
+
+THRESHOLD = 0.5
+
+
+def default_threads_session(path: Path):
+    """A session as onnxruntime makes it without options: its own thread pool."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def int8_nudenet(directory: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = directory / "320n.int8.onnx"
+    quantize_dynamic(str(model_common.nudenet_model_file()), str(path), weight_type=QuantType.QUInt8)
+    return path
+
+
+def scored(stage, images: list[bytes], field: str) -> tuple[float, np.ndarray]:
+    """(CPU seconds per image, scores) of a set-up stage over `images`, in its batches."""
+    model_common.forget_nudenet_detections()
+    samples = [Sample(key=f"{i:05d}", shard_id=0, url="", image=data) for i, data in enumerate(images)]
+    size = stage.params.batch_size
+    started = time.process_time()
+    for start in range(0, len(samples), size):
+        stage.score(samples[start : start + size])
+    seconds = time.process_time() - started
+    return seconds / len(samples), np.array([sample.fields[field] for sample in samples])
+
+
+def nsfw_variants(args, directory: Path) -> dict[str, tuple[NsfwFilter, object]]:
+    """label -> (stage, NudeNet session to install while it runs)."""
+    fast = model_common.onnx_session(model_common.nudenet_model_file())
+    variants = {"nsfw side 320, default threads": (320, default_threads_session(model_common.nudenet_model_file()))}
+    variants.update({f"nsfw side {side}": (side, fast) for side in args.nsfw_sides})
+    if args.int8:
+        variants["nsfw side 320, int8"] = (320, model_common.onnx_session(int8_nudenet(directory)))
+    stages = {}
+    for label, (side, session) in variants.items():
+        stage = NsfwFilter(NsfwFilter.Params(detector_side=side))
+        stage.setup()
+        stages[label] = (stage, session)
+    return stages
+
+
+def watermark_variants(args) -> dict[str, WatermarkFilter]:
+    stages = {}
+    for side in args.watermark_sides:
+        stage = WatermarkFilter(WatermarkFilter.Params(detector_side=side))
+        stage.setup()
+        stages[f"watermark side {side}"] = stage
+    before = WatermarkFilter(WatermarkFilter.Params(detector_side=args.watermark_sides[0]))
+    before.setup()
+    before._scorer._session = default_threads_session(before.model_path)
+    stages[f"watermark side {args.watermark_sides[0]}, default threads"] = before
+    return stages
+
+
+def run_nsfw(stage_and_session, images):
+    stage, session = stage_and_session
+    model_common.nudenet_session = lambda: session  # the per-process session the detector runs on
+    return scored(stage, images, "nsfw_score")
+
+
+def run_watermark(stage, images):
+    return scored(stage, images, "watermark_score")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=80, help="images per watermark_eval seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nsfw-sides", type=int, nargs="+", default=[320, 288, 256, 224])
+    parser.add_argument("--watermark-sides", type=int, nargs="+", default=[512, 448, 384])
+    parser.add_argument("--int8", action="store_true")
+    args = parser.parse_args()
+    benchmark = [image for seed in args.seeds for image in make_benchmark(args.count, seed)]
+    images = [image.jpeg for image in benchmark]
+    truth = np.array([image.has_watermark for image in benchmark])
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as tmp:
+        runs = {label: (run_nsfw, v) for label, v in nsfw_variants(args, Path(tmp)).items()}
+        runs.update({label: (run_watermark, v) for label, v in watermark_variants(args).items()})
+        for run, stage in runs.values():  # warm-up: first calls allocate onnxruntime's memory arenas
+            run(stage, images[:16])
+        seconds: dict[str, list[float]] = {label: [] for label in runs}
+        scores: dict[str, np.ndarray] = {}
+        for round_number in range(args.rounds):
+            for label, (run, stage) in runs.items():
+                cpu, scores[label] = run(stage, images)
+                seconds[label].append(cpu)
+            print(f"round {round_number + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    print(f"{len(images)} images (watermark_eval seeds {args.seeds}, {args.count} each); "
+          f"CPU time per image, median of {args.rounds} rounds")
+    nsfw_reference = scores[f"nsfw side {model_common.NUDENET_INPUT_SIDE}"]
+    watermark_reference = scores[f"watermark side {args.watermark_sides[0]}"]
+    for label, times in seconds.items():
+        cpu = statistics.median(times)
+        reference = nsfw_reference if label.startswith("nsfw") else watermark_reference
+        drift = np.abs(scores[label] - reference).max()
+        agree = ((scores[label] >= THRESHOLD) == (reference >= THRESHOLD)).mean()
+        line = f"{label:38s} {cpu * 1000:6.1f} ms  {1 / cpu:5.1f} images/s"
+        line += f"  max|diff| {drift:.3f}  same verdict {agree:.3f}"
+        if label.startswith("watermark"):
+            flagged = scores[label] >= THRESHOLD
+            precision = (flagged & truth).sum() / max(flagged.sum(), 1)
+            line += f"  precision {precision:.3f} recall {(flagged & truth).sum() / truth.sum():.3f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
