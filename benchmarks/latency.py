@@ -160,11 +160,12 @@ def run_curate(urls: Path, work: Path, args) -> dict:
 def run_img2dataset(urls: Path, work: Path, args) -> dict:
     out = work / "out-img2dataset"
     shutil.rmtree(out, ignore_errors=True)
-    command = img2dataset_venv(work / "img2dataset-venv")
+    command = img2dataset_venv(args.img2dataset_venv or work / "img2dataset-venv")
     seconds, peak = timed([
         str(command), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url", "--caption_col",
         "caption", "--output_format", "webdataset", "--output_folder", str(out), "--processes_count",
         str(args.processes), "--distributor", "multiprocessing", "--image_size", "256", "--enable_wandb", "False",
+        *(["--thread_count", str(args.img2dataset_threads)] if args.img2dataset_threads else []),
     ], work / "img2dataset.log", {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     rows = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
     return {"rows": rows, "seconds": seconds, "peak_rss_mb": peak >> 20}
@@ -189,7 +190,9 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=64)
     parser.add_argument("--latencies", default="0,0.05,0.3,1.0", help="seconds, comma-separated; 0 first")
     parser.add_argument("--img2dataset-at", default="0.3", help="latencies to run img2dataset at ('' for none)")
+    parser.add_argument("--img2dataset-threads", type=int, help="its --thread_count (default: its own, 256)")
     parser.add_argument("--set", action="append", default=[], help="a curate --set override (default: none)")
+    parser.add_argument("--img2dataset-venv", type=Path, help="default: WORK/img2dataset-venv (created once)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/curate-latency"))
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

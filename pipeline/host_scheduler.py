@@ -63,13 +63,16 @@ class InFlightLimit:
     far-away web's need within a couple of seconds) it looks at the CPU time the process used (all its
     threads: decode, resize, encode) per wall second.  Below `cpu_target` cores
     while rows waited for a free slot, the limit grows (doubling until the first
-    cut, then by a quarter of `start`); at or above it, the CPU is the bottleneck
-    and the limit is cut by a tenth (never below `start`), which keeps memory
-    and thread switching no larger than the CPU can use.  A Python worker's
+    cut, then by an eighth, at least a quarter of `start`); at or above it, the
+    CPU is the bottleneck and the limit is cut by a tenth (never below `start`),
+    which keeps memory and thread switching no larger than the CPU can use.
+    Cuts are gentle and growth quick because too few in flight costs rows/s
+    (the latency shows again) while a few too many cost only some memory.  A Python worker's
     decode/resize mostly holds the GIL, so about one core is its saturation.
     """
 
-    GROWTH_AFTER_CUT = 0.25  # of `start`, per window
+    GROWTH_AFTER_CUT = 0.125  # of the limit, per window
+    LEAST_GROWTH = 0.25  # of `start`
     CUT = 0.9
 
     def __init__(self, start: int, ceiling: int, cpu_target: float = 0.9, window: float = 1.0,
@@ -96,7 +99,8 @@ class InFlightLimit:
             self.value = max(self._start, int(self.value * self.CUT))
             self._doubling = False
         elif self._waited:
-            step = self.value if self._doubling else max(1, int(self._start * self.GROWTH_AFTER_CUT))
+            step = self.value if self._doubling else max(1, int(self._start * self.LEAST_GROWTH),
+                                                         int(self.value * self.GROWTH_AFTER_CUT))
             self.value = min(self._ceiling, self.value + step)
         self._since, self._cpu_since, self._waited = now, cpu, False
 

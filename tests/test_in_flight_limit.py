@@ -64,7 +64,8 @@ def test_a_saturated_cpu_cuts_the_limit_then_it_grows_slowly_and_never_below_the
     for _ in range(3):
         window(limit, clocks, cores=0.2, seconds=0.25)  # 256
     assert window(limit, clocks, cores=1.0) == 230  # a tenth off
-    assert window(limit, clocks, cores=0.5) == 238  # + a quarter of the start, not doubling any more
+    assert window(limit, clocks, cores=0.5) == 258  # + an eighth, not doubling any more
+    assert limit_with(clocks, start=32, ceiling=40).value == 32
     for _ in range(40):
         window(limit, clocks, cores=1.2)
     assert limit.value == 32
