@@ -102,3 +102,16 @@ def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_th
         results = list(HostScheduler(policy, pool, slow_fetch, limit, throttle_retries=0, deadline=30).run(rows))
     assert sorted(r.key for r in results) == [r.key for r in rows]
     assert limit.value == 64 and peak[0] > 32
+
+
+def test_the_progress_line_tells_requests_in_flight_and_where_row_time_goes(caplog):
+    from pipeline.transforms import _Progress, _RowTimes
+
+    times = _RowTimes()
+    times.add(network=0.3, processing=0.1)
+    times.add(network=0.5, processing=0.1)
+    progress = _Progress("download", every=0.0, detail=lambda: "{:.0%} network".format(times.take()[0] / 1.0))
+    with caplog.at_level("INFO", logger="curate"):
+        progress.tick()
+    assert "80% network" in caplog.text and "1 samples on this worker" in caplog.text
+    assert times.take() == (0.0, 0.0)  # taken: the next line covers only what came after
