@@ -172,8 +172,11 @@ class HostScheduler:
                 elif not host or self._policy.try_start(host):
                     self._start(self._queues[host].popleft())
                     progress = True
-                    if not self._queues[host]:
-                        del self._queues[host]
+                    # To the back of the line: a slot freed later goes to the next host, so hosts drain
+                    # evenly and the last rows are not all one host's (held to its connection cap).
+                    queue = self._queues.pop(host)
+                    if queue:
+                        self._queues[host] = queue
 
     def _full(self) -> bool:
         if len(self._running) < self._limit.value:
