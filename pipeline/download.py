@@ -79,7 +79,13 @@ class DownloadParams:
     backoff: float = 0.5  # first retry waits about this long, then doubles
     max_redirects: int = 5  # redirects followed per fetch, each checked by the SSRF guard
     max_bytes: int = 20_000_000  # larger responses are rejected as too_large
-    threads: int = 32  # concurrent downloads per worker process
+    threads: int = 32  # requests in flight per worker process at the start (and the least it lowers to)
+    # The in-flight limit grows from `threads` while the worker's CPU has headroom and rows wait
+    # (pipeline.host_scheduler.InFlightLimit), so network latency is not the bottleneck, up to this cap
+    # and to body_budget_bytes // max_bytes (every body in flight may be max_bytes long).
+    # max_in_flight <= threads: a fixed limit of `threads`.
+    max_in_flight: int = 512
+    body_budget_bytes: int = 4 << 30  # bytes of response bodies a worker may hold in flight, at worst
     user_agent: str = "curate/0.1 (image-text dataset curation; +https://github.com/curate-dev/curate)"  # sent with every request
     allow_private_network: bool = False  # allow loopback/private/link-local hosts (SSRF guard off)
     # Wall-clock limit for one fetch (all hops, retries and the body), so a
@@ -117,6 +123,7 @@ class DownloadParams:
 
     def __post_init__(self):
         positive = {"timeout": self.timeout, "max_bytes": self.max_bytes, "threads": self.threads,
+                    "max_in_flight": self.max_in_flight, "body_budget_bytes": self.body_budget_bytes,
                     "deadline": self.deadline, "rows_per_task": self.rows_per_task,
                     "per_host_connections": self.per_host_connections, "per_host_burst": self.per_host_burst,
                     "workers_per_host_budget": self.workers_per_host_budget,

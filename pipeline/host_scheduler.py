@@ -11,6 +11,10 @@ its Retry-After says) until `throttle_retries` is spent (then its reason is
 the final `http_429`/`http_503`) or waiting longer would pass the row's
 deadline (`host_backoff_exceeded`).  Rows of a host whose breaker is open
 are rejected at once with `host_unavailable`.
+
+How many rows are in flight at once follows `InFlightLimit`: it grows while
+the worker's CPU has headroom and rows wait, so a far-away web (100 ms to
+1 s per request) is met with more requests in flight, not idle CPUs.
 """
 from __future__ import annotations
 
@@ -52,15 +56,71 @@ class _Row:
     throttled: int = 0
 
 
+class InFlightLimit:
+    """How many requests a worker keeps in flight: AIMD on the worker process's CPU.
+
+    Every `window` seconds (a quarter of it while still doubling, to reach a
+    far-away web's need within a couple of seconds) it looks at the CPU time the process used (all its
+    threads: decode, resize, encode) per wall second.  Below `cpu_target` cores
+    while rows waited for a free slot, the limit grows (doubling until the first
+    cut, then by an eighth, at least a quarter of `start`); at or above it, the
+    CPU is the bottleneck and the limit is cut by a tenth (never below `start`),
+    which keeps memory and thread switching no larger than the CPU can use.
+    Cuts are gentle and growth quick because too few in flight costs rows/s
+    (the latency shows again) while a few too many cost only some memory.  A Python worker's
+    decode/resize mostly holds the GIL, so about one core is its saturation.
+    """
+
+    GROWTH_AFTER_CUT = 0.125  # of the limit, per window
+    LEAST_GROWTH = 0.25  # of `start`
+    CUT = 0.9
+
+    def __init__(self, start: int, ceiling: int, cpu_target: float = 0.9, window: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, cpu_clock: Callable[[], float] = time.process_time):
+        self.value = self._start = min(start, ceiling)
+        self._ceiling, self._cpu_target, self._window = ceiling, cpu_target, window
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self._doubling, self._waited = True, False
+        self._since, self._cpu_since = clock(), cpu_clock()
+        self.cpu_cores = 0.0  # the last window's CPU use, for the progress log
+
+    def rows_waited(self) -> None:
+        """Rows were queued while every slot was taken."""
+        self._waited = True
+
+    def update(self) -> None:
+        now = self._clock()
+        wall = now - self._since
+        if wall < (self._window / 4 if self._doubling else self._window):
+            return
+        cpu = self._cpu_clock()
+        self.cpu_cores = (cpu - self._cpu_since) / wall
+        if self.cpu_cores >= self._cpu_target:
+            self.value = max(self._start, int(self.value * self.CUT))
+            self._doubling = False
+        elif self._waited:
+            step = self.value if self._doubling else max(1, int(self._start * self.LEAST_GROWTH),
+                                                         int(self.value * self.GROWTH_AFTER_CUT))
+            self.value = min(self._ceiling, self.value + step)
+        self._since, self._cpu_since, self._waited = now, cpu, False
+
+
+def fixed_limit(value: int) -> InFlightLimit:
+    return InFlightLimit(value, value)
+
+
 # fetch(sample) -> result; it reports its request to the policy itself.
 FetchRow = Callable[[Sample], "Sample | Reject"]
 
 
 class HostScheduler:
-    def __init__(self, policy: HostPolicy, pool: Executor, fetch: FetchRow, max_in_flight: int,
+    def __init__(self, policy: HostPolicy, pool: Executor, fetch: FetchRow, max_in_flight: "InFlightLimit | int",
                  throttle_retries: int, deadline: float, clock: Callable[[], float] = time.monotonic):
+        """max_in_flight: a fixed number, or an `InFlightLimit` that follows the CPU (the pool must have
+        as many threads as its ceiling)."""
         self._policy, self._pool, self._fetch = policy, pool, fetch
-        self._max_in_flight, self._throttle_retries, self._deadline = max_in_flight, throttle_retries, deadline
+        self._limit = fixed_limit(max_in_flight) if isinstance(max_in_flight, int) else max_in_flight
+        self._throttle_retries, self._deadline = throttle_retries, deadline
         self._clock = clock
         self._queues: dict[str, deque[_Row]] = {}
         self._running: dict[Future, _Row] = {}
@@ -76,6 +136,10 @@ class HostScheduler:
             self._queues.setdefault(host, deque()).append(_Row(sample, host))
 
     @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    @property
     def pending(self) -> int:
         return sum(len(queue) for queue in self._queues.values()) + len(self._running)
 
@@ -84,8 +148,9 @@ class HostScheduler:
         else it returns as soon as a thread is free that no queued row may use (their hosts must wait),
         so the caller can add rows of other hosts."""
         while self._queues or self._running:
+            self._limit.update()
             yield from self._dispatch()
-            if not until_idle and len(self._running) < self._max_in_flight:
+            if not until_idle and len(self._running) < self._limit.value:
                 return
             if not self._running:
                 time.sleep(self._next_wait())
@@ -97,18 +162,28 @@ class HostScheduler:
     def _dispatch(self) -> Iterator[Reject]:
         """Starts rows round-robin over the hosts that may take a request now."""
         progress = True
-        while progress and len(self._running) < self._max_in_flight:
+        while progress and not self._full():
             progress = False
             for host in list(self._queues):
-                if len(self._running) >= self._max_in_flight:
+                if self._full():
                     break
                 if host and self._is_down(host):
                     yield from self._reject_host(host)
                 elif not host or self._policy.try_start(host):
                     self._start(self._queues[host].popleft())
                     progress = True
-                    if not self._queues[host]:
-                        del self._queues[host]
+                    # To the back of the line: a slot freed later goes to the next host, so hosts drain
+                    # evenly and the last rows are not all one host's (held to its connection cap).
+                    queue = self._queues.pop(host)
+                    if queue:
+                        self._queues[host] = queue
+
+    def _full(self) -> bool:
+        if len(self._running) < self._limit.value:
+            return False
+        if self._queues:
+            self._limit.rows_waited()  # some may only wait for their host's turn; then growth costs nothing
+        return True
 
     def _is_down(self, host: str) -> bool:
         try:

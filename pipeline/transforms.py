@@ -26,7 +26,7 @@ from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers
 from pipeline.crawl import CrawlParams, Tally
 from pipeline.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
-from pipeline.host_scheduler import HostScheduler, shared_policy
+from pipeline.host_scheduler import HostScheduler, InFlightLimit, shared_policy
 from pipeline.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
@@ -225,8 +225,9 @@ class _DownloadTask(beam.DoFn):
     Rows wait in per-host queues and get a thread only when their host may
     take a request (pipeline.host_scheduler, pipeline.politeness).  Results
     are also written to the task's checkpoint, which a resumed run reuses row
-    by row instead of downloading again (pipeline.checkpoint).  At most
-    `threads` rows are in flight, so memory stays bounded.
+    by row instead of downloading again (pipeline.checkpoint).  The number of
+    rows in flight starts at `threads` and follows the worker's CPU
+    (`InFlightLimit`) up to `in_flight_ceiling`, so memory stays bounded.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
@@ -244,14 +245,17 @@ class _DownloadTask(beam.DoFn):
             stage.setup()
         self._policy = shared_policy(self._run_token, self._download.politeness())
         self._downloader = Downloader(self._download, retry_throttled=False, may_retry=self._policy.may_retry)
-        self._pool = ThreadPoolExecutor(max_workers=self._download.threads, thread_name_prefix="download")
-        self._progress = _Progress("download")
+        ceiling = in_flight_ceiling(self._download)
+        self._limit = InFlightLimit(self._download.threads, ceiling)  # kept across bundles: it has learnt the CPU
+        self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # threads start lazily
+        self._times = _RowTimes()
+        self._progress = _Progress("download", detail=self._progress_detail)
 
     def start_bundle(self):
         self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
         self._hosts: dict[str, dict[str, float]] = {}  # host -> counters, for the audit's per-host table
         self._hosts_lock = threading.Lock()
-        self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._download.threads,
+        self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._limit,
                                         self._download.throttle_retries, self._download.deadline)
 
     def process(self, element):
@@ -307,17 +311,33 @@ class _DownloadTask(beam.DoFn):
     def _polite_fetch(self, sample: Sample) -> Sample | Reject:
         """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
         fetched: list[FetchResult] = []
+        fetched_at: list[float] = []
+
+        def on_fetch(result: FetchResult) -> None:
+            fetched.append(result)
+            fetched_at.append(time.monotonic())
+
         started = time.monotonic()
         try:
-            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample, fetched.append)
+            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample, on_fetch)
         finally:
             host = host_of(sample.url)
+            done = time.monotonic()
+            self._times.add(network=(fetched_at[0] if fetched_at else started) - started,
+                            processing=done - (fetched_at[0] if fetched_at else started))
             if host and fetched:
-                result, seconds = fetched[0], time.monotonic() - started
+                result, seconds = fetched[0], fetched_at[0] - started
                 self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"), seconds)
                 self._count(host, requests=1, seconds=seconds, throttled=int(result.status in THROTTLE_STATUSES))
             elif host:
                 self._policy.release(host)
+
+    def _progress_detail(self) -> str:
+        network, processing = self._times.take()
+        total = network + processing or 1.0
+        return (f"{self._scheduler.in_flight} in flight (limit {self._limit.value}), "
+                f"row time {network / total:.0%} network / {processing / total:.0%} decode+resize, "
+                f"worker CPU {self._limit.cpu_cores:.2f} cores")
 
     def _reuse(self, record: Sample | Reject) -> Sample | Reject:
         """A checkpointed result, with the fields that this run's stages compute from images."""
@@ -381,12 +401,12 @@ class DownloadImages(beam.PTransform):
 
 
 class _Progress:
-    """Logs how many samples a worker has handled, at most every 10 s."""
+    """Logs how many samples a worker has handled, at most every 10 s, with `detail()` if given."""
 
-    def __init__(self, what: str, every: float = 10.0):
-        self._what, self._every = what, every
+    def __init__(self, what: str, every: float = 10.0, detail: Callable[[], str] | None = None):
+        self._what, self._every, self._detail = what, every, detail
         self._count, self._start = 0, time.monotonic()
-        self._last = self._start
+        self._last, self._count_at_last = self._start, 0
         self._lock = threading.Lock()
 
     def tick(self) -> None:
@@ -394,9 +414,37 @@ class _Progress:
             self._count += 1
             now = time.monotonic()
             if now - self._last >= self._every:
-                self._last = now
-                rate = self._count / (now - self._start)
-                log.info("%s: %d samples on this worker (%.1f/s)", self._what, self._count, rate)
+                recent = (self._count - self._count_at_last) / (now - self._last)
+                self._last, self._count_at_last = now, self._count
+                extra = f"; {self._detail()}" if self._detail else ""
+                log.info("%s: %d samples on this worker (%.1f/s, %.1f/s lately)%s", self._what, self._count,
+                         self._count / (now - self._start), recent, extra)
+
+
+class _RowTimes:
+    """Seconds the download threads spent waiting on the network vs decoding and resizing, since last taken."""
+
+    def __init__(self):
+        self._network = self._processing = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, network: float, processing: float) -> None:
+        with self._lock:
+            self._network += network
+            self._processing += processing
+
+    def take(self) -> tuple[float, float]:
+        with self._lock:
+            taken = self._network, self._processing
+            self._network = self._processing = 0.0
+            return taken
+
+
+def in_flight_ceiling(download: DownloadParams) -> int:
+    """The most requests a worker may have in flight: `max_in_flight`, fewer if every body in flight
+    could be `max_bytes` long and `body_budget_bytes` would be passed; never fewer than `threads`."""
+    by_memory = download.body_budget_bytes // download.max_bytes
+    return max(download.threads, min(download.max_in_flight, by_memory))
 
 
 # ---------------------------------------------------------------- stages

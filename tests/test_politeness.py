@@ -287,3 +287,19 @@ def test_failed_attempts_count_toward_the_breaker_and_stop_retries_once_it_trips
         p.wait_time("dead")
     assert p.stats()["dead"]["breaker_trips"] == 1
     assert p.may_retry("busy", "http_500")  # an answer is not a dead host
+
+
+def test_freed_slots_go_round_robin_over_the_hosts():
+    """One slot at a time: the hosts take turns, not one host's rows first (they would end up alone,
+    held to their host's connection cap, at the end of the task)."""
+    p = HostPolicy(PolitenessParams(per_host_rate=0))
+    order = []
+
+    def fetch(s):
+        order.append(host_of(s.url))
+        return s
+
+    rows = [sample(i, "a") for i in range(4)] + [sample(10 + i, "b") for i in range(4)]
+    with ThreadPoolExecutor(1) as pool:
+        list(HostScheduler(p, pool, fetch, 1, throttle_retries=0, deadline=30).run(rows))
+    assert order == ["a", "b"] * 4

@@ -1,0 +1,218 @@
+"""Downloading from a far-away web: curate's defaults against network latency, beside img2dataset's.
+
+A loopback asyncio server answers every request after an injected delay
+(0 ms, then 50 ms, 300 ms, 1 s) with one of a few small generated photos
+(512x384 JPEGs).  The rows are spread over `--hosts` loopback addresses
+(127.0.1.x), so the per-host politeness limits are not what bounds the rate:
+what is measured is how well the tool hides latency.  The server only sleeps
+and writes bytes it holds, so it is never the bottleneck.
+
+For each latency: curate with its defaults (a recipe with no stages; only
+`--allow-private-network` for loopback), and img2dataset from a virtualenv of
+its own (throughput.py's img2dataset_venv) with its defaults but for
+`--processes_count`, the output format and `--image_size` (curate's).
+Reported per run: rows written, wall seconds, rows/s over the wall time and
+over the server's span (first to last request: start-up excluded), peak RSS
+of the whole process tree, the load average, and curate's last worker
+progress line (requests in flight, network vs decode share, CPU).
+
+    .venv/bin/python benchmarks/latency.py --rows 2000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import ImageSpec, img2dataset_venv, render  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = 16
+
+
+class SlowWeb:
+    """Hosts 127.0.1.1.. on one port, answering each request after `delay` seconds."""
+
+    def __init__(self, hosts: int):
+        self.addresses = [f"127.0.1.{index + 1}" for index in range(hosts)]
+        self.bodies = [render(ImageSpec(f"{i}.jpg", "photo", 512, 384, "JPEG", 85, False, i)) for i in range(IMAGES)]
+        self.delay, self.port = 0.0, 0
+        self.first = self.last = 0.0
+        self.requests = 0
+        self._loop = asyncio.new_event_loop()
+
+    def reset(self, delay: float) -> None:
+        self.delay, self.requests, self.first, self.last = delay, 0, 0.0, 0.0
+
+    async def _serve(self, reader, writer) -> None:
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                now = time.monotonic()
+                self.first, self.last, self.requests = self.first or now, now, self.requests + 1
+                index = int(request.split(b" ", 2)[1].strip(b"/").split(b".")[0] or 0)
+                body = self.bodies[index % IMAGES]
+                await asyncio.sleep(self.delay)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+                             + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    def start(self) -> "SlowWeb":
+        ready = threading.Event()
+
+        async def main():
+            first = await asyncio.start_server(self._serve, self.addresses[0], 0, backlog=1024)
+            self.port = first.sockets[0].getsockname()[1]
+            for address in self.addresses[1:]:
+                await asyncio.start_server(self._serve, address, self.port, backlog=1024)
+            ready.set()
+            await asyncio.Event().wait()
+
+        threading.Thread(target=lambda: self._loop.run_until_complete(main()), daemon=True).start()
+        if not ready.wait(30):
+            sys.exit("the loopback server did not start")
+        return self
+
+    def write_urls(self, rows: int, path: Path) -> None:
+        # Rows cycle over the hosts, as a list shuffled across domains would.
+        urls = [f"http://{self.addresses[i % len(self.addresses)]}:{self.port}/{i}.jpg" for i in range(rows)]
+        pq.write_table(pa.table({"url": urls, "caption": [f"a photo number {i}" for i in range(rows)]}), path)
+
+
+class PeakRss:
+    """The largest summed RSS of a process and its descendants, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(self.pid)))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [pid] + [grandchild for child in children for grandchild in _tree(child)]
+
+
+def _rss(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int]:
+    start = time.monotonic()
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        rss = PeakRss(process.pid)
+        status = process.wait()
+    seconds, peak = time.monotonic() - start, rss.stop()
+    if status != 0:
+        sys.exit(f"{command[0]} failed (exit {status}); see {log}")
+    return seconds, peak
+
+
+def run_curate(urls: Path, work: Path, args) -> dict:
+    out = work / "out-curate"
+    shutil.rmtree(out, ignore_errors=True)
+    recipe = work / "latency-recipe.yaml"
+    recipe.write_text("name: latency\nstages: []\n")  # curate's defaults: download.*, resize.*, output.*
+    overrides = [item for pair in args.set for item in ("--set", pair)]
+    log = work / "curate.log"
+    seconds, peak = timed([
+        sys.executable, "-m", "pipeline.cli", "run", "--recipe", str(recipe), "--input", str(urls), "--output",
+        str(out), "--allow-private-network", *overrides, f"--direct_num_workers={args.processes}",
+        "--direct_running_mode=multi_processing",
+    ], log, {**os.environ, "PYTHONPATH": str(REPO)})
+    kept = json.loads((out / "report" / "audit.json").read_text())["counts"]["kept"]
+    progress = [line.strip() for line in log.read_text().splitlines() if "download:" in line and "in flight" in line]
+    return {"rows": kept, "seconds": seconds, "peak_rss_mb": peak >> 20, "last_progress": progress[-1:]}
+
+
+def run_img2dataset(urls: Path, work: Path, args) -> dict:
+    out = work / "out-img2dataset"
+    shutil.rmtree(out, ignore_errors=True)
+    command = img2dataset_venv(args.img2dataset_venv or work / "img2dataset-venv")
+    seconds, peak = timed([
+        str(command), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url", "--caption_col",
+        "caption", "--output_format", "webdataset", "--output_folder", str(out), "--processes_count",
+        str(args.processes), "--distributor", "multiprocessing", "--image_size", "256", "--enable_wandb", "False",
+        *(["--thread_count", str(args.img2dataset_threads)] if args.img2dataset_threads else []),
+    ], work / "img2dataset.log", {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    rows = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
+    return {"rows": rows, "seconds": seconds, "peak_rss_mb": peak >> 20}
+
+
+def measure(tool: str, web: SlowWeb, delay: float, urls: Path, args) -> dict:
+    web.reset(delay)
+    load = os.getloadavg()[0]
+    result = (run_curate if tool == "curate" else run_img2dataset)(urls, args.work, args)
+    span = max(web.last - web.first + delay, 1e-9)  # the last request is answered `delay` after it arrives
+    result.update(tool=tool, latency_ms=round(delay * 1000), load_before=round(load, 2),
+                  load_after=round(os.getloadavg()[0], 2), rows_per_s=round(result["rows"] / result["seconds"], 1),
+                  server_span_rows_per_s=round(web.requests / span, 1), seconds=round(result["seconds"], 1))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--latencies", default="0,0.05,0.3,1.0", help="seconds, comma-separated; 0 first")
+    parser.add_argument("--img2dataset-at", default="0.3", help="latencies to run img2dataset at ('' for none)")
+    parser.add_argument("--img2dataset-threads", type=int, help="its --thread_count (default: its own, 256)")
+    parser.add_argument("--set", action="append", default=[], help="a curate --set override (default: none)")
+    parser.add_argument("--img2dataset-venv", type=Path, help="default: WORK/img2dataset-venv (created once)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/curate-latency"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    web = SlowWeb(args.hosts).start()
+    urls = args.work / "urls.parquet"
+    web.write_urls(args.rows, urls)
+    i2d_at = {float(x) for x in args.img2dataset_at.split(",") if x}
+    results = []
+    for delay in (float(x) for x in args.latencies.split(",")):
+        results.append(measure("curate", web, delay, urls, args))
+        if delay in i2d_at:
+            results.append(measure("img2dataset", web, delay, urls, args))
+    zero = next((r for r in results if r["tool"] == "curate" and r["latency_ms"] == 0), None)
+    for result in results:
+        if zero and result["tool"] == "curate":
+            result["of_zero_latency"] = round(result["rows_per_s"] / zero["rows_per_s"], 2)
+            result["of_zero_latency_span"] = round(result["server_span_rows_per_s"] / zero["server_span_rows_per_s"], 2)
+    print(json.dumps({"cpus": os.cpu_count(), "rows": args.rows, "processes": args.processes, "hosts": args.hosts,
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
