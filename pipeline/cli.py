@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
         help="YAML recipe file or bundled recipe name, as for `curate run` (default: local-sample, "
         "the bundled manifests/local-sample.yaml)",
     )
+    demo.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="STAGE.PARAM=VALUE",
+        help="override one recipe parameter, as for `curate run`; repeatable",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     from pipeline.report import add_report_command
@@ -194,7 +198,7 @@ def _cmd_stages(args, beam_args: list[str]) -> int:
 def _cmd_demo(args, beam_args: list[str]) -> int:
     from pipeline.demo import run_demo
 
-    return run_demo(args.output, args.recipe)
+    return run_demo(args.output, args.recipe, overrides=args.overrides)
 
 
 if __name__ == "__main__":

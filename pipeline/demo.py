@@ -26,8 +26,9 @@ def write_url_list(rows: list[dict], web: LocalWeb, path: Path) -> Path:
     return path
 
 
-def run_demo(output: str, recipe: str | None = None, extra_args: list[str] = ()) -> int:
-    """The demo run; `extra_args` are Beam options.  Returns the exit code `curate` would."""
+def run_demo(output: str, recipe: str | None = None, extra_args: list[str] = (), overrides: list[str] = ()) -> int:
+    """The demo run; `extra_args` are Beam options, `overrides` `STAGE.PARAM=VALUE` as `--set` takes them.
+    Returns the exit code `curate` would."""
     from pipeline.cli import print_result
     from pipeline.errors import JobError
     from pipeline.launch import load_job_recipe, run_job
@@ -39,7 +40,7 @@ def run_demo(output: str, recipe: str | None = None, extra_args: list[str] = ())
             url_list = write_url_list(rows, web, Path(temp) / "sample-urls.parquet")
             print(f"curate demo: serving {len(rows)} sample rows from {web.base_url}")
             try:
-                job_recipe = load_job_recipe(recipe or DEFAULT_RECIPE, allow_private_network=True)
+                job_recipe = load_job_recipe(recipe or DEFAULT_RECIPE, overrides, allow_private_network=True)
                 result = run_job(job_recipe, [str(url_list)], output, extra_args, overwrite=True, progress=True)
             except JobError as err:
                 print(f"curate: error: {err}", file=sys.stderr)

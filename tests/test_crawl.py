@@ -14,6 +14,7 @@ from pipeline.crawl import CrawlParams, Tally, image_rows_in_html
 from pipeline.localweb import LocalWeb
 from pipeline.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
 from tests.crawl_files import SAME_PAGES, img, page, request, wat_document, wat_record, write_archive, write_fuzz_seeds
+from tests.fuzz.launch import fresh_process
 
 SITE = "http://site.test/dir/page.html"
 
@@ -603,8 +604,8 @@ def test_fuzzing_the_reader_finds_nothing_in_12_seconds(tmp_path):
     artifacts.mkdir()
     write_fuzz_seeds(corpus)
     fuzz = subprocess.run(
-        [sys.executable, str(harness), str(corpus), "-max_total_time=12", "-rss_limit_mb=2048",
-         f"-artifact_prefix={artifacts}/"],
+        fresh_process([sys.executable, str(harness), str(corpus), "-max_total_time=12", "-rss_limit_mb=2048",
+                       f"-artifact_prefix={artifacts}/"]),
         capture_output=True, timeout=120,
     )
     report = fuzz.stderr.decode("utf-8", "replace")

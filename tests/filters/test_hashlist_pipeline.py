@@ -45,7 +45,7 @@ def test_listed_images_leave_as_rejects_and_no_output_names_a_hash(tmp_path):
     (tmp_path / "bad.txt").write_text(f"md5:{md5}\npdq:{pdq}\n")
     (tmp_path / "recipe.yaml").write_text(RECIPE)
     out = tmp_path / "out"
-    code = run_demo(str(out), str(tmp_path / "recipe.yaml"), ["--set", f"hashlist.lists={tmp_path / 'bad.txt'}"])
+    code = run_demo(str(out), str(tmp_path / "recipe.yaml"), overrides=[f"hashlist.lists={tmp_path / 'bad.txt'}"])
     assert code == 0 and (out / "_SUCCESS").exists()
     rejects = [row for path in sorted((out / "rejects").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
     listed = {row["url"].rsplit("/", 1)[-1]: row for row in rejects if row["stage"] == "hashlist"}

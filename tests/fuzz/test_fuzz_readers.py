@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fuzz.launch import fresh_process
+
 pytest.importorskip("atheris")
 HERE = Path(__file__).parent
 
@@ -21,7 +23,7 @@ def test_fuzz_readers_short_run(tmp_path):
         str(corpus), str(HERE / "corpus"),
     ]
     env = {**os.environ, "PYTHONPATH": str(HERE.parent.parent)}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(fresh_process(command), capture_output=True, text=True, env=env, timeout=120)
     log = "\n".join(line for line in result.stderr.splitlines() if not line.startswith("INFO: Instrumenting"))
     assert result.returncode == 0, log[-4000:]
     assert "Done" in log and "runs in" in log
