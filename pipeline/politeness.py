@@ -305,7 +305,7 @@ def host_report(tally: dict[str, dict[str, float]]) -> dict:
         rows.append({
             "host": host,
             "rows": int(counts.get("rows", 0)),
-            "kept": int(counts.get("kept", 0)),
+            "downloaded": int(counts.get("kept", 0)),  # fetched, decoded and resized (later stages may drop it)
             "success_rate": round(counts.get("kept", 0) / counts["rows"], 4) if counts.get("rows") else None,
             "throttled_answers": int(counts.get("throttled", 0)),
             "host_unavailable": int(counts.get("host_unavailable", 0)),

@@ -186,15 +186,15 @@ def hosts_section(report: Report) -> Section:
     if not hosts or not hosts["top"]:
         return Section("hosts", "Hosts", '<p class="empty">No download in this run.</p>')
     top = hosts["top"]
-    bars = [Bar(h["host"], [h["kept"], h["rows"] - h["kept"]], [f"{h['kept']:,} of {h['rows']:,}"])
-            for h in top[:TOP_DOMAINS]]
-    rows = [[h["host"], h["rows"], h["kept"], h["success_rate"], h["throttled_answers"], h["host_unavailable"],
+    bars = [Bar(h["host"], [h["downloaded"]], [f"{h['downloaded']:,} of {h['rows']:,}"]) for h in top[:TOP_DOMAINS]]
+    rows = [[h["host"], h["rows"], h["downloaded"], h["success_rate"], h["throttled_answers"], h["host_unavailable"],
              h["mean_latency_s"]] for h in top]
-    body = (f"<p>{hosts['hosts']:,} hosts; {hosts['throttled_answers']:,} throttling answers (429/503, each "
+    body = (f"<p>{hosts['hosts']:,} host(s); {hosts['throttled_answers']:,} throttling answers (429/503, each "
             f"pausing its host); {hosts['host_unavailable']:,} rows rejected fast because their host was down "
             "(the breaker).</p>"
-            + _figure("Rows by host: kept and not kept", svg_bars(bars, [KEPT, REJECTED]), legend=True)
-            + _table(["host", "rows", "kept", "success rate", "429/503 answers", "host_unavailable",
+            + _figure("Rows downloaded by host, of the rows that reached the download (busiest hosts first)",
+                      svg_bars(bars, [KEPT]))
+            + _table(["host", "rows", "downloaded", "success rate", "429/503 answers", "host_unavailable",
                       "mean latency (s)"], rows))
     return Section("hosts", "Hosts", body)
 

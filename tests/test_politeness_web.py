@@ -133,8 +133,8 @@ def test_a_dead_host_costs_a_few_timeouts_and_a_throttling_host_loses_nothing(tm
     assert seconds < 60
     hosts = {row["host"]: row for row in audit["download"]["hosts"]["top"]}
     dead_row, busy_row = hosts[f"127.0.0.3:{dead.port}"], hosts[f"127.0.0.2:{busy.server_address[1]}"]
-    assert (dead_row["rows"], dead_row["kept"], dead_row["host_unavailable"]) == (40, 0, reasons["host_unavailable"])
-    assert (busy_row["rows"], busy_row["kept"], busy_row["success_rate"]) == (40, 40, 1.0)
+    assert (dead_row["rows"], dead_row["downloaded"], dead_row["host_unavailable"]) == (40, 0, reasons["host_unavailable"])
+    assert (busy_row["rows"], busy_row["downloaded"], busy_row["success_rate"]) == (40, 40, 1.0)
     assert busy_row["throttled_answers"] == busy.throttled  # every 429 the server sent is in the table
     page = (tmp_path / "out" / "report" / "audit.html").read_text()
     assert f"127.0.0.3:{dead.port}" in page and "host_unavailable" in page
