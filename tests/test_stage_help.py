@@ -29,7 +29,7 @@ def _block(listing: str, name: str) -> str:
 
 
 @pytest.mark.parametrize("section, line, help_text", [
-    ("download", "threads: int = 32", "concurrent downloads per worker process"),
+    ("download", "threads: int = 32", "requests in flight per worker process at the start"),
     ("resize", "resize_mode: one of no, keep_ratio, center_crop, border = 'border'", "border pads"),
     ("output", "samples_per_shard: int = 10000", "input rows per block"),
     ("crawl", "surrounding_words: int = 0", "words of page text"),
