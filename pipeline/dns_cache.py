@@ -27,16 +27,12 @@ class DnsTimeout(TimeoutError):
     """The lookup did not finish in time, or the resolver asked to try again."""
 
 
-def system_resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (raises socket.gaierror if none)."""
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
-
-
 class DnsCache:
-    """Thread-safe; `resolve(host, port, seconds)` -> addresses, or raises socket.gaierror / DnsTimeout."""
+    """Thread-safe; `resolve(host, port, seconds)` -> addresses, or raises socket.gaierror / DnsTimeout.
 
-    def __init__(self, ttl: float, negative_ttl: float,
-                 lookup: Callable[[str, int], list[str]] = system_resolve,
+    `lookup(host, port)` does the real lookup (pipeline.download.resolve: getaddrinfo)."""
+
+    def __init__(self, ttl: float, negative_ttl: float, lookup: Callable[[str, int], list[str]],
                  clock: Callable[[], float] = time.monotonic):
         self._ttl, self._negative_ttl, self._lookup, self._clock = ttl, negative_ttl, lookup, clock
         self._answers: dict[tuple[str, int], tuple[float, list[str] | socket.gaierror]] = {}

@@ -139,10 +139,6 @@ class HostScheduler:
     def in_flight(self) -> int:
         return len(self._running)
 
-    @property
-    def pending(self) -> int:
-        return sum(len(queue) for queue in self._queues.values()) + len(self._running)
-
     def drive(self, until_idle: bool) -> Iterator[Sample | Reject]:
         """Runs rows, yielding results as they finish.  With `until_idle` until every row is done;
         else it returns as soon as a thread is free that no queued row may use (their hosts must wait),
@@ -194,7 +190,6 @@ class HostScheduler:
 
     def _reject_host(self, host: str) -> Iterator[Reject]:
         for row in self._queues.pop(host):
-            self._policy.rejected_fast(host)
             yield row.sample.reject("download", "host_unavailable")
 
     def _start(self, row: _Row) -> None:

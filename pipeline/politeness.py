@@ -32,7 +32,7 @@ import math
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 # Reasons whose repetition means "the host is not there", for the breaker.
@@ -108,22 +108,6 @@ class PolitenessParams:
 
 
 @dataclass
-class HostStats:
-    """What one host did, for the audit's per-host table."""
-
-    requests: int = 0
-    successes: int = 0
-    throttled: int = 0  # 429 and 503 answers
-    unreachable: int = 0
-    breaker_trips: int = 0
-    rejected_fast: int = 0  # rows not attempted because the breaker was open
-    seconds: float = 0.0  # summed request latency
-
-    def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
-
-
-@dataclass
 class _Host:
     bucket: TokenBucket
     connections: float  # the connection cap now: lowered by throttling answers, regained by successes
@@ -133,7 +117,7 @@ class _Host:
     failure_streak: int = 0
     down_until: float = 0.0  # breaker open until then
     probing: bool = False  # half-open: one request is testing the host
-    stats: HostStats = field(default_factory=HostStats)
+    breaker_trips: int = 0
 
 
 class HostDown(Exception):
@@ -163,39 +147,36 @@ class HostPolicy:
             state = self._host(host, now)
             if state.down_until > now:
                 raise HostDown(host)
-            if state.down_until and state.probing:
-                return 0.05  # half-open: wait for the probe's result
-            if state.in_flight >= int(state.connections):
-                return 0.01  # woken earlier by a finishing request
-            return max(state.paused_until - now, state.bucket.wait_time(now), 0.0)
+            return self._wait(state, now)
+
+    @staticmethod
+    def _wait(state: _Host, now: float) -> float:
+        """Seconds until a host whose breaker is not open may take a request (0: now)."""
+        if state.down_until and state.probing:
+            return 0.05  # half-open: wait for the probe's result
+        if state.in_flight >= int(state.connections):
+            return 0.01  # woken earlier by a finishing request
+        return max(state.paused_until - now, state.bucket.wait_time(now), 0.0)
 
     def try_start(self, host: str) -> bool:
         """Claims a connection slot and a token if `wait_time(host)` is 0; False if not (now)."""
         with self._lock:
             now = self._clock()
             state = self._host(host, now)
-            blocked = (
-                state.down_until > now or (state.down_until and state.probing)
-                or state.in_flight >= int(state.connections)
-                or state.paused_until > now or state.bucket.wait_time(now) > 0
-            )
-            if blocked:
+            if state.down_until > now or self._wait(state, now) > 0:
                 return False
             if state.down_until:
                 state.probing = True  # the cool-down has passed: this request is the probe
             state.bucket.take(now)
             state.in_flight += 1
-            state.stats.requests += 1
             return True
 
-    def finish(self, host: str, reason: str | None, status: int | None, retry_after: str | None,
-               seconds: float = 0.0) -> None:
+    def finish(self, host: str, reason: str | None, status: int | None, retry_after: str | None) -> None:
         """Records one finished request: its failure reason (None on success) and final status."""
         with self._lock:
             now = self._clock()
             state = self._host(host, now)
             state.in_flight = max(0, state.in_flight - 1)
-            state.stats.seconds += seconds
             if status in THROTTLE_STATUSES:
                 self._throttled(state, retry_after, now)
             else:
@@ -207,7 +188,6 @@ class HostPolicy:
 
     def _throttled(self, state: _Host, retry_after: str | None, now: float) -> None:
         """The host asked us to slow down: pause it, and halve its rate and connections (AIMD)."""
-        state.stats.throttled += 1
         state.throttle_streak += 1
         state.connections = max(1.0, min(state.connections, state.in_flight + 1) / 2)
         if math.isinf(state.bucket.rate):
@@ -224,11 +204,10 @@ class HostPolicy:
         state.paused_until = max(state.paused_until, now + min(wait, self.params.max_host_backoff))
 
     def _unreachable(self, state: _Host, now: float) -> None:
-        state.stats.unreachable += 1
         state.failure_streak += 1
         if state.probing or (state.failure_streak >= self.params.breaker_failures and state.down_until <= now):
             if not state.probing:
-                state.stats.breaker_trips += 1
+                state.breaker_trips += 1
             state.down_until = now + self.params.breaker_cooldown
             state.probing = False
 
@@ -237,7 +216,6 @@ class HostPolicy:
         if state.down_until:  # the probe got an answer: the host is back
             state.down_until, state.probing = 0.0, False
         if reason is None:
-            state.stats.successes += 1
             self._regain(state)
 
     def _regain(self, state: _Host) -> None:
@@ -254,11 +232,7 @@ class HostPolicy:
             now = self._clock()
             state = self._host(host, now)
             if reason in UNREACHABLE_REASONS:
-                state.stats.unreachable += 1
-                state.failure_streak += 1
-                if state.failure_streak >= self.params.breaker_failures and state.down_until <= now:
-                    state.stats.breaker_trips += 1
-                    state.down_until = now + self.params.breaker_cooldown
+                self._unreachable(state, now)
             return state.down_until <= now
 
     def release(self, host: str) -> None:
@@ -267,19 +241,16 @@ class HostPolicy:
             state = self._host(host, self._clock())
             state.in_flight = max(0, state.in_flight - 1)
 
-    def rejected_fast(self, host: str) -> None:
-        with self._lock:
-            self._host(host, self._clock()).stats.rejected_fast += 1
-
     def paused_for(self, host: str) -> float:
         """Seconds `host` is paused for by a throttling answer (0 if not)."""
         with self._lock:
             now = self._clock()
             return max(0.0, self._host(host, now).paused_until - now)
 
-    def stats(self) -> dict[str, dict]:
+    def breaker_trips(self, host: str) -> int:
+        """How often `host`'s breaker has opened (a failed probe reopening it is not a new trip)."""
         with self._lock:
-            return {host: state.stats.as_dict() for host, state in self._hosts.items()}
+            return self._host(host, self._clock()).breaker_trips
 
 
 TOP_HOSTS = 50  # hosts listed by name in the audit; the rest are summed
@@ -305,8 +276,8 @@ def host_report(tally: dict[str, dict[str, float]]) -> dict:
         rows.append({
             "host": host,
             "rows": int(counts.get("rows", 0)),
-            "downloaded": int(counts.get("kept", 0)),  # fetched, decoded and resized (later stages may drop it)
-            "success_rate": round(counts.get("kept", 0) / counts["rows"], 4) if counts.get("rows") else None,
+            "downloaded": int(counts.get("downloaded", 0)),  # fetched, decoded and resized (later stages may drop it)
+            "success_rate": round(counts.get("downloaded", 0) / counts["rows"], 4) if counts.get("rows") else None,
             "throttled_answers": int(counts.get("throttled", 0)),
             "host_unavailable": int(counts.get("host_unavailable", 0)),
             "mean_latency_s": round(counts.get("seconds", 0) / requests, 3) if requests else None,

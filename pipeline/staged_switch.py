@@ -2,15 +2,16 @@
 
 A takedown writes every new file under `<folder>/.takedown-staging/<its final
 path>` and says what the switch will do in `.takedown-staging/plan.json`:
-the staged files to move into place, the files to delete, and the digests of
+the staged files to move into place, and the digests of
 `report/audit.json` before and after.  Writing plan.json (atomically, under a
 temporary name) is the commit point; until then the dataset's own files are
 untouched and a failure removes the staging folder, leaving the folder exactly
 as it was.
 
 The switch: remove `_SUCCESS`, rename each staged file onto its final path
-(one rename each, replacing the old file), delete the listed files, write
-`_SUCCESS`, remove the staging folder.  Between the commit and the end of the
+(one rename each, replacing the old file), write `_SUCCESS`, remove the
+staging folder.  (Nothing is deleted: a shard a takedown empties stays as an
+empty shard, so shard numbers keep no gap.)  Between the commit and the end of the
 switch the folder has no `_SUCCESS`, so a reader that waits for `_SUCCESS`
 never reads a mix of old and new files.
 
@@ -19,8 +20,8 @@ Recovery rule (`recover`, run before a takedown looks at its folder):
   point; the dataset is the old one, complete.  The staging folder is deleted.
 * a staging folder with plan.json: a takedown committed and was interrupted
   during the switch.  The switch is run again from the start: every step is
-  idempotent (a staged file that was already moved is no longer there; a
-  deleted file is not deleted twice), so it ends with the new dataset.
+  idempotent (a staged file that was already moved is no longer there), so
+  it ends with the new dataset.
   If report/audit.json is neither the one the plan replaces nor the one it
   writes, the folder was rewritten since (`curate run --overwrite`): the plan
   is stale and refused, and the message says to delete the staging folder.
@@ -52,21 +53,16 @@ class StagedSwitch:
         self.folder = folder.rstrip("/")
         self.staging = f"{self.folder}/{STAGING_DIR}"
         self.moves: list[str] = []
-        self.deletions: list[str] = []
 
     def stage(self, relative: str) -> str:
         """Where to write the new `relative` (e.g. "shards/00001.tar"); the switch moves it into place."""
         self.moves.append(relative)
         return f"{self.staging}/{relative}"
 
-    def delete_later(self, relative: str) -> None:
-        self.deletions.append(relative)
-
     def commit(self) -> dict[str, Any]:
         """Write the plan: from here on, the new dataset is what the folder holds (once switched)."""
         plan = {
             "moves": self.moves,
-            "deletions": self.deletions,
             "audit_before": _digest(f"{self.folder}/{AUDIT_PATH}"),
             "audit_after": _digest(f"{self.staging}/{AUDIT_PATH}"),
             "committed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -87,10 +83,6 @@ class StagedSwitch:
             staged, final = f"{self.staging}/{relative}", f"{self.folder}/{relative}"
             if FileSystems.exists(staged):
                 _move(staged, final)
-        existing = [f"{self.folder}/{relative}" for relative in plan["deletions"]]
-        existing = [path for path in existing if FileSystems.exists(path)]
-        if existing:
-            FileSystems.delete(existing)
         with FileSystems.create(success) as handle:
             handle.write(b"")
         delete_folder(self.staging)

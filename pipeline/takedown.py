@@ -242,8 +242,8 @@ def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher
 
 
 def _stage_copies(source: str, switch: StagedSwitch) -> None:
-    """With --output: every file the takedown does not rewrite or delete is linked (or copied) over."""
-    changed = {*switch.moves, *switch.deletions, AUDIT_PATH}  # the audit is written new
+    """With --output: every file the takedown does not rewrite is linked (or copied) over."""
+    changed = {*switch.moves, AUDIT_PATH}  # the audit is written new
     files = [*match(f"{source}/shards/*.tar"), *match(f"{source}/shards/*.parquet"),
              *match(f"{source}/rejects/*.parquet"), *match(f"{source}/report/*"), *match(f"{source}/recipe.json")]
     for path in files:

@@ -294,9 +294,9 @@ class _DownloadTask(beam.DoFn):
     def _results(self, finished, until_open: int | None = None):
         for result in finished:
             task = download_task(result, self._output, self._download.rows_per_task)
-            kept = not isinstance(result, Reject)
-            self._count(host_of(result.url), rows=1, kept=int(kept),
-                        host_unavailable=int(not kept and result.reason == "host_unavailable"))
+            downloaded = not isinstance(result, Reject)
+            self._count(host_of(result.url), rows=1, downloaded=int(downloaded),
+                        host_unavailable=int(not downloaded and result.reason == "host_unavailable"))
             yield self._finished(result, task, self._open[task][0])
             self._open[task][1] -= 1
             if self._open[task][1] == 0:
@@ -310,25 +310,20 @@ class _DownloadTask(beam.DoFn):
 
     def _polite_fetch(self, sample: Sample) -> Sample | Reject:
         """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
-        fetched: list[FetchResult] = []
-        fetched_at: list[float] = []
-
-        def on_fetch(result: FetchResult) -> None:
-            fetched.append(result)
-            fetched_at.append(time.monotonic())
-
         started = time.monotonic()
+        fetched: list[tuple[FetchResult, float]] = []  # the fetch's result and when it came
         try:
-            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample, on_fetch)
+            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample,
+                                    lambda result: fetched.append((result, time.monotonic())))
         finally:
             host = host_of(sample.url)
-            done = time.monotonic()
-            self._times.add(network=(fetched_at[0] if fetched_at else started) - started,
-                            processing=done - (fetched_at[0] if fetched_at else started))
+            fetched_at = fetched[0][1] if fetched else started
+            self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
             if host and fetched:
-                result, seconds = fetched[0], fetched_at[0] - started
-                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"), seconds)
-                self._count(host, requests=1, seconds=seconds, throttled=int(result.status in THROTTLE_STATUSES))
+                result = fetched[0][0]
+                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
+                self._count(host, requests=1, seconds=fetched_at - started,
+                            throttled=int(result.status in THROTTLE_STATUSES))
             elif host:
                 self._policy.release(host)
 

@@ -152,7 +152,7 @@ def test_breaker_trips_after_consecutive_failures_and_recovers_after_cool_down()
     assert not p.try_start("dead")  # and only one
     p.finish("dead", None, 200, None)  # it answered: closed again
     assert p.try_start("dead") and p.try_start("dead")
-    assert p.stats()["dead"]["breaker_trips"] == 1
+    assert p.breaker_trips("dead") == 1
 
 
 def test_a_failed_probe_opens_the_breaker_again():
@@ -285,7 +285,7 @@ def test_failed_attempts_count_toward_the_breaker_and_stop_retries_once_it_trips
     p.finish("dead", "timeout", None, None)
     with pytest.raises(HostDown):
         p.wait_time("dead")
-    assert p.stats()["dead"]["breaker_trips"] == 1
+    assert p.breaker_trips("dead") == 1
     assert p.may_retry("busy", "http_500")  # an answer is not a dead host
 
 

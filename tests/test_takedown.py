@@ -228,7 +228,7 @@ def test_a_plan_older_than_the_dataset_is_refused(dataset, capsys):
     out, listed, fmt = dataset
     (out / ".takedown-staging").mkdir()
     audit.write_json(str(out / ".takedown-staging" / "plan.json"), {
-        "moves": ["shards/00000.parquet"], "deletions": [], "audit_before": "0" * 64, "audit_after": "1" * 64,
+        "moves": ["shards/00000.parquet"], "audit_before": "0" * 64, "audit_after": "1" * 64,
         "committed_at": "2026-01-01T00:00:00+00:00"})
     before = tree(out)
     assert takedown("--dataset", out, "--optout", listed, "--in-place") == 2
