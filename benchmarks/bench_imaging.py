@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from pipeline.imaging import ResizeParams, _process_image
+from pipeline.media.imaging import ResizeParams, _process_image
 
 SIZES = ((640, 480), (800, 600), (1024, 768), (768, 1024), (960, 720))
 

@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "filte
 import tiny_openclip  # noqa: E402
 
 from filters.aesthetic import Aesthetic  # noqa: E402
-from filters.base import SampleStage  # noqa: E402
+from pipeline.core.stage import SampleStage  # noqa: E402
 from filters.clip_score import ClipScore  # noqa: E402
 from filters.recaption import Recaption  # noqa: E402
-from pipeline.schema import Sample  # noqa: E402
+from pipeline.core.records import Sample  # noqa: E402
 
 
 def jpeg(seed: int, size: int = 256) -> bytes:

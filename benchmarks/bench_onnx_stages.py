@@ -37,10 +37,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.watermark_eval import make_benchmark  # noqa: E402
-from filters import model_common  # noqa: E402
+from pipeline.models import common as model_common  # noqa: E402
 from filters.nsfw import NsfwFilter  # noqa: E402
 from filters.watermark import WatermarkFilter  # noqa: E402
-from pipeline.schema import Sample  # noqa: E402
+from pipeline.core.records import Sample  # noqa: E402
 
 THRESHOLD = 0.5
 

@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from warcio.archiveiterator import ArchiveIterator  # noqa: E402
 
-from pipeline.crawl import CrawlParams  # noqa: E402
-from pipeline.readers import read_rows  # noqa: E402
+from pipeline.ingest.crawl import CrawlParams  # noqa: E402
+from pipeline.ingest.readers import read_rows  # noqa: E402
 from tests.crawl_files import SAME_PAGES, write_archive  # noqa: E402
 
 README = Path(__file__).resolve().parent / "README.md"

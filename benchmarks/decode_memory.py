@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline import malloc  # noqa: E402
+from pipeline.engine import malloc  # noqa: E402
 
 SIDE = 9000
 
@@ -41,7 +41,7 @@ def make_png(path: Path, mode: str, seed: int) -> None:
 
 
 def measure(folder: Path, threads: int, budget: int | None) -> None:
-    from pipeline.imaging import ImageRejected, ResizeParams, process_image
+    from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
 
     params = ResizeParams(max_pixels=SIDE * SIDE, **({"decode_budget_bytes": budget} if budget else {}))
     blobs = [path.read_bytes() for path in sorted(folder.glob("*.png"))]

@@ -38,7 +38,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from filters.dedup_image import HASH_BITS, ImageDedup  # noqa: E402
-from filters.lsh import (  # noqa: E402
+from pipeline.dedup.lsh import (  # noqa: E402
     band_records,
     both_directions,
     cluster_in_memory,
@@ -47,7 +47,7 @@ from filters.lsh import (  # noqa: E402
     large_star,
     small_star,
 )
-from pipeline.schema import Sample  # noqa: E402
+from pipeline.core.records import Sample  # noqa: E402
 
 
 def synthetic_signatures(count: int, max_distance: int, seed: int) -> list[tuple[int, bytes]]:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.dedup_eval import SIZES, detail, encode, layout  # noqa: E402
-from filters.hash_index import HASH_BYTES, PdqIndex, hashes_from_hex  # noqa: E402
+from pipeline.media.hash_index import HASH_BYTES, PdqIndex, hashes_from_hex  # noqa: E402
 from filters.hashlist import hash_fields  # noqa: E402
 
 MAX_PIXELS = 89_478_485

@@ -44,7 +44,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from filters.language import LanguageFilter  # noqa: E402
-from pipeline.schema import Sample  # noqa: E402
+from pipeline.core.records import Sample  # noqa: E402
 
 # Django locale -> ISO 639-1 code both backends use.
 LANGUAGES = {

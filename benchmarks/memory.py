@@ -8,7 +8,7 @@ resident memory of the `curate` process and of each Beam worker process every
 the local FnApiRunner, data crossing a shuffle (GroupByKey) is held by the
 runner process, while Dataflow, Spark and Flink keep it in their shuffle
 service or spill it to disk.  `--engine flink-local` (or `spark-local`) runs
-on that engine instead (pipeline/engines.py; its job-server jar fetched by
+on that engine instead (pipeline/engine/runners.py; its job-server jar fetched by
 scripts/fetch_job_servers.sh): its JVM is a child of the `curate` process and
 is reported in its own column too.
 
@@ -33,7 +33,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.localweb import LocalWeb  # noqa: E402
+from pipeline.demo.localweb import LocalWeb  # noqa: E402
 
 RECIPE = """\
 download: {threads: 16, retries: 0}

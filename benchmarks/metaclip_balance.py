@@ -32,7 +32,7 @@ import apache_beam as beam
 import numpy as np
 
 from filters.balance import Balance
-from pipeline.schema import Sample
+from pipeline.core.records import Sample
 
 CHUNK = 10000  # captions generated per Beam element
 
@@ -144,7 +144,7 @@ def run_balance(spec: PoolSpec, params: Balance.Params, workers: int, result_pat
     """Runs the stage on the pool with `workers` processes (0: in this process); returns kept keys, reasons, report."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.run import _local_runner
+    from pipeline.engine.run import _local_runner
 
     args = [] if workers == 0 else [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
     options = PipelineOptions(args)

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline import cli  # noqa: E402
-from pipeline import run as run_module  # noqa: E402
-from pipeline.demo import run_demo  # noqa: E402
+from pipeline.engine import run as run_module  # noqa: E402
+from pipeline.demo.run_demo import run_demo  # noqa: E402
 
 GROUP_BY_KEY = "beam:transform:group_by_key:v1"
 

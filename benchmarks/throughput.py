@@ -18,7 +18,7 @@ One run of this script:
    * both tools over 10 rows: the start-up cost, so the steady-state rate
      (count - 10) / (t(count) - t(10)) can be told apart from it;
    * the floor: the same files decoded, resized and encoded by PIL (curate's
-     `pipeline.imaging`) in `--processes` processes, no network, no pipeline,
+     `pipeline.media.imaging`) in `--processes` processes, no network, no pipeline,
      with and without JPEG draft decoding.
 
 Times are wall-clock of the whole command, start-up included.  The machine may
@@ -503,7 +503,7 @@ def run_curate(setup: Setup, tree: Path, tree_label: str, stages: list, rows: in
 
 def _process_files(paths: list[str], image_size: int, resize_mode: str, quality: int,
                    use_draft: bool) -> tuple[int, float, float, float]:
-    from pipeline.imaging import ResizeParams, _process_image
+    from pipeline.media.imaging import ResizeParams, _process_image
 
     params = ResizeParams(image_size=image_size, resize_mode=resize_mode, encode_format="jpg", encode_quality=quality)
     blobs = [Path(p).read_bytes() for p in paths]

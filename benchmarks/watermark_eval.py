@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.schema import Sample  # noqa: E402
+from pipeline.core.records import Sample  # noqa: E402
 
 BRANDS = (
     "© LensCraft Stock",

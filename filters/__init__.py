@@ -1,1 +1,1 @@
-"""Filter stages, one per module, each registered by name (see pipeline.registry)."""
+"""Filter stages, one per module, each registered by name (see pipeline.core.registry)."""

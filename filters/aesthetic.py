@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filters.base import SampleStage
-from filters.openclip_models import (
+from pipeline.core.stage import SampleStage
+from pipeline.models.openclip import (
     ModelLoadError,
     ModelSource,
     encoder_for,
     open_image,
     min_score_verdict,
 )
-from pipeline.registry import register
-from pipeline.schema import Sample, Verdict
+from pipeline.core.registry import register
+from pipeline.core.records import Sample, Verdict
 
 EMBEDDING_FIELD = "clip_image_embedding"
 

@@ -1,7 +1,7 @@
 """MetaCLIP balancing: cap how many pairs each metadata entry brings (Xu et al. 2023).
 
 Each caption is matched against a list of metadata entries (whole-word
-substrings, `filters.metaclip_entries`).  Over the whole pool, an entry
+substrings, `pipeline.media.metaclip_entries`).  Over the whole pool, an entry
 matched by `count` captions gets the probability p = t / max(count, t): tail
 entries (count <= t) have p = 1, head entries are sampled down to about t
 pairs.  A pair with matched entries e1..ek is kept with probability
@@ -34,11 +34,11 @@ from typing import Any, Iterable, Literal
 import apache_beam as beam
 import numpy as np
 
-from filters.base import DatasetStage
-from filters.metaclip_entries import EntryMatcher, load_entries, shared_matcher
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.core.stage import DatasetStage
+from pipeline.media.metaclip_entries import EntryMatcher, load_entries, shared_matcher
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 KEPT = "kept"
 REJECTED = "rejected"

@@ -32,9 +32,9 @@ from typing import Any
 
 import yaml
 
-from filters.base import SampleStage
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.core.stage import SampleStage
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 TERMS_FIELD = "bias_terms"
 PERCEIVED_FIELD = "bias_perceived"
@@ -175,7 +175,7 @@ class BiasAudit(SampleStage):
         load_terms(self.params.terms_path)
         if not self.params.clip_model:
             return []
-        from filters.openclip_models import check_weights
+        from pipeline.models.openclip import check_weights
 
         p = self.params
         if not p.clip_pretrained:
@@ -201,7 +201,7 @@ class PerceivedAttributes:
     """Zero-shot CLIP: for each attribute, the prompt most similar to the image."""
 
     def __init__(self, terms: BiasTerms, params: Any):
-        from filters.openclip_models import ModelSource, encoder_for
+        from pipeline.models.openclip import ModelSource, encoder_for
 
         source = ModelSource(params.clip_model, params.clip_pretrained, params.clip_model_config, params.device)
         self.encoder = encoder_for(source)
@@ -211,7 +211,7 @@ class PerceivedAttributes:
         ]
 
     def labels(self, images: list[bytes | None]) -> list[list[str]]:
-        from filters.openclip_models import open_image
+        from pipeline.models.openclip import open_image
 
         decoded = [open_image(data) for data in images]
         present = [i for i, image in enumerate(decoded) if image is not None]

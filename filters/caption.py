@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from filters.base import SampleStage
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.core.stage import SampleStage
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 # "IMG_1234.JPG", "DSC00042", "photo.png", "image-3", "Screenshot 2023-01-01 at 10.00.00"
 _FILE_NAME = re.compile(

@@ -40,10 +40,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from filters.base import SampleStage
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.core.stage import SampleStage
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 KINDS = ("url_userinfo", "email", "iban", "credit_card", "ip", "phone")  # also the overlap priority
 

@@ -11,7 +11,7 @@ no caption) and, with `store_embeddings`, `clip_image_embedding` and
 `clip_text_embedding`: L2-normalised embeddings rounded to float16 (about 3
 significant digits, norms within ~1e-3 of 1), lists of floats on the sample
 for later stages (`aesthetic`); the shards store them as `list<float16>`
-Parquet columns, not in the `.json` (pipeline.shard_schema), for
+Parquet columns, not in the `.json` (pipeline.engine.shard_schema), for
 deduplication or re-scoring.
 
 A sample without a caption (missing or blank) has nothing to align its image
@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from filters.base import SampleStage
-from filters.openclip_models import (
+from pipeline.core.stage import SampleStage
+from pipeline.models.openclip import (
     ClipEncoder,
     ModelSource,
     caption_text,
@@ -32,8 +32,8 @@ from filters.openclip_models import (
     open_image,
     min_score_verdict,
 )
-from pipeline.registry import register
-from pipeline.schema import Sample, Verdict
+from pipeline.core.registry import register
+from pipeline.core.records import Sample, Verdict
 
 
 @register

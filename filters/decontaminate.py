@@ -36,8 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from filters.base import SampleStage
-from filters.dedup_common import check_range
+from pipeline.core.stage import SampleStage
+from pipeline.dedup.groups import check_range
 from filters.dedup_image import (
     GRID_BYTES,
     SignatureArrays,
@@ -46,10 +46,10 @@ from filters.dedup_image import (
     sample_signature,
     signature_of_bytes,
 )
-from pipeline.imaging import ImageRejected, ResizeParams, process_image
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 log = logging.getLogger("curate")
 

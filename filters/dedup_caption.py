@@ -27,7 +27,7 @@ samples whose image cannot be read are then not compared.  With `false`
 with a dedup_image stage, a sample then goes when either its image or its
 caption repeats.
 
-Clustering, hot keys and the keep policy: see `filters.lsh`.  The reason is
+Clustering, hot keys and the keep policy: see `pipeline.dedup.lsh`.  The reason is
 `near_duplicate_caption`, with `fields["duplicate_of"]` = the kept key.
 """
 from __future__ import annotations
@@ -42,13 +42,13 @@ import apache_beam as beam
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from filters.base import DatasetStage
-from filters.dedup_common import check_range, keep_rank
+from pipeline.core.stage import DatasetStage
+from pipeline.dedup.groups import check_range, keep_rank
 from filters.dedup_image import HammingMatcher, sample_signature, store_signature
-from filters.lsh import Candidate, NearDuplicateStage, signature_band_keys
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.dedup.lsh import Candidate, NearDuplicateStage, signature_band_keys
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 MINHASH_SEED = 1
 MINHASH_SCHEME = "affine32"  # datasketch 2's default: uint32 values, collision-free permutations
@@ -98,7 +98,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class JaccardMatcher:
-    """`filters.lsh.PairMatcher` for (signature, image payload or None) payloads."""
+    """`pipeline.dedup.lsh.PairMatcher` for (signature, image payload or None) payloads."""
 
     threshold: float
     image: HammingMatcher | None = None  # also require the images to match

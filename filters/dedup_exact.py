@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from filters.base import DatasetStage
-from filters.dedup_common import DropLosers, losers_of_group
-from pipeline.registry import register
+from pipeline.core.stage import DatasetStage
+from pipeline.dedup.groups import DropLosers, losers_of_group
+from pipeline.core.registry import register
 
 
 @register

@@ -20,7 +20,7 @@ Hashes are computed on the resized image (so with `border` padding), so all
 samples are compared like for like, in the download thread while the image
 is at hand (`fields_from_image`), before any stage edits pixels (face_blur).
 
-Candidate pairs come from pigeonhole banding (`filters.lsh.pigeonhole_band_keys`):
+Candidate pairs come from pigeonhole banding (`pipeline.dedup.lsh.pigeonhole_band_keys`):
 the hash is cut into `max_distance + bands_per_key` bands, and two hashes
 within `max_distance` bits share at least one band key, so no pair within
 the threshold is missed (except in sub-bucketed hot band keys, reported).
@@ -29,7 +29,7 @@ hashes collide in groups of about N / 2^(64 / (max_distance + 1)) samples:
 ~200 per group for N = 100k at max_distance 6.  For tens of millions of
 samples use `bands_per_key: 2` (28 keys of ~16 bits at distance 6) or 3, or
 groups grow past `max_group_size` and get sub-bucketed (recall drops).
-Clustering, hot keys and the keep policy: see `filters.lsh`.
+Clustering, hot keys and the keep policy: see `pipeline.dedup.lsh`.
 """
 from __future__ import annotations
 
@@ -42,11 +42,11 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from filters.base import DatasetStage
-from filters.dedup_common import check_range, keep_rank
-from filters.lsh import REJECTED, Candidate, NearDuplicateStage, pigeonhole_band_keys
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.core.stage import DatasetStage
+from pipeline.dedup.groups import check_range, keep_rank
+from pipeline.dedup.lsh import REJECTED, Candidate, NearDuplicateStage, pigeonhole_band_keys
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 HASH_BITS = 64
 LOW_DETAIL_BITS = 16  # a pHash with fewer bits set describes a nearly flat image
@@ -168,7 +168,7 @@ def near_matrix(a: SignatureArrays, b: SignatureArrays, max_distance: int, secon
 
 @dataclass(frozen=True)
 class HammingMatcher:
-    """`filters.lsh.PairMatcher` for (phash, second, grid) payloads."""
+    """`pipeline.dedup.lsh.PairMatcher` for (phash, second, grid) payloads."""
 
     max_distance: int
     second_max_distance: int | None = None  # None: no second hash

@@ -23,11 +23,11 @@ from typing import Iterable, Literal
 import apache_beam as beam
 import numpy as np
 
-from filters.base import DatasetStage
-from filters.dedup_common import DropLosers, check_range
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.core.stage import DatasetStage
+from pipeline.dedup.groups import DropLosers, check_range
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 REJECTED = "rejected"
 

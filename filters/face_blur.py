@@ -18,7 +18,7 @@ Where the faces are:
   installed cv2 (5.0, pulled in by rapidocr) no longer has
   `CascadeClassifier`; its `haarcascade_*.xml` files still ship, unused.
 
-The detector is shared with `nsfw` (filters.model_common's
+The detector is shared with `nsfw` (pipeline.models.common's
 `nudenet_detections`): loaded once per process, and not run again on an
 image whose exact bytes it ran on recently in this process, when those
 results hold face candidates down to `detect_threshold` (they do unless it
@@ -31,7 +31,7 @@ this: the written metadata is unchanged.
 
 The stage sees only the resized output image, so column boxes are mapped
 through the resize the recipe applied (its `resize` section, which the
-pipeline hands to the stage), with pipeline.imaging's own plan, so rounding,
+pipeline hands to the stage), with pipeline.media.imaging's own plan, so rounding,
 crop and padding offsets are the pipeline's exactly.  A sample whose sizes do
 not fit that plan gets `face_bbox_error` instead of blurs in the wrong places.
 
@@ -63,18 +63,18 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from filters.base import SampleStage
-from filters.model_common import (
+from pipeline.core.stage import SampleStage
+from pipeline.models.common import (
     NudeNetDetections,
     decode_rgb,
     nudenet_detections,
     nudenet_model_file,
     nudenet_session,
 )
-from pipeline.imaging import ImageRejected, ResizeParams, encode_image, plan_resize
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.media.imaging import ImageRejected, ResizeParams, encode_image, plan_resize
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 NMS_IOU = 0.45  # NudeNet's own
 MAX_COLUMN_BOXES = 256  # more boxes than this in one row is not face data
@@ -267,7 +267,7 @@ class Placement:
 
 
 def _recipe_plan(original: tuple[int, int], output: tuple[int, int], resize: ResizeParams):
-    """pipeline.imaging's plan for the recipe's resize; it must turn `original` into `output`."""
+    """pipeline.media.imaging's plan for the recipe's resize; it must turn `original` into `output`."""
     try:
         plan = plan_resize(*original, resize)
     except ImageRejected:

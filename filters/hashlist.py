@@ -22,7 +22,7 @@ reject, so neither the rejects nor the report repeat a list's contents.
 PDQ matches are within `max_distance` bits (ThreatExchange's default, 31),
 and only for images whose PDQ quality is at least `min_quality` (50: below it
 the hash of a flat or tiny image is unreliable).  Lookups use multi-index
-hashing (`filters.hash_index`), so a list of millions is never scanned.
+hashing (`pipeline.media.hash_index`), so a list of millions is never scanned.
 
 List files (`lists`: paths, or NAME=PATH; the name defaults to the file's
 stem): one hash per line, `md5:HEX`, `sha256:HEX`, `pdq:HEX`, or bare hex (32
@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from filters.base import SampleStage
-from filters.hash_index import HASH_BYTES, PdqIndex, hashes_from_hex
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.core.stage import SampleStage
+from pipeline.media.hash_index import HASH_BYTES, PdqIndex, hashes_from_hex
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 PDQ_SIDE = 512
 _EXACT_KINDS = {"md5": 32, "sha256": 64}
@@ -131,7 +131,7 @@ def pdq_of_bytes(data: bytes, max_pixels: int) -> tuple[str, int] | None:
     """(PDQ hex, quality) of an encoded image, or None when it cannot be decoded."""
     import pdqhash
 
-    from pipeline.imaging import ImageRejected, ResizeParams, process_image
+    from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
 
     scaled = ResizeParams(image_size=PDQ_SIDE, resize_mode="keep_ratio", resize_only_if_bigger=True,
                           encode_format="png", encode_quality=0, max_pixels=max_pixels)
@@ -182,7 +182,7 @@ class HashList(SampleStage):
         self._lists = load_hash_lists(self.params.lists, self.params.max_distance)
 
     def _max_pixels(self) -> int:
-        from pipeline.imaging import ResizeParams
+        from pipeline.media.imaging import ResizeParams
 
         return (self.resize_params or ResizeParams()).max_pixels
 

@@ -62,10 +62,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from filters.base import SampleStage
-from filters.model_common import existing_file, packaged_file
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.core.stage import SampleStage
+from pipeline.models.common import existing_file, packaged_file
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 UNDETERMINED = "und"
 UNCERTAIN_FIELD = "lang_uncertain"

@@ -26,9 +26,9 @@ scores: on 240 generated benign images side 256 moved them by up to 0.25
 its accuracy on real nudity is unmeasured -- hence the default stays 320.
 face_blur always runs the detector at 320; with another side here, each
 stage runs it on its own (results at different sides are never mixed).
-The session runs on one thread (filters.model_common.onnx_session).
+The session runs on one thread (pipeline.models.common.onnx_session).
 
-The detector is shared with `face_blur` (filters.model_common's
+The detector is shared with `face_blur` (pipeline.models.common's
 `nudenet_detections`): it is loaded once per process, and an image whose
 exact bytes it ran on recently in this process is not run again, so with
 both stages each image costs one detector run.  Put `nsfw` BEFORE
@@ -75,8 +75,8 @@ from typing import Literal
 
 import numpy as np
 
-from filters.base import SampleStage
-from filters.model_common import (
+from pipeline.core.stage import SampleStage
+from pipeline.models.common import (
     NUDENET_CLASSES,
     NUDENET_INPUT_SIDE,
     existing_file,
@@ -87,9 +87,9 @@ from filters.model_common import (
     read_state_dict,
     tag_or_drop,
 )
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample, Verdict
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample, Verdict
 
 SEXUAL_EXPOSED_CLASSES = (
     "BUTTOCKS_EXPOSED",

@@ -2,7 +2,7 @@
 
 Each signal drops the sample with its own reason:
 
-  optout_list          the user's list (pipeline/optout_rules.py): url, prefix and
+  optout_list          the user's list (pipeline/media/optout_rules.py): url, prefix and
                        domain rules before the download (and again on the final
                        URL after redirects), sha256 on the original bytes, phash
                        on the stored image in keep()
@@ -57,12 +57,12 @@ from typing import Any, Callable, Generic, TypeVar
 
 from protego import Protego
 
-from filters.base import SampleStage
-from pipeline import optout_rules as rules
-from pipeline.download import Downloader, DownloadParams
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.core.stage import SampleStage
+from pipeline.media import optout_rules as rules
+from pipeline.media.download import Downloader, DownloadParams
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 log = logging.getLogger(__name__)
 

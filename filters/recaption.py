@@ -37,8 +37,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from filters.base import SampleStage
-from filters.openclip_models import (
+from pipeline.core.stage import SampleStage
+from pipeline.models.openclip import (
     ClipEncoder,
     ModelLoadError,
     ModelSource,
@@ -47,9 +47,9 @@ from filters.openclip_models import (
     load_model,
     open_image,
 )
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict
 
 BEAMS = 6  # open_clip's default for CoCa
 DEFAULT_CONTEXT_LENGTH = 77  # open_clip's, for configs that do not set one

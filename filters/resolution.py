@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from filters.base import SampleStage
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, Verdict, drop
+from pipeline.core.stage import SampleStage
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 
 @register

@@ -28,10 +28,10 @@ from typing import Any, Iterable, Literal
 
 import apache_beam as beam
 
-from filters.base import DatasetStage
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample
+from pipeline.core.stage import DatasetStage
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample
 
 QUANTILE_INTERVALS = 1000
 KEPT = "kept"

@@ -67,8 +67,8 @@ from typing import Literal
 
 import numpy as np
 
-from filters.base import SampleStage
-from filters.model_common import (
+from pipeline.core.stage import SampleStage
+from pipeline.models.common import (
     decode_rgb,
     existing_file,
     mlp_from_state_dict,
@@ -77,9 +77,9 @@ from filters.model_common import (
     read_state_dict,
     tag_or_drop,
 )
-from pipeline.params import ParamError
-from pipeline.registry import register
-from pipeline.schema import Sample, Verdict
+from pipeline.core.params import ParamError
+from pipeline.core.registry import register
+from pipeline.core.records import Sample, Verdict
 
 DETECTOR_FILE = ("models", "ch_PP-OCRv4_det_infer.onnx")
 CLASSIFIER_INPUT_SIDE = 256

@@ -15,9 +15,11 @@ import argparse
 import logging
 import sys
 
-from pipeline import __version__, malloc
-from pipeline.errors import JobError
-from pipeline.readers import FORMATS
+from pipeline import __version__
+
+from pipeline.engine import malloc
+from pipeline.core.errors import JobError
+from pipeline.ingest.readers import FORMATS
 
 EPILOG_RUN = """\
 Beam options: anything not listed above goes to Beam's PipelineOptions, e.g.
@@ -153,8 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_cmd_demo)
 
-    from pipeline.report import add_report_command
-    from pipeline.takedown import add_takedown_command
+    from pipeline.tools.report import add_report_command
+    from pipeline.tools.takedown import add_takedown_command
 
     add_report_command(commands)
     add_takedown_command(commands)
@@ -162,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args, beam_args: list[str]) -> int:
-    from pipeline import launch
+    from pipeline.tools import launch
 
     recipe = launch.load_job_recipe(args.recipe, args.overrides, args.allow_private_network)
     caption_col = None if args.caption_col.lower() == "none" else args.caption_col
@@ -171,32 +173,19 @@ def _cmd_run(args, beam_args: list[str]) -> int:
         recipe, inputs, args.output, beam_args, overwrite=args.overwrite, save_pipeline=args.save_pipeline,
         progress=True,
     )
-    print_result(result)
+    launch.print_summary(result)
     return 0
 
 
-def print_result(result) -> None:
-    """The summary table and where things are, or that a dry run ran nothing."""
-    from pipeline import audit
-
-    if result.audit is None:
-        print("curate: dry run: the job graph was built; nothing ran")
-        return
-    print(audit.summary_table(result.audit))
-    print(f"shards:  {result.output_dir}/shards/\nrejects: {result.output_dir}/rejects/")
-    if result.reports:
-        print("report:  " + "  ".join(result.reports))
-
-
 def _cmd_stages(args, beam_args: list[str]) -> int:
-    from pipeline.stage_help import render
+    from pipeline.tools.stage_help import render
 
     print(render(), end="")
     return 0
 
 
 def _cmd_demo(args, beam_args: list[str]) -> int:
-    from pipeline.demo import run_demo
+    from pipeline.demo.run_demo import run_demo
 
     return run_demo(args.output, args.recipe, overrides=args.overrides)
 

@@ -11,7 +11,7 @@ from pipeline.cli import main
 def stop_before_success(monkeypatch):
     """Runs `curate` with these arguments, stopped after every download and before _SUCCESS:
     an unfinished output folder with its checkpoints, as a killed run leaves (in-process, no kill)."""
-    from pipeline import audit
+    from pipeline.engine import audit
 
     def fail(*_args, **_kwargs):
         raise RuntimeError("stopped before _SUCCESS by the test")

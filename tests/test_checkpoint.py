@@ -5,9 +5,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import checkpoint
-from pipeline.schema import Reject, Sample
-from pipeline.writers import OutputParams
+from pipeline.engine import checkpoint
+from pipeline.core.records import Reject, Sample
+from pipeline.engine.writers import OutputParams
 
 OUTPUT = OutputParams(samples_per_shard=10)
 
@@ -45,7 +45,7 @@ def test_a_checkpoint_of_another_shape_is_logged_and_redone(tmp_path, caplog, ta
 
 
 def test_a_row_with_an_unknown_kind_or_bad_json_is_redone(tmp_path):
-    from pipeline.checkpoint_records import RECORD_SCHEMA, to_row
+    from pipeline.engine.checkpoint_records import RECORD_SCHEMA, to_row
 
     (tmp_path / checkpoint.WORK_DIR).mkdir()
     for damage in ({"kind": "evil"}, {"fields": "{not json"}, {"extra": "[1, 2]"}, {"key": None}):

@@ -1,4 +1,4 @@
-"""WARC/WAT ingestion: image links from crawled pages, read through pipeline.readers."""
+"""WARC/WAT ingestion: image links from crawled pages, read through pipeline.ingest.readers."""
 import gzip
 import io
 import json
@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import crawl_html
+from pipeline.ingest import crawl_html
 from pipeline.cli import main
-from pipeline.crawl import CrawlParams, Tally, image_rows_in_html
-from pipeline.localweb import LocalWeb
-from pipeline.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
+from pipeline.ingest.crawl import CrawlParams, Tally, image_rows_in_html
+from pipeline.demo.localweb import LocalWeb
+from pipeline.ingest.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
 from tests.crawl_files import SAME_PAGES, img, page, request, wat_document, wat_record, write_archive, write_fuzz_seeds
 from tests.fuzz.launch import fresh_process
 
@@ -282,7 +282,7 @@ def test_surrounding_text_takes_words_on_both_sides():
 
 
 def test_negative_surrounding_words_is_a_parameter_error():
-    from pipeline.params import ParamError, build
+    from pipeline.core.params import ParamError, build
 
     with pytest.raises(ParamError, match="surrounding_words"):
         build(CrawlParams, {"surrounding_words": -1}, "crawl")
@@ -515,7 +515,7 @@ def test_title_is_a_caption_fallback_only_when_asked_for(tmp_path):
 
 
 def test_title_fallback_is_a_crawl_parameter():
-    from pipeline.params import build
+    from pipeline.core.params import build
 
     assert build(CrawlParams, {"title_fallback": "true"}, "crawl").title_fallback is True
     assert CrawlParams().title_fallback is False
@@ -575,7 +575,7 @@ def test_reading_a_crawl_file_reports_its_tally_as_beam_counters(tmp_path):
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from pipeline.transforms import ReadInputFile
+    from pipeline.engine.transforms import ReadInputFile
 
     warc, _ = same_page_files(tmp_path)
     pipeline = beam.Pipeline(runner=FnApiRunner())

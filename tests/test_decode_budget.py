@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import decode_budget, imaging
-from pipeline.decode_budget import DecodeBudget, OverBudget, estimate_decode_bytes
-from pipeline.imaging import ImageRejected, ResizeParams, process_image
-from pipeline.params import ParamError
+from pipeline.media import decode_budget, imaging
+from pipeline.media.decode_budget import DecodeBudget, OverBudget, estimate_decode_bytes
+from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.core.params import ParamError
 
 MIB = 1 << 20
 

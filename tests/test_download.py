@@ -12,13 +12,13 @@ import pytest
 import urllib3
 from PIL import Image
 
-from pipeline import download
-from pipeline.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
-from pipeline.localweb import LocalWeb, tiny_jpeg
-from pipeline.imaging import ResizeParams
-from pipeline.params import ParamError, build
-from pipeline.schema import Reject, Sample, Verdict
-from pipeline.transforms import DownloadHooks, fetch_and_resize
+from pipeline.media import download
+from pipeline.media.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
+from pipeline.demo.localweb import LocalWeb, tiny_jpeg
+from pipeline.media.imaging import ResizeParams
+from pipeline.core.params import ParamError, build
+from pipeline.core.records import Reject, Sample, Verdict
+from pipeline.engine.transforms import DownloadHooks, fetch_and_resize
 
 # Tiny backoff and timeouts keep the whole module at a few seconds.
 LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from pipeline import download
-from pipeline.download import Downloader, DownloadParams
+from pipeline.media import download
+from pipeline.media.download import Downloader, DownloadParams
 
 DRIP = 0.05
 DEADLINE = 0.8

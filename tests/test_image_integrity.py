@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
 
 
 def noise(size: tuple[int, int], mode: str = "RGB") -> Image.Image:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from pipeline.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
 
 AS_IS = ResizeParams(resize_mode="no", encode_format="png")
 RED, BLUE, WHITE, BLACK = (255, 0, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)

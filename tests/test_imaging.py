@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from pipeline import params as params_module
-from pipeline.imaging import ImageRejected, ProcessedImage, ResizeParams, _process_image, process_image
-from pipeline.params import ParamError
+from pipeline.core import params as params_module
+from pipeline.media.imaging import ImageRejected, ProcessedImage, ResizeParams, _process_image, process_image
+from pipeline.core.params import ParamError
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

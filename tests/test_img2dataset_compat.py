@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.localweb import LocalWeb
+from pipeline.demo.localweb import LocalWeb
 
 pytestmark = pytest.mark.slow  # img2dataset takes ~40 s to start its process pool
 

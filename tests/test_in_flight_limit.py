@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.download import DownloadParams
-from pipeline.host_scheduler import HostScheduler, InFlightLimit
-from pipeline.politeness import HostPolicy, PolitenessParams
-from pipeline.schema import Sample
-from pipeline.transforms import in_flight_ceiling
+from pipeline.media.download import DownloadParams
+from pipeline.media.host_scheduler import HostScheduler, InFlightLimit
+from pipeline.media.politeness import HostPolicy, PolitenessParams
+from pipeline.core.records import Sample
+from pipeline.engine.transforms import in_flight_ceiling
 
 
 class Clocks:
@@ -105,7 +105,7 @@ def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_th
 
 
 def test_the_progress_line_tells_requests_in_flight_and_where_row_time_goes(caplog):
-    from pipeline.transforms import _Progress, _RowTimes
+    from pipeline.engine.transforms import _Progress, _RowTimes
 
     times = _RowTimes()
     times.add(network=0.3, processing=0.1)

@@ -4,8 +4,8 @@ import sys
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import malloc
-from pipeline.run import _local_runner
+from pipeline.engine import malloc
+from pipeline.engine.run import _local_runner
 
 
 def test_local_workers_start_with_few_arenas_and_a_users_setting_wins(monkeypatch):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.demo import DEFAULT_RECIPE
-from pipeline.recipe import RecipeError, load_recipe, resolve_recipe
+from pipeline.demo.run_demo import DEFAULT_RECIPE
+from pipeline.engine.recipe import RecipeError, load_recipe, resolve_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted(path.name for path in (REPO / "manifests").glob("*.yaml"))
@@ -49,7 +49,7 @@ def test_installed_wheel_resolves_a_bare_name_to_its_own_copy(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(site)  # a pure-Python wheel unpacked is its installed layout
-    probe = "from pipeline.recipe import load_recipe; print(load_recipe('local-sample').path)"
+    probe = "from pipeline.engine.recipe import load_recipe; print(load_recipe('local-sample').path)"
     # cwd and PYTHONPATH keep the checkout off sys.path: pipeline comes from the unpacked wheel.
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                             check=True, capture_output=True, text=True)

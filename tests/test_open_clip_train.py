@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.demo import write_url_list
-from pipeline.localweb import LocalWeb
-from pipeline.sample_web import generate_sample_web
+from pipeline.demo.run_demo import write_url_list
+from pipeline.demo.localweb import LocalWeb
+from pipeline.demo.sample_web import generate_sample_web
 from tests.filters.tiny_openclip import TINY_CLIP_CONFIG
 
 BATCH_SIZE = 4

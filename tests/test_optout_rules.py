@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline import optout_rules as rules
-from pipeline.imaging import ResizeParams, process_image
-from pipeline.optout_rules import OptOutListError, Rule, normalize_url
+from pipeline.media import optout_rules as rules
+from pipeline.media.imaging import ResizeParams, process_image
+from pipeline.media.optout_rules import OptOutListError, Rule, normalize_url
 
 SHA = "ab" * 32
 

@@ -16,10 +16,10 @@ from PIL import Image
 
 from filters.optout import OptOut, robots_policy_from_fetch
 from pipeline.cli import main
-from pipeline.download import Downloader, DownloadParams
-from pipeline.imaging import ResizeParams, process_image
-from pipeline.localweb import LocalWeb
-from pipeline.schema import Sample
+from pipeline.media.download import Downloader, DownloadParams
+from pipeline.media.imaging import ResizeParams, process_image
+from pipeline.demo.localweb import LocalWeb
+from pipeline.core.records import Sample
 from tests.test_optout_rules import picture
 
 LOOPBACK = DownloadParams(allow_private_network=True, retries=0, timeout=5)

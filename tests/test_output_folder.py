@@ -98,7 +98,7 @@ def test_an_output_beside_its_input_is_fine(job):
 
 
 def lock_of(pid):
-    """The lock a run with this pid on this machine holds (pipeline.output_folder's documented format)."""
+    """The lock a run with this pid on this machine holds (pipeline.engine.output_folder's documented format)."""
     return json.dumps({"pid": pid, "host": socket.gethostname(), "started_at": "2026-01-01T00:00:00+00:00",
                        "token": "theirs"})
 
@@ -127,7 +127,7 @@ def test_the_lock_of_a_run_that_is_gone_is_taken_over(job):
 
 
 def test_run_job_runs_the_same_job_as_curate_run(job):
-    from pipeline.launch import run_job
+    from pipeline.tools.launch import run_job
 
     assert main(run_args(job, job / "cli")) == 0
     result = run_job(str(job / "recipe.yaml"), [str(job / "in" / "urls.parquet")], str(job / "library"),
@@ -139,7 +139,7 @@ def test_run_job_runs_the_same_job_as_curate_run(job):
 
 
 def test_a_run_is_refused_while_a_takedown_holds_the_folder(job, capsys):
-    from pipeline.output_lock import lock_output_folder
+    from pipeline.engine.output_lock import lock_output_folder
 
     output = job / "out"
     assert main(run_args(job, output)) == 0

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.localweb import LocalWeb
+from pipeline.demo.localweb import LocalWeb
 
 
 def jpeg(size, colour, quality=90):
@@ -133,7 +133,7 @@ def test_keys_name_input_rows_and_shards_are_numbered_without_gaps(output):
 def test_audit_gives_the_brace_pattern_a_trainer_takes(output, capsys):
     import webdataset as wds
 
-    from pipeline.audit import summary_table
+    from pipeline.engine.audit import summary_table
 
     shards = json.loads((output / "report" / "audit.json").read_text())["shards"]
     assert shards == {"count": 2, "samples": 3, "pattern": f"{output}/shards/{{00000..00001}}.tar"}
@@ -179,7 +179,7 @@ def test_rerun_gives_identical_shards_with_more_workers(input_list, output, tmp_
         }
 
     assert digests(again) == digests(output)
-    from pipeline.run import worker_log_path
+    from pipeline.engine.run import worker_log_path
 
     assert not worker_log_path().exists()  # worker output is kept only for failed runs
 

@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.host_scheduler import HostScheduler, host_of
-from pipeline.politeness import HostDown, HostPolicy, PolitenessParams, TokenBucket, parse_retry_after
-from pipeline.schema import Sample
+from pipeline.media.host_scheduler import HostScheduler, host_of
+from pipeline.media.politeness import HostDown, HostPolicy, PolitenessParams, TokenBucket, parse_retry_after
+from pipeline.core.records import Sample
 
 
 class Clock:

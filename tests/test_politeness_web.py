@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import download
+from pipeline.media import download
 from pipeline.cli import main
-from pipeline.dns_cache import DnsCache, DnsTimeout
-from pipeline.download import Downloader, DownloadParams
+from pipeline.media.dns_cache import DnsCache, DnsTimeout
+from pipeline.media.download import Downloader, DownloadParams
 
 
 def jpeg() -> bytes:

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from pipeline import audit, textlines
-from pipeline.readers import InputError, InputRow, check_input, read_rows
-from pipeline.textlines import FileTally
+from pipeline.engine import audit
+
+from pipeline.ingest import textlines
+from pipeline.ingest.readers import InputError, InputRow, check_input, read_rows
+from pipeline.ingest.textlines import FileTally
 
 
 def read_counted(path: Path, fmt: str) -> tuple[list[InputRow], dict]:

@@ -11,8 +11,8 @@ import gzip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.readers import read_rows
-from pipeline.textlines import FileTally
+from pipeline.ingest.readers import read_rows
+from pipeline.ingest.textlines import FileTally
 
 # (line template, the rows it gives: (error, physical lines) each); "{i}" is the item's number, "\n" its line end.
 DELIMITED_ITEMS = [

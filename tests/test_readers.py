@@ -14,7 +14,7 @@ import pytest
 import zstandard
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.readers import (
+from pipeline.ingest.readers import (
     FORMATS,
     InputError,
     InputRow,

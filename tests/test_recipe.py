@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import RecipeError, load_recipe
+from pipeline.engine.recipe import RecipeError, load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_every_bundled_manifest_loads():
 def test_a_recipe_imports_only_the_stage_modules_it_names():
     """Loading a recipe must not import every stage's libraries (start-up time of every run)."""
     code = (
-        "import sys; from pipeline.recipe import load_recipe; "
+        "import sys; from pipeline.engine.recipe import load_recipe; "
         "load_recipe('manifests/local-sample.yaml'); "
         "print(sorted(m for m in sys.modules if m.startswith('filters.')))"
     )
@@ -108,11 +108,11 @@ def test_a_recipe_imports_only_the_stage_modules_it_names():
 
 def test_a_stage_outside_the_naming_convention_is_still_found(tmp_path, monkeypatch):
     import filters
-    from pipeline import registry
+    from pipeline.core import registry
 
     (tmp_path / "extra_stages.py").write_text(textwrap.dedent("""\
-        from filters.base import SampleStage
-        from pipeline.registry import register
+        from pipeline.core.stage import SampleStage
+        from pipeline.core.registry import register
 
         @register
         class OddlyNamed(SampleStage):

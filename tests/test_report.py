@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import audit
-from pipeline.report import ReportError, add_report_command, write_reports
-from pipeline.schema import Reject, Sample
-from pipeline.writers import OutputParams, write_rejects, write_shard
+from pipeline.engine import audit
+from pipeline.tools.report import ReportError, add_report_command, write_reports
+from pipeline.core.records import Reject, Sample
+from pipeline.engine.writers import OutputParams, write_rejects, write_shard
 
 RECIPE = {
     "name": "report-test",
@@ -33,7 +33,7 @@ RECIPE = {
 }
 # The steps in the order they run (caption-only stages before the download).
 RUN_ORDER = ["read", "optout", "caption", "download", "resolution", "bias_audit", "clip_score", "nsfw", "dedup_phash"]
-# The shape of filters/lsh.py's cluster report.
+# The shape of pipeline/dedup/lsh.py's cluster report.
 DEDUP_REPORT = {
     "candidates": 2, "clusters": 1, "dropped": 1, "cluster_size_histogram": {"2": 1, "3-4": 0},
     "largest_clusters": [{"size": 2, "kept": "000000003", "example_duplicates": ["000000111"]}],
@@ -382,7 +382,7 @@ def test_page_renders_in_headless_chromium(output, tmp_path):
 
 
 def test_top_fraction_cut_off_is_the_lowest_kept_score():
-    from pipeline.report import Range, threshold_markers
+    from pipeline.tools.report import Range, threshold_markers
 
     scores = Range()
     for value, kept in ((0.1, False), (0.25, True), (0.4, True), (0.2, False)):

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.localweb import LocalWeb
+from pipeline.demo.localweb import LocalWeb
 
 ROWS = 40
 PER_SHARD = 10

@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.localweb import LocalWeb
+from pipeline.demo.localweb import LocalWeb
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60
@@ -186,7 +186,7 @@ def test_dataflow_dry_run_builds_the_job_offline(served_list, tmp_path):
     from apache_beam.portability.api import beam_runner_api_pb2
     from google.protobuf import json_format
 
-    from pipeline.recipe import load_recipe
+    from pipeline.engine.recipe import load_recipe
 
     image = "registry.example/curate-dataflow:0.1.0"
     saved = tmp_path / "job.json"
@@ -285,16 +285,16 @@ def test_spark_and_flink_job_servers_use_the_given_jar_without_downloading(tmp_p
 
 @pytest.fixture
 def maven_repo(tmp_path, monkeypatch):
-    """An empty ~/.m2/repository of our own: where pipeline.engines looks for the job-server jars."""
+    """An empty ~/.m2/repository of our own: where pipeline.engine.runners looks for the job-server jars."""
     repo = tmp_path / "m2"
     monkeypatch.setenv("CURATE_M2_REPOSITORY", str(repo))
     return repo
 
 
 def put_jar(engine_name: str) -> Path:
-    from pipeline import engines
+    from pipeline.engine import runners
 
-    jar = engines.job_server_jar(engines.ENGINES[engine_name])
+    jar = runners.job_server_jar(runners.ENGINES[engine_name])
     jar.parent.mkdir(parents=True, exist_ok=True)
     jar.write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip: located, never run
     return jar
@@ -305,22 +305,22 @@ def put_jar(engine_name: str) -> Path:
     ("spark-local", "SparkRunner", ("spark_master_url", f"local[{os.cpu_count() or 1}]")),
 ])
 def test_engine_flag_expands_to_the_runner_and_the_maven_jar(maven_repo, engine, runner, master):
-    from pipeline import engines
-    from pipeline.launch import default_beam_args
-    from pipeline.run import RunOptions
+    from pipeline.engine import runners
+    from pipeline.tools.launch import default_beam_args
+    from pipeline.engine.run import RunOptions
 
     jar = put_jar(engine)
-    expanded = engines.expand(RunOptions(default_beam_args(["--engine", engine, "--parallelism=3"])))
+    expanded = runners.expand(RunOptions(default_beam_args(["--engine", engine, "--parallelism=3"])))
     given = expanded.get_all_options()
     assert (given["runner"], given[master[0]], given["environment_type"]) == (runner, master[1], "LOOPBACK")
-    assert given[engines.ENGINES[engine].jar_option] == str(jar)
+    assert given[runners.ENGINES[engine].jar_option] == str(jar)
     assert given["parallelism"] == 3 and given["direct_running_mode"] != "multi_processing"
     # What the user gave wins over the expansion.
-    pool = engines.expand(RunOptions([f"--engine={engine}", "--environment_type=EXTERNAL"]))
+    pool = runners.expand(RunOptions([f"--engine={engine}", "--environment_type=EXTERNAL"]))
     assert pool.get_all_options()["environment_type"] == "EXTERNAL"
     # A plain --runner gets the jar Maven fetched too, not Beam's download.
-    plain = engines.expand(RunOptions([f"--runner={runner}"]))
-    assert plain.get_all_options()[engines.ENGINES[engine].jar_option] == str(jar)
+    plain = runners.expand(RunOptions([f"--runner={runner}"]))
+    assert plain.get_all_options()[runners.ENGINES[engine].jar_option] == str(jar)
 
 
 @pytest.mark.parametrize("beam_args, says", [
@@ -360,7 +360,7 @@ touch "$CURATE_M2_REPOSITORY/${group//.//}/$name/$version/$name-$version.jar"
 
 @pytest.mark.parametrize("registry", ["serves", "refuses"])
 def test_fetch_script_puts_the_jars_where_engines_look(maven_repo, tmp_path, monkeypatch, registry):
-    from pipeline import engines
+    from pipeline.engine import runners
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -379,7 +379,7 @@ def test_fetch_script_puts_the_jars_where_engines_look(maven_repo, tmp_path, mon
         return done.stdout
 
     first = fetch()
-    jars = [engines.job_server_jar(engine) for engine in engines.ENGINES.values()]
+    jars = [runners.job_server_jar(engine) for engine in runners.ENGINES.values()]
     if registry == "refuses":
         assert first.count("Maven could not get") == len(jars) and not any(jar.exists() for jar in jars)
         return
@@ -396,9 +396,9 @@ def shard_bytes(output: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("engine", ["flink-local", "spark-local"])
 def test_real_engine_run_matches_the_default_runner(served_list, tmp_path, engine):
     """The whole pipeline on an embedded Flink / local Spark: same rows, same audit, byte-identical shards."""
-    from pipeline import engines
+    from pipeline.engine import runners
 
-    jar = engines.job_server_jar(engines.ENGINES[engine])
+    jar = runners.job_server_jar(runners.ENGINES[engine])
     if not jar.is_file():
         pytest.skip(f"{jar} is missing: `bash scripts/fetch_job_servers.sh` fetches it with Maven, if served")
     if shutil.which("java") is None:
@@ -481,7 +481,7 @@ def test_run_options_make_each_view_once_and_views_share_values():
 
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    from pipeline.run import RunOptions
+    from pipeline.engine.run import RunOptions
 
     options = RunOptions(["--direct_num_workers=2", "--runner=DirectRunner"])
     assert options.view_as(DirectOptions) is options.view_as(DirectOptions)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from pipeline.sample_web import generate_sample_web
+from pipeline.demo.sample_web import generate_sample_web
 
 N_ROWS = 300
 

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from pipeline.cli import main
-from pipeline.registry import get_stage
+from pipeline.core.registry import get_stage
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_parameters_carry_their_help(listing):
 
 
 def test_field_help_reads_metadata_then_trailing_comment_then_comment_block():
-    from pipeline.params import field_help
+    from pipeline.core.params import field_help
 
     @dataclasses.dataclass(frozen=True)
     class Params:

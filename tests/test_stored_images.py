@@ -9,14 +9,14 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from PIL import Image
 
-from filters.base import DatasetStage, SampleStage
-from pipeline import checkpoint
+from pipeline.core.stage import DatasetStage, SampleStage
+from pipeline.engine import checkpoint
 from pipeline.cli import main
-from pipeline.localweb import LocalWeb
-from pipeline.registry import register
-from pipeline.schema import KEEP, Sample, drop
-from pipeline.stored_images import MissingStoredImage, restore, strip
-from pipeline.writers import OutputParams
+from pipeline.demo.localweb import LocalWeb
+from pipeline.core.registry import register
+from pipeline.core.records import KEEP, Sample, drop
+from pipeline.engine.stored_images import MissingStoredImage, restore, strip
+from pipeline.engine.writers import OutputParams
 
 OUTPUT = OutputParams(samples_per_shard=100)
 
@@ -127,7 +127,7 @@ def test_a_whole_dataset_stage_sees_no_image_bytes_and_a_later_pixel_stage_gets_
     urls = tmp_path / "urls.txt"
     urls.write_text("".join(web.url(f"{i}.png") + "\n" for i in range(5)))
     results = []
-    from pipeline import run as run_module
+    from pipeline.engine import run as run_module
 
     real_run = run_module.run
     monkeypatch.setattr(run_module, "run", lambda *a, **k: results.append(real_run(*a, **k)) or results[-1])
@@ -150,7 +150,7 @@ def test_only_stripped_samples_go_through_the_restoring_shuffle(tmp_path):
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipeline.stored_images import RestoreImages
+    from pipeline.engine.stored_images import RestoreImages
 
     out = str(tmp_path)
     saved = [stored_sample(OUTPUT.key(0, i), f"image {i}".encode()) for i in range(2)]
@@ -182,8 +182,8 @@ def test_only_stripped_samples_go_through_the_restoring_shuffle(tmp_path):
 def test_no_image_shuffle_steps_before_the_download(tmp_path):
     """A whole-dataset stage that runs before the download has no bytes to strip, so a later
     pixel stage has none to restore."""
-    from pipeline.recipe import load_recipe
-    from pipeline.run import InputSpec, build_pipeline
+    from pipeline.engine.recipe import load_recipe
+    from pipeline.engine.run import InputSpec, build_pipeline
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stages:\n  - dedup_caption\n  - probe_pixels\n")

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import audit
-from pipeline.imaging import ResizeParams, process_image
-from pipeline.schema import Sample
-from pipeline.takedown import add_takedown_command
-from pipeline.writers import OutputParams, write_rejects, write_shard
+from pipeline.engine import audit
+from pipeline.media.imaging import ResizeParams, process_image
+from pipeline.core.records import Sample
+from pipeline.tools.takedown import add_takedown_command
+from pipeline.engine.writers import OutputParams, write_rejects, write_shard
 from tests.test_optout_rules import picture
 
 PER_SHARD = 5
@@ -191,7 +191,7 @@ def test_a_crash_while_switching_files_is_finished_by_running_it_again(dataset, 
     out, listed, fmt = dataset
     clean = out.parent / "clean"
     assert takedown("--dataset", out, "--optout", listed, "--output", clean) == 0
-    from pipeline import staged_switch
+    from pipeline.tools import staged_switch
 
     real_move, moves = staged_switch._move, []
 
@@ -238,7 +238,7 @@ def test_a_plan_older_than_the_dataset_is_refused(dataset, capsys):
 
 def test_a_dataset_in_use_is_refused(dataset, capsys):
     out, listed, fmt = dataset
-    from pipeline.output_lock import lock_output_folder
+    from pipeline.engine.output_lock import lock_output_folder
 
     before = tree(out)
     with lock_output_folder(str(out)):
@@ -305,7 +305,7 @@ def test_takedown_of_a_curate_run_output(tmp_path):
     import pyarrow as pa
 
     from pipeline.cli import main
-    from pipeline.localweb import LocalWeb
+    from pipeline.demo.localweb import LocalWeb
 
     root = tmp_path / "web"
     (root / "gallery").mkdir(parents=True)
@@ -409,7 +409,7 @@ def test_a_broken_dataset_is_refused_and_left_exactly_as_it_was(tmp_path, capsys
 @pytest.mark.parametrize("into", ["in place", "an output folder"])
 def test_a_failure_while_writing_leaves_the_dataset_exactly_as_it_was(dataset, monkeypatch, into):
     out, listed, fmt = dataset
-    from pipeline import takedown as module
+    from pipeline.tools import takedown as module
 
     real_write, calls = pq.write_table, []
 
@@ -471,7 +471,7 @@ def test_output_from_a_dataset_with_an_interrupted_takedown_is_refused(dataset, 
 def test_the_matching_is_pluggable(dataset):
     """A list of another kind (issue 17: hash lists) decides per metadata row, with its own reject reason."""
     out, listed, fmt = dataset
-    from pipeline import takedown as module
+    from pipeline.tools import takedown as module
 
     class KeyList:
         reason, needs_images = "key_list", False

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.localweb import LocalWeb
+from pipeline.demo.localweb import LocalWeb
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.schema import Sample
-from pipeline.writers import OutputParams, ParquetShardWriter, WebDatasetShardWriter, write_shard
+from pipeline.core.records import Sample
+from pipeline.engine.writers import OutputParams, ParquetShardWriter, WebDatasetShardWriter, write_shard
 
 
 def make_sample(key, caption="a caption"):
@@ -20,7 +20,7 @@ def make_sample(key, caption="a caption"):
 
 @pytest.mark.parametrize("writer_cls, fmt", [(WebDatasetShardWriter, "webdataset"), (ParquetShardWriter, "parquet")])
 def test_nothing_is_visible_under_the_final_name_until_close(tmp_path, writer_cls, fmt):
-    from pipeline.writers import schema_of
+    from pipeline.engine.writers import schema_of
 
     sample = make_sample("000000001")
     writer = writer_cls(str(tmp_path), "00000", schema_of([sample], fmt))
@@ -70,7 +70,7 @@ def test_records_pickle_without_their_field_names():
     """Every shuffle pickles records: field names would be a third of a sample's bytes."""
     import pickle
 
-    from pipeline.schema import Sample
+    from pipeline.core.records import Sample
 
     sample = make_sample("000000001")
     sample.fields["phash"] = "00ff00ff00ff00ff"
@@ -82,7 +82,7 @@ def test_records_pickle_without_their_field_names():
 
 
 def test_a_tar_is_never_visible_without_its_parquet(tmp_path, monkeypatch):
-    import pipeline.writers as writers
+    import pipeline.engine.writers as writers
 
     def fail(path, table):
         raise OSError("disk full")
@@ -125,7 +125,7 @@ def test_embeddings_are_float16_in_the_parquet_and_not_in_the_json(tmp_path):
 def test_every_shard_has_the_run_schema_even_where_a_column_is_all_null(tmp_path):
     import pyarrow.dataset as ds
 
-    from pipeline.writers import schema_of
+    from pipeline.engine.writers import schema_of
 
     first, second = make_sample("000000001"), make_sample("000010001")
     first.extra["note"], second.extra["note"] = None, "a note"
@@ -138,7 +138,7 @@ def test_every_shard_has_the_run_schema_even_where_a_column_is_all_null(tmp_path
 
 
 def test_a_value_the_run_schema_cannot_hold_is_named_not_raised():
-    from pipeline import shard_schema
+    from pipeline.engine import shard_schema
 
     sample = make_sample("000000001")
     schema = schema_of_samples([sample])
@@ -148,13 +148,13 @@ def test_a_value_the_run_schema_cannot_hold_is_named_not_raised():
 
 
 def schema_of_samples(samples):
-    from pipeline.writers import schema_of
+    from pipeline.engine.writers import schema_of
 
     return schema_of(samples, "webdataset")
 
 
 def test_shard_numbers_are_the_dense_rank_of_blocks_that_kept_rows():
-    from pipeline.write_outputs import shard_plan
+    from pipeline.engine.write_outputs import shard_plan
 
     blocks = {0: {"download/http_404": 3}, 1: {"kept": 2, "download/decode_error": 1}, 2: {"caption/empty": 3},
               4: {"kept": 3}, 5: {"download/timeout": 3}}

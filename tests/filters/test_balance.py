@@ -21,10 +21,10 @@ from benchmarks.metaclip_balance import (
     write_entries,
 )
 from filters.balance import Balance, count_curve, t_for_tail_proportion, tail_proportion, uniform_draw
-from filters.metaclip_entries import EntriesError, EntryMatcher, load_entries
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
-from pipeline.schema import Sample
+from pipeline.media.metaclip_entries import EntriesError, EntryMatcher, load_entries
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import Sample
 
 # ---------------------------------------------------------------- matching
 

@@ -2,7 +2,7 @@ import pytest
 
 from filters.caption import CaptionFilter
 from filters.resolution import ResolutionFilter
-from pipeline.schema import Sample
+from pipeline.core.records import Sample
 
 
 def sample(caption=None, size=None):

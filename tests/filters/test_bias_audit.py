@@ -1,9 +1,9 @@
 import pytest
 
 from filters.bias_audit import PERCEIVED_FIELD, TERMS_FIELD, BiasAudit, TermsError, load_terms, split_labels
-from pipeline.params import build
-from pipeline.registry import get_stage
-from pipeline.schema import Sample
+from pipeline.core.params import build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import Sample
 
 
 def sample(caption, image=None):
@@ -117,7 +117,7 @@ def test_perceived_label_is_the_most_similar_prompt(clip_stage, tiny_clip):
     import tiny_openclip
     import torch
 
-    from filters.openclip_models import ModelSource, encoder_for, open_image
+    from pipeline.models.openclip import ModelSource, encoder_for, open_image
 
     clip_stage.setup()
     images = [tiny_openclip.png_bytes(seed) for seed in range(4)]
@@ -151,8 +151,8 @@ def test_run_with_clip_estimates_then_report(tiny_clip, tmp_path):
     from PIL import Image
 
     from pipeline.cli import main
-    from pipeline.localweb import LocalWeb
-    from pipeline.report import write_reports
+    from pipeline.demo.localweb import LocalWeb
+    from pipeline.tools.report import write_reports
 
     web_root = tmp_path / "web"
     web_root.mkdir()

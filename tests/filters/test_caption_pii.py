@@ -10,9 +10,9 @@ import re
 import pytest
 
 from filters.caption_pii import KINDS, CaptionPii, Span, find_pii, redact, summary
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
-from pipeline.schema import KEEP, Sample
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import KEEP, Sample
 
 WITH_PII = [
     "Contact [[email:john.doe@example.com]] for prints",

@@ -7,8 +7,8 @@ import torch
 
 from filters.aesthetic import Aesthetic, load_head
 from filters.clip_score import ClipScore
-from filters.openclip_models import ModelLoadError
-from pipeline.registry import get_stage
+from pipeline.models.openclip import ModelLoadError
+from pipeline.core.registry import get_stage
 from tiny_openclip import image_sample, save_linear_head
 
 EMBED_DIM = 32  # the tiny CLIP's

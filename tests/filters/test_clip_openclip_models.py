@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from filters import openclip_models
-from filters.openclip_models import ModelLoadError, ModelSource, check_weights, load_model, register_model_config
+from pipeline.models import openclip as openclip_models
+from pipeline.models.openclip import ModelLoadError, ModelSource, check_weights, load_model, register_model_config
 
 
 def test_known_tag_is_accepted_without_download():

@@ -12,8 +12,8 @@ import pytest
 import torch
 from open_clip.transformer import QuickGELU
 
-from filters import openclip_models
-from filters.openclip_models import ModelLoadError, ModelSource, check_weights, load_model
+from pipeline.models import openclip as openclip_models
+from pipeline.models.openclip import ModelLoadError, ModelSource, check_weights, load_model
 from tiny_openclip import save_tiny_clip, save_tiny_clip_torchscript
 
 # Preprocessing of the tags added to open_clip's table below: unlike the default, so a test sees it applied.
@@ -111,7 +111,7 @@ def test_model_config_leaves_no_folder_in_the_temp_directory(tiny_clip, tmp_path
     # One process, as a Beam worker: it registers a model_config and loads the model.
     temp = tmp_path / "tmp"
     temp.mkdir()
-    script = ("import sys; from filters.openclip_models import ModelSource, load_model; "
+    script = ("import sys; from pipeline.models.openclip import ModelSource, load_model; "
               "print(load_model(ModelSource(*sys.argv[1:4])).model.visual.conv1.weight.shape)")
     env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", script, tiny_clip.model, tiny_clip.pretrained, tiny_clip.model_config],

@@ -15,8 +15,8 @@ from PIL import Image
 from filters.aesthetic import Aesthetic
 from filters.clip_score import ClipScore
 from filters.nsfw import ClipHeadScorer, NsfwFilter
-from pipeline.params import build
-from pipeline.schema import Sample
+from pipeline.core.params import build
+from pipeline.core.records import Sample
 from tiny_openclip import sample_web_images, save_linear_head
 
 CAPTIONS = ["a photo of a cat", "Ein rotes Auto vor dem Haus", "sunset over the sea, 1998", "x", "雪の富士山"]

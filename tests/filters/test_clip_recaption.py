@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from filters.openclip_models import ModelLoadError
+from pipeline.models.openclip import ModelLoadError
 from filters.recaption import (
     MIN_CAPTION_TOKENS,
     Recaption,
@@ -14,8 +14,8 @@ from filters.recaption import (
     choose_caption,
     sample_nucleus,
 )
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
 from tiny_openclip import image_sample
 
 SOT, EOT, VOCAB = 0, 1, 5

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from filters import openclip_models
+from pipeline.models import openclip as openclip_models
 from filters.clip_score import ClipScore
-from filters.openclip_models import ModelLoadError
-from pipeline.params import build
-from pipeline.registry import get_stage
+from pipeline.models.openclip import ModelLoadError
+from pipeline.core.params import build
+from pipeline.core.registry import get_stage
 from tiny_openclip import image_sample
 
 CAPTIONS = ["a photo of a cat", "a red car", "text", "two dogs on a beach", "a chart", "sunset"]

@@ -11,9 +11,9 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline  
 from apache_beam.testing.util import assert_that
 
 from filters.top_fraction import TopFraction, cutoff_from_quantiles, rank_to_keep
-from pipeline.params import ParamError
-from pipeline.registry import get_stage
-from pipeline.schema import Sample
+from pipeline.core.params import ParamError
+from pipeline.core.registry import get_stage
+from pipeline.core.records import Sample
 
 
 def sample(index: int, score) -> Sample:

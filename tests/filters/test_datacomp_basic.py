@@ -18,10 +18,10 @@ import io
 
 import pytest
 
-from filters.base import SampleStage
-from filters.model_common import packaged_file
-from pipeline.recipe import load_recipe
-from pipeline.schema import Sample
+from pipeline.core.stage import SampleStage
+from pipeline.models.common import packaged_file
+from pipeline.engine.recipe import load_recipe
+from pipeline.core.records import Sample
 
 LONG_ENGLISH = "A long description of a red car parked on a quiet street at night. " * 16  # > 1000 characters
 

@@ -4,7 +4,7 @@ import pytest
 from test_dedup_image import jpeg, losers, picture, run_stage, sample, stored
 
 from filters.dedup_caption import CaptionDedup, lsh_bands, minhash_signature, shingles
-from pipeline.params import ParamError
+from pipeline.core.params import ParamError
 
 
 def caption_sample(key, caption, image=None, **fields):

@@ -7,7 +7,7 @@ from test_dedup_image import jpeg, picture, sample, stored
 from filters import decontaminate
 from filters.decontaminate import Decontaminate
 from filters.dedup_image import sample_signature
-from pipeline.params import ParamError
+from pipeline.core.params import ParamError
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from apache_beam.testing import test_pipeline
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from filters.dedup_image import ImageDedup, sample_signature
-from pipeline.imaging import ResizeParams, process_image
-from pipeline.params import ParamError
-from pipeline.schema import Sample
+from pipeline.media.imaging import ResizeParams, process_image
+from pipeline.core.params import ParamError
+from pipeline.core.records import Sample
 
 # ---------------------------------------------------------------- helpers shared by the dedup tests
 
@@ -219,7 +219,7 @@ def test_second_hash_is_stored_and_can_veto(pictures, tmp_path):
 
 def test_cli_run_removes_near_duplicates_across_input_files(tmp_path, pictures):
     from pipeline.cli import main
-    from pipeline.localweb import LocalWeb
+    from pipeline.demo.localweb import LocalWeb
 
     web_root = tmp_path / "web"
     web_root.mkdir()

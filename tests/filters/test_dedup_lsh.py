@@ -4,9 +4,9 @@ import random
 import numpy as np
 import pytest
 
-from filters.dedup_common import keep_rank
+from pipeline.dedup.groups import keep_rank
 from filters.dedup_image import HammingMatcher
-from filters.lsh import (
+from pipeline.dedup.lsh import (
     Candidate,
     DedupReportFn,
     cluster_in_memory,
@@ -19,7 +19,7 @@ from filters.lsh import (
     split_bits,
     star_edges,
 )
-from pipeline.schema import Sample
+from pipeline.core.records import Sample
 
 TEXTURED = b"\x80" * 12  # any colour grid: textured hashes ignore it
 

@@ -9,8 +9,8 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from filters.dedup_semantic import SemanticDedup, semantic_losers
-from pipeline.registry import get_stage
-from pipeline.schema import Sample
+from pipeline.core.registry import get_stage
+from pipeline.core.records import Sample
 
 pytest.importorskip("faiss")
 

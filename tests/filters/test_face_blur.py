@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from filters import model_common
+from pipeline.models import common as model_common
 from filters.face_blur import FaceBlur, parse_boxes
-from filters.model_common import forget_nudenet_detections
+from pipeline.models.common import forget_nudenet_detections
 from filters.nsfw import NsfwFilter
-from pipeline.imaging import ResizeParams, process_image
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
-from pipeline.schema import KEEP, Sample
+from pipeline.media.imaging import ResizeParams, process_image
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import KEEP, Sample
 
 BOX = [0.5, 0.25, 0.75, 0.75]  # normalised to the original 400x200 image: pixels (200, 50)-(300, 150)
 

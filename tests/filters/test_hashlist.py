@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from benchmarks.hashlist_eval import build, evaluate
-from filters.hash_index import HASH_BYTES, PdqIndex
+from pipeline.media.hash_index import HASH_BYTES, PdqIndex
 from filters.hashlist import HashList, HashListError, hash_fields, load_hash_lists
-from pipeline.registry import get_stage
-from pipeline.schema import Sample
+from pipeline.core.registry import get_stage
+from pipeline.core.records import Sample
 
 
 def flipped(hash_bytes: np.ndarray, bits: int, rng: np.random.Generator) -> bytes:
@@ -147,7 +147,7 @@ def _png_of_flat_grey() -> bytes:
 
 def test_takedown_matcher_matches_rows_and_stored_images_without_naming_hashes(tmp_path):
     from benchmarks.hashlist_eval import altered_copies, picture
-    from pipeline.takedown_hashlist import HashListMatcher
+    from pipeline.tools.takedown_hashlist import HashListMatcher
 
     copies = altered_copies(picture(np.random.default_rng(7)))
     listed = hash_fields(copies["jpeg95"], 10**8)

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from filters.hashlist import hash_fields
-from pipeline.demo import run_demo
-from pipeline.sample_web import generate_sample_web
+from pipeline.demo.run_demo import run_demo
+from pipeline.demo.sample_web import generate_sample_web
 
 RECIPE = """
 name: hashlist-check

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from filters.language import MAX_CAPTION_CHARS, UNCERTAIN_FIELD, UNDETERMINED, LanguageFilter, prepare_caption
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
-from pipeline.schema import KEEP, Sample
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import KEEP, Sample
 
 CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "lang_captions.jsonl"
 

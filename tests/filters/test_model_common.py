@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from filters.model_common import (
+from pipeline.models.common import (
     ModelFileError,
     decode_rgb,
     mlp_from_state_dict,
@@ -78,7 +78,7 @@ def test_decode_rgb():
 def test_onnx_sessions_run_on_one_thread_per_process():
     # Beam runs a worker process per core: onnxruntime's default thread pool
     # (a thread per core in each of them) would oversubscribe the cores.
-    from filters.model_common import nudenet_model_file, onnx_session
+    from pipeline.models.common import nudenet_model_file, onnx_session
 
     options = onnx_session(nudenet_model_file()).get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)

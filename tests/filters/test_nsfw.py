@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from filters.model_common import (
+from pipeline.models.common import (
     NUDENET_CLASSES,
     forget_nudenet_detections,
     nudenet_input,
     summarise_nudenet,
 )
 from filters.nsfw import SEXUAL_EXPOSED_CLASSES, NsfwFilter, exposed_confidence
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
-from pipeline.schema import KEEP, Sample
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import KEEP, Sample
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -111,7 +111,7 @@ def test_batch_gives_the_same_scores_as_one_by_one(stage):
 
 
 def test_detector_side_sets_the_input_size_and_is_not_mixed_with_other_sides(monkeypatch):
-    from filters import model_common
+    from pipeline.models import common as model_common
 
     forget_nudenet_detections()
     shapes = []

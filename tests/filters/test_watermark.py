@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from benchmarks.watermark_eval import evaluate, make_benchmark
-from filters.model_common import decode_rgb
+from pipeline.models.common import decode_rgb
 from filters.watermark import (
     CLASSIFIER_INPUT_SIDE,
     IMAGENET_MEAN,
@@ -18,9 +18,9 @@ from filters.watermark import (
     WatermarkFilter,
     watermark_score,
 )
-from pipeline.params import ParamError, build
-from pipeline.registry import get_stage
-from pipeline.schema import KEEP, Sample
+from pipeline.core.params import ParamError, build
+from pipeline.core.registry import get_stage
+from pipeline.core.records import KEEP, Sample
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.schema import Sample
+from pipeline.core.records import Sample
 
 VOCAB_SIZE = 49408  # open_clip's BPE vocabulary: the tokenizer emits ids up to here
 
@@ -133,7 +133,7 @@ def sample_web_images(directory: Path) -> dict[str, bytes]:
     import numpy as np
     from PIL import Image
 
-    from pipeline.sample_web import generate_sample_web
+    from pipeline.demo.sample_web import generate_sample_web
 
     wanted = {"rgb": ("JPEG", "RGB"), "grayscale": ("JPEG", "L"), "palette": ("PNG", "P"), "cmyk": ("JPEG", "CMYK")}
     found: dict[str, bytes] = {}

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of the WARC/WAT reader (pipeline/crawl.py) with atheris.
+"""Coverage-guided fuzzing of the WARC/WAT reader (pipeline/ingest/crawl.py) with atheris.
 
     python tests/fuzz/fuzz_crawl.py --seeds CORPUS_DIR          # write the seed corpus
     python tests/fuzz/fuzz_crawl.py CORPUS_DIR -max_total_time=60  # fuzz (libFuzzer options)
@@ -36,8 +36,8 @@ with atheris.instrument_imports(include=["pipeline", "warcio"]):
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
-    from pipeline.crawl import CrawlParams, Tally, crawl_rows
-    from pipeline.readers import InputError
+    from pipeline.ingest.crawl import CrawlParams, Tally, crawl_rows
+    from pipeline.ingest.readers import InputError
 
 PARAMS = CrawlParams(surrounding_words=3, title_fallback=True)
 

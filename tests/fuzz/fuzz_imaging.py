@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 with atheris.instrument_imports():
     import PIL.Image
     import PIL.ImageFile
-    from pipeline import decode_budget, image_integrity, imaging  # noqa: F401 - instrumented
+    from pipeline.media import decode_budget, image_integrity, imaging  # noqa: F401 - instrumented
 
 # Small limits keep each input fast; the budget is the default's order of magnitude.
 PARAMS = [

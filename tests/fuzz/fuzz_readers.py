@@ -29,8 +29,8 @@ import atheris
 import pyarrow.parquet  # noqa: F401  (imported uninstrumented: large, and not what is fuzzed)
 from apache_beam.io.filesystems import FileSystems  # noqa: F401
 
-with atheris.instrument_imports(include=["pipeline.readers", "pipeline.textlines"]):
-    from pipeline import readers, textlines
+with atheris.instrument_imports(include=["pipeline.ingest.readers", "pipeline.ingest.textlines"]):
+    from pipeline.ingest import readers, textlines
 
 FORMATS = ("csv", "tsv", "jsonl", "txt")
 HEAD_BYTES = 6

@@ -1,0 +1,500 @@
+"""The Beam transforms the pipeline is made of.
+
+read -> assign keys -> [stages that need no image] -> download+resize ->
+[stages that need the image]; then pipeline.engine.write_outputs writes the shards
+and the rejects from every step, counted into the audit.
+"""
+from __future__ import annotations
+
+import gc
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipeline.core.stage import DatasetStage, SampleStage, Stage
+from pipeline.engine import checkpoint
+from pipeline.ingest import readers
+from pipeline.ingest.crawl import CrawlParams, Tally
+from pipeline.media.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
+from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_policy
+from pipeline.media.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
+from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.core.records import Reject, Sample
+from pipeline.ingest.textlines import FileTally
+from pipeline.engine.writers import OutputParams
+
+REJECTED = "rejected"
+HOST_TALLY = "host_tally"
+log = logging.getLogger("curate")
+
+
+# ---------------------------------------------------------------- reading
+
+
+INPUTS = "inputs"
+
+
+class ReadInputFile(beam.DoFn):
+    """(file_index, path) -> (file_index, row_index, InputRow), streamed; then the file's tally to INPUTS."""
+
+    def __init__(self, fmt: str | None, url_col: str, caption_col: str | None, crawl: CrawlParams):
+        self._fmt, self._url_col, self._caption_col, self._crawl = fmt, url_col, caption_col, crawl
+
+    def process(self, element):
+        file_index, path = element
+        fmt = readers.detect_format(path, self._fmt)
+        tally, crawl_tally = FileTally(), Tally()
+        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl,
+                                 crawl_tally=crawl_tally, tally=tally)
+        for row_index, row in enumerate(rows):
+            yield file_index, row_index, row
+        for name, count in crawl_tally.items():  # crawl files: records read, image links dropped and why
+            Metrics.counter("crawl", name).inc(count)
+        yield beam.pvalue.TaggedOutput(INPUTS, tally.summary(path, fmt))
+
+
+def _offsets(counts: dict[int, int]) -> dict[int, int]:
+    """Global position of each file's first row."""
+    offsets, total = {}, 0
+    for file_index in sorted(counts):
+        offsets[file_index] = total
+        total += counts[file_index]
+    return offsets
+
+
+class ReadAndKey(beam.PTransform):
+    """Input files -> Samples with stable keys and shard ids, rejects of malformed rows, and each file's tally.
+
+    The result is a dict: "samples", REJECTED, and INPUTS (one
+    FileTally.summary per file, for the audit's `inputs`).
+
+    Row n of the whole input (files in sorted order) goes to shard
+    n // samples_per_shard, with key "<shard><index in shard>", so keys and
+    shards depend only on the input, never on how the runner split the work.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        fmt: str | None,
+        url_col: str,
+        caption_col: str | None,
+        output: OutputParams,
+        crawl: CrawlParams,
+    ):
+        super().__init__()
+        self._paths, self._fmt, self._url_col, self._caption_col = paths, fmt, url_col, caption_col
+        self._output, self._crawl = output, crawl
+
+    def expand(self, pbegin):
+        read = (
+            pbegin
+            | "ListFiles" >> beam.Create(list(enumerate(self._paths)))
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadRows"
+            >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col, self._crawl)).with_outputs(
+                INPUTS, main="rows"
+            )
+        )
+        rows = read.rows
+        offsets = (
+            rows
+            | "FileOfRow" >> beam.Map(lambda r: r[0])
+            | "CountPerFile" >> beam.combiners.Count.PerElement()
+            | "AllCounts" >> beam.combiners.ToDict()
+            | "Offsets" >> beam.Map(_offsets)
+        )
+        keyed = rows | "AssignKeys" >> beam.ParDo(
+            _ToSample(self._output), beam.pvalue.AsSingleton(offsets)
+        ).with_outputs(REJECTED, main="samples")
+        return {"samples": keyed.samples, REJECTED: keyed[REJECTED], INPUTS: read[INPUTS]}
+
+
+class _ToSample(beam.DoFn):
+    def __init__(self, output: OutputParams):
+        self._output = output
+        self._input = Metrics.counter("read", "input_rows")
+
+    def process(self, element, offsets):
+        file_index, row_index, row = element
+        self._input.inc()
+        shard_id, index = divmod(offsets[file_index] + row_index, self._output.samples_per_shard)
+        sample = Sample(key=self._output.key(shard_id, index), shard_id=shard_id, url=row.url or "", caption=row.caption, extra=row.extra)
+        if row.error:
+            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject("read", row.error))
+        else:
+            yield sample
+
+
+# ---------------------------------------------------------------- download
+
+
+@dataclass(frozen=True)
+class DownloadHooks:
+    """The stages that act in the download thread of each row, by the point where they act."""
+
+    before_download: tuple[SampleStage, ...] = ()
+    check_response: tuple[SampleStage, ...] = ()
+    from_image: tuple[Stage, ...] = ()
+
+    @classmethod
+    def of(cls, stages: Iterable[Stage]) -> "DownloadHooks":
+        stages = list(stages)
+        return cls(
+            tuple(s for s in stages if isinstance(s, SampleStage) and s.checks_before_download),
+            tuple(s for s in stages if isinstance(s, SampleStage) and s.checks_response),
+            tuple(s for s in stages if s.computes_from_image),
+        )
+
+    def stages(self) -> list[Stage]:
+        unique = {id(s): s for s in self.before_download + self.check_response + self.from_image}
+        return list(unique.values())
+
+
+def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample,
+                     on_fetch: Callable[[FetchResult], None] | None = None) -> Sample | Reject:
+    """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
+    then the fields stages compute from the image while it is at hand.
+
+    Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
+    `on_fetch` is told the fetch's result (for the per-host politeness), if a fetch happens.
+    """
+    if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
+        sample.url = without_credentials(sample.url)  # nor kept in the rejects
+        return sample.reject("download", "url_has_credentials")
+    for stage in hooks.before_download:
+        verdict = stage.before_download(sample)
+        if not verdict.keep:
+            return sample.reject(stage.name, verdict.reason)
+    result = downloader.fetch(sample.url)
+    if on_fetch is not None:
+        on_fetch(result)
+    if result.reason:
+        return sample.reject("download", result.reason)
+    for stage in hooks.check_response:
+        verdict = stage.check_response(sample, result)
+        if not verdict.keep:
+            return sample.reject(stage.name, verdict.reason)
+    try:
+        image = process_image(result.data, resize)
+    except ImageRejected as err:
+        return sample.reject("download", err.reason)
+    sample.image, sample.image_format = image.data, image.format
+    sample.width, sample.height = image.width, image.height
+    sample.original_width, sample.original_height = image.original_width, image.original_height
+    sample.sha256 = hashlib.sha256(result.data).hexdigest()
+    for stage in hooks.from_image:
+        stage.fields_from_image(sample, image.pixels)
+    return sample
+
+
+def _freeze_long_lived_objects() -> None:
+    """Exempts what the worker holds so far (imported modules, Beam's own state) from garbage collection.
+
+    Python's full collections walk every tracked object; in a Beam worker
+    that is hundreds of thousands of them, and the per-row allocations of a download
+    trigger such a walk often enough to cost ~15% of the worker's CPU.
+    Freezing only skips scanning them: objects still die by reference count.
+    Once per process: later calls would also freeze the rows in flight.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+
+
+_MAX_OPEN_TASKS = 4  # download tasks a worker interleaves (their rows wait in per-host queues)
+
+
+def download_task(sample: Sample | Reject, output: OutputParams, rows_per_task: int) -> tuple[int, int]:
+    """(shard id, task number in shard): the unit of download work and checkpointing."""
+    return sample.shard_id, output.index_in_shard(sample.key) // rows_per_task
+
+
+class _DownloadTask(beam.DoFn):
+    """Downloads one task's rows with a bounded pool of threads, streaming results as they finish.
+
+    Rows wait in per-host queues and get a thread only when their host may
+    take a request (pipeline.media.host_scheduler, pipeline.media.politeness).  Results
+    are also written to the task's checkpoint, which a resumed run reuses row
+    by row instead of downloading again (pipeline.engine.checkpoint).  The number of
+    rows in flight starts at `threads` and follows the worker's CPU
+    (`InFlightLimit`) up to `in_flight_ceiling`, so memory stays bounded.
+    """
+
+    def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
+                 output: OutputParams, output_dir: str, run_token: str):
+        self._download, self._resize, self._hooks = download, resize, hooks
+        self._output, self._output_dir = output, output_dir
+        self._run_token = run_token  # one per pipeline: hosts' state is shared within a run, never across
+        self._done = Metrics.counter("download", "ok")
+        self._failed = Metrics.counter("download", "failed")
+        self._reused = Metrics.counter("download", "reused_from_checkpoint")
+
+    def setup(self):
+        _freeze_long_lived_objects()
+        for stage in self._hooks.stages():
+            stage.setup()
+        self._policy = shared_policy(self._run_token, self._download.politeness())
+        self._downloader = Downloader(self._download, retry_throttled=False, may_retry=self._policy.may_retry)
+        ceiling = in_flight_ceiling(self._download)
+        self._limit = InFlightLimit(self._download.threads, ceiling)  # kept across bundles: it has learnt the CPU
+        self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # threads start lazily
+        self._times = _RowTimes()
+        self._progress = _Progress("download", detail=self._progress_detail)
+
+    def start_bundle(self):
+        self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
+        self._hosts: dict[str, dict[str, float]] = {}  # host -> counters, for the audit's per-host table
+        self._hosts_lock = threading.Lock()
+        self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._limit,
+                                        self._download.throttle_retries, self._download.deadline)
+
+    def process(self, element):
+        """Starts the task's rows beside those of the bundle's earlier tasks, so that a task of one slow or
+        throttled host (a list sorted by domain) leaves the threads to the next task's hosts."""
+        task, samples = element
+        previous = checkpoint.load(self._output, self._output_dir, task)
+        saved = checkpoint.TaskCheckpoint(self._output, self._output_dir, task)
+        to_fetch = []
+        for sample in samples:
+            if sample.key in previous:
+                self._reused.inc()
+                yield saved.add(self._reuse(previous[sample.key]))
+            else:
+                to_fetch.append(sample)
+        self._open[task] = [saved, len(to_fetch)]
+        if not to_fetch:
+            self._close(task)
+        self._scheduler.add(to_fetch)
+        yield from self._results(self._scheduler.drive(until_idle=False))
+        while len(self._open) > _MAX_OPEN_TASKS:  # bounded: a few tasks' rows and checkpoints at a time
+            yield from self._results(self._scheduler.drive(until_idle=True), until_open=_MAX_OPEN_TASKS)
+
+    def finish_bundle(self):
+        for result in self._results(self._scheduler.drive(until_idle=True)):
+            yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
+        if self._hosts:
+            yield beam.pvalue.TaggedOutput(HOST_TALLY, WindowedValue(self._hosts, MIN_TIMESTAMP, [GlobalWindow()]))
+
+    def _count(self, host: str, **counts: float) -> None:
+        with self._hosts_lock:
+            mine = self._hosts.setdefault(host, {})
+            for name, value in counts.items():
+                mine[name] = mine.get(name, 0) + value
+
+    def _results(self, finished, until_open: int | None = None):
+        for result in finished:
+            task = download_task(result, self._output, self._download.rows_per_task)
+            downloaded = not isinstance(result, Reject)
+            self._count(host_of(result.url), rows=1, downloaded=int(downloaded),
+                        host_unavailable=int(not downloaded and result.reason == "host_unavailable"))
+            yield self._finished(result, task, self._open[task][0])
+            self._open[task][1] -= 1
+            if self._open[task][1] == 0:
+                self._close(task)
+                if until_open is not None and len(self._open) <= until_open:
+                    return
+
+    def _close(self, task) -> None:
+        saved, _ = self._open.pop(task)
+        saved.__exit__(None, None, None)  # complete: the checkpoint is put in place
+
+    def _polite_fetch(self, sample: Sample) -> Sample | Reject:
+        """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
+        started = time.monotonic()
+        fetched: list[tuple[FetchResult, float]] = []  # the fetch's result and when it came
+        try:
+            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample,
+                                    lambda result: fetched.append((result, time.monotonic())))
+        finally:
+            host = host_of(sample.url)
+            fetched_at = fetched[0][1] if fetched else started
+            self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
+            if host and fetched:
+                result = fetched[0][0]
+                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
+                self._count(host, requests=1, seconds=fetched_at - started,
+                            throttled=int(result.status in THROTTLE_STATUSES))
+            elif host:
+                self._policy.release(host)
+
+    def _progress_detail(self) -> str:
+        network, processing = self._times.take()
+        total = network + processing or 1.0
+        return (f"{self._scheduler.in_flight} in flight (limit {self._limit.value}), "
+                f"row time {network / total:.0%} network / {processing / total:.0%} decode+resize, "
+                f"worker CPU {self._limit.cpu_cores:.2f} cores")
+
+    def _reuse(self, record: Sample | Reject) -> Sample | Reject:
+        """A checkpointed result, with the fields that this run's stages compute from images."""
+        if isinstance(record, Sample):
+            for stage in self._hooks.from_image:
+                stage.fields_from_image(record)
+        return record
+
+    def _finished(self, result: Sample | Reject, task, saved) -> Sample | Reject:
+        if isinstance(result, Reject):
+            self._failed.inc()
+        else:
+            self._done.inc()
+            result.image_ref = task  # its image can be read back from this task's checkpoint
+        self._progress.tick()
+        return saved.add(result)
+
+    def teardown(self):
+        self._pool.shutdown(wait=True)
+        self._downloader.close()
+
+
+def _split_rejects(element):
+    if isinstance(element, Reject):
+        yield beam.pvalue.TaggedOutput(REJECTED, element)
+    else:
+        yield element
+
+
+class DownloadImages(beam.PTransform):
+    """Fetch (with the stages' download hooks), decode and resize.
+
+    The (small, image-less) rows are grouped into tasks of
+    `download.rows_per_task` consecutive rows of one shard: the unit of work
+    and of checkpointing, as img2dataset's shards are.
+    """
+
+    def __init__(self, download: DownloadParams, resize: ResizeParams, stages: Iterable[Stage],
+                 output: OutputParams, output_dir: str):
+        super().__init__()
+        self._download, self._resize, self._hooks = download, resize, DownloadHooks.of(stages)
+        self._output, self._output_dir = output, output_dir
+
+    def expand(self, samples):
+        fetch = _DownloadTask(self._download, self._resize, self._hooks, self._output, self._output_dir,
+                              uuid.uuid4().hex)
+        output, rows_per_task = self._output, self._download.rows_per_task
+        fetched = (
+            samples
+            | "KeyByTask" >> beam.Map(lambda s: (download_task(s, output, rows_per_task), s))
+            | "GroupByTask" >> beam.GroupByKey()
+            | "Fetch" >> beam.ParDo(fetch).with_outputs(HOST_TALLY, main="results")
+        )
+        split = fetched.results | "SplitFailures" >> beam.FlatMap(_split_rejects).with_outputs(REJECTED, main="samples")
+        report = (
+            fetched[HOST_TALLY]
+            | "MergeHosts" >> beam.CombineGlobally(merge_host_tallies).without_defaults()
+            | "HostReport" >> beam.Map(lambda tally: ("download", "hosts", host_report(tally)))
+        )
+        return {"samples": split.samples, REJECTED: split[REJECTED], "report": report}
+
+
+class _Progress:
+    """Logs how many samples a worker has handled, at most every 10 s, with `detail()` if given."""
+
+    def __init__(self, what: str, every: float = 10.0, detail: Callable[[], str] | None = None):
+        self._what, self._every, self._detail = what, every, detail
+        self._count, self._start = 0, time.monotonic()
+        self._last, self._count_at_last = self._start, 0
+        self._lock = threading.Lock()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._count += 1
+            now = time.monotonic()
+            if now - self._last >= self._every:
+                recent = (self._count - self._count_at_last) / (now - self._last)
+                self._last, self._count_at_last = now, self._count
+                extra = f"; {self._detail()}" if self._detail else ""
+                log.info("%s: %d samples on this worker (%.1f/s, %.1f/s lately)%s", self._what, self._count,
+                         self._count / (now - self._start), recent, extra)
+
+
+class _RowTimes:
+    """Seconds the download threads spent waiting on the network vs decoding and resizing, since last taken."""
+
+    def __init__(self):
+        self._network = self._processing = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, network: float, processing: float) -> None:
+        with self._lock:
+            self._network += network
+            self._processing += processing
+
+    def take(self) -> tuple[float, float]:
+        with self._lock:
+            taken = self._network, self._processing
+            self._network = self._processing = 0.0
+            return taken
+
+
+def in_flight_ceiling(download: DownloadParams) -> int:
+    """The most requests a worker may have in flight: `max_in_flight`, fewer if every body in flight
+    could be `max_bytes` long and `body_budget_bytes` would be passed; never fewer than `threads`."""
+    by_memory = download.body_budget_bytes // download.max_bytes
+    return max(download.threads, min(download.max_in_flight, by_memory))
+
+
+# ---------------------------------------------------------------- stages
+
+
+class _ScoreAndKeep(beam.DoFn):
+    """Applies a stage's keep(), scoring first unless RunInference did."""
+
+    def __init__(self, stage: SampleStage, scored: bool):
+        self._stage, self._scored = stage, scored
+        self._kept = Metrics.counter(stage.name, "kept")
+        self._dropped = Metrics.counter(stage.name, "dropped")
+
+    def setup(self):
+        if not self._scored:
+            self._stage.setup()
+
+    def _decide(self, sample: Sample):
+        if not self._scored:
+            self._stage.score([sample])
+        return self._stage.keep(sample)
+
+    def process(self, sample: Sample):
+        verdict = self._decide(sample)
+        if verdict.keep:
+            self._kept.inc()
+            yield sample
+        else:
+            self._dropped.inc()
+            Metrics.counter(self._stage.name, f"dropped:{verdict.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject(self._stage.name, verdict.reason))
+
+
+class ApplyStage(beam.PTransform):
+    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self._stage = stage
+
+    def expand(self, samples):
+        stage = self._stage
+        if isinstance(stage, DatasetStage):
+            result = samples | stage.transform()
+            outputs = {"samples": result["kept"], REJECTED: result["rejected"]}
+            if "report" in result:
+                section, name = stage.report_section, stage.name
+                outputs["report"] = result["report"] | "NameReport" >> beam.Map(lambda r: (section, name, r))
+            return outputs
+        if stage.uses_model:
+            from pipeline.engine.inference import score_with_model  # imports torch: only for model stages
+
+            samples = samples | "Score" >> score_with_model(stage)
+        outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, scored=stage.uses_model)).with_outputs(
+            REJECTED, main="samples"
+        )
+        return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}

@@ -1,0 +1,193 @@
+"""Shard writers: every output format behind one interface.
+
+`write_shard(params, output_dir, shard_number, samples, load_images, schema)`
+writes one shard with the run's schema (pipeline.engine.shard_schema).  Files are
+written under a hidden temporary name and renamed into place, the Parquet
+before its tar, so a reader never sees a half-written shard nor a tar without
+its metadata (`*.tar` / `*.parquet` globs skip the dot-files).
+
+Layouts (img2dataset's, which training code already reads):
+* `webdataset`: `shards/00000.tar` holding `<key>.jpg|png|webp`, `<key>.json`
+  (metadata, embeddings left out) and `<key>.txt` (caption), and
+  `shards/00000.parquet` beside it with one metadata row per sample.
+* `parquet`: `shards/00000.parquet` with the metadata columns plus the image
+  bytes in a binary column named after the format (`jpg`, `png`, `webp`).
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.engine import shard_schema
+from pipeline.core.records import REJECTS_SCHEMA, Reject, Sample
+
+
+@dataclass(frozen=True)
+class OutputParams:
+    format: Literal["webdataset", "parquet"] = "webdataset"  # tar shards + Parquet metadata, or Parquet with the images inside
+    samples_per_shard: int = 10000  # input rows per block; a block's kept rows make one shard
+    shard_digits: int = 5  # at least; more shards than this allows widen the shard part of keys
+
+    @property
+    def _index_digits(self) -> int:
+        return len(str(max(self.samples_per_shard - 1, 1)))
+
+    def key(self, shard_id: int, index_in_shard: int) -> str:
+        """`<shard><index>`, as img2dataset's keys: sorts in input order within a shard."""
+        return f"{shard_id:0{self.shard_digits}d}{index_in_shard:0{self._index_digits}d}"
+
+    def index_in_shard(self, key: str) -> int:
+        return int(key[-self._index_digits:])
+
+
+def shard_name(shard_id: int, digits: int) -> str:
+    return f"{shard_id:0{digits}d}"
+
+
+class AtomicFile:
+    """A file written under a temporary name and renamed to `path` on commit."""
+
+    def __init__(self, path: str):
+        directory, _, base = path.rpartition("/")
+        self.path = path
+        self.temp_path = f"{directory}/.{base}.{uuid.uuid4().hex}.tmp"
+        self.handle = FileSystems.create(self.temp_path)
+
+    def commit(self) -> str:
+        self.handle.close()
+        if FileSystems.exists(self.path):
+            # A retried bundle rewrites the same shard: replace it.
+            FileSystems.delete([self.path])
+        FileSystems.rename([self.temp_path], [self.path])
+        return self.path
+
+    def abort(self) -> None:
+        self.handle.close()
+        FileSystems.delete([self.temp_path])
+
+
+def write_json(path: str, value: Any) -> None:
+    out = AtomicFile(path)
+    out.handle.write(json.dumps(value, indent=2, sort_keys=False).encode("utf-8") + b"\n")
+    out.commit()
+
+
+def write_parquet_atomically(path: str, table: pa.Table) -> str:
+    out = AtomicFile(path)
+    try:
+        pq.write_table(table, out.handle, compression="zstd")
+    except BaseException:
+        out.abort()
+        raise
+    return out.commit()
+
+
+def json_metadata(metadata: dict[str, Any], schema: pa.Schema) -> bytes:
+    """A sample's `.json`: its metadata without the embeddings (those live in the Parquet, as float16)."""
+    embeddings = {f.name for f in schema if shard_schema.is_embedding_type(f.type)}
+    kept = {name: value for name, value in metadata.items() if name not in embeddings}
+    return json.dumps(kept, sort_keys=True, default=str).encode("utf-8")
+
+
+class WebDatasetShardWriter:
+    def __init__(self, output_dir: str, name: str, schema: pa.Schema):
+        self._tar_file = AtomicFile(f"{output_dir}/shards/{name}.tar")
+        self._tar = tarfile.open(fileobj=self._tar_file.handle, mode="w|", format=tarfile.USTAR_FORMAT)
+        self._parquet_path = f"{output_dir}/shards/{name}.parquet"
+        self._schema = schema
+        self._rows: list[dict[str, Any]] = []
+
+    def write(self, sample: Sample) -> None:
+        metadata = sample.metadata()
+        members = {
+            sample.image_format: sample.image,
+            "txt": (sample.caption or "").encode("utf-8"),
+            "json": json_metadata(metadata, self._schema),
+        }
+        for extension in sorted(members):  # img2dataset's (webdataset's TarWriter's) order: jpg, json, txt
+            self._add(f"{sample.key}.{extension}", members[extension])
+        self._rows.append(metadata)
+
+    def _add(self, name: str, data: bytes) -> None:
+        # Fixed owner, mode and time: the same samples give byte-identical tars.
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o444
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def close(self) -> list[str]:
+        """The Parquet appears before its tar, so a visible tar always has its metadata."""
+        self._tar.close()
+        try:
+            parquet_path = write_parquet_atomically(self._parquet_path, shard_schema.table(self._rows, self._schema))
+        except BaseException:
+            self._tar_file.abort()
+            raise
+        return [self._tar_file.commit(), parquet_path]
+
+
+class ParquetShardWriter:
+    def __init__(self, output_dir: str, name: str, schema: pa.Schema):
+        self._path = f"{output_dir}/shards/{name}.parquet"
+        self._schema = schema
+        self._rows: list[dict[str, Any]] = []
+
+    def write(self, sample: Sample) -> None:
+        self._rows.append({**sample.metadata(), sample.image_format: sample.image})
+
+    def close(self) -> list[str]:
+        return [write_parquet_atomically(self._path, shard_schema.table(self._rows, self._schema))]
+
+
+WRITERS = {"webdataset": WebDatasetShardWriter, "parquet": ParquetShardWriter}
+
+
+def write_shard(
+    params: OutputParams,
+    output_dir: str,
+    shard_number: int,
+    samples: list[Sample],
+    load_images: Callable[[Iterable[Sample]], Iterable[Sample]] = iter,
+    schema: pa.Schema | None = None,
+) -> list[str]:
+    """Write one shard's samples in key order; returns the final paths.
+
+    `schema` is the run's (pipeline.engine.shard_schema); without one, the schema of
+    these samples alone.  `load_images` gets the samples in key order and
+    yields them with their image bytes, for samples shuffled without them.
+    """
+    samples = sorted(samples, key=lambda s: s.key)
+    schema = schema or schema_of(samples, params.format)
+    writer = WRITERS[params.format](output_dir, shard_name(shard_number, params.shard_digits), schema)
+    for sample in load_images(samples):
+        writer.write(sample)
+    return writer.close()
+
+
+def observed_types(sample: Sample, output_format: str) -> dict[str, set[pa.DataType]]:
+    """What this sample's shard row needs of the run's schema."""
+    observed = shard_schema.observe_sample(sample.metadata())
+    if output_format == "parquet" and sample.image_format:
+        observed[sample.image_format] = {pa.binary()}  # the image column, even while the bytes are stripped
+    return observed
+
+
+def schema_of(samples: Iterable[Sample], output_format: str) -> pa.Schema:
+    types = shard_schema.ColumnTypes()
+    accumulator = types.create_accumulator()
+    for sample in samples:
+        accumulator = types.add_input(accumulator, observed_types(sample, output_format))
+    return shard_schema.decide(accumulator)
+
+
+def write_rejects(params: OutputParams, output_dir: str, shard_id: int, rejects: list[Reject]) -> str:
+    rows = [r.row() for r in sorted(rejects, key=lambda r: r.key)]
+    path = f"{output_dir}/rejects/{shard_name(shard_id, params.shard_digits)}.parquet"
+    return write_parquet_atomically(path, pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA))

@@ -1,0 +1,67 @@
+"""A per-process DNS cache: one lookup per host per `ttl`, failures remembered for `negative_ttl`.
+
+Without it every fetch asks the resolver again, and a run of millions of rows
+over a few thousand hosts hammers it (img2dataset's users lose most rows to
+resolver failures without a local caching resolver).  `getaddrinfo` gives no
+TTL, so the cache keeps an answer for a fixed `ttl` (default 300 s).
+
+The cache only saves lookups: the SSRF guard still checks the addresses on
+every hop and the connected peer on every connection (pipeline.media.download).
+
+A lookup that takes longer than its time budget is `dns_timeout`, and so is
+the resolver's "try again" (EAI_AGAIN); a name that does not exist is
+`dns_error`.  Only `dns_error` answers are cached as negative: a timeout says
+nothing about the name.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Callable
+
+from pipeline.media.fetch_clock import run_within
+
+
+class DnsTimeout(TimeoutError):
+    """The lookup did not finish in time, or the resolver asked to try again."""
+
+
+class DnsCache:
+    """Thread-safe; `resolve(host, port, seconds)` -> addresses, or raises socket.gaierror / DnsTimeout.
+
+    `lookup(host, port)` does the real lookup (pipeline.media.download.resolve: getaddrinfo)."""
+
+    def __init__(self, ttl: float, negative_ttl: float, lookup: Callable[[str, int], list[str]],
+                 clock: Callable[[], float] = time.monotonic):
+        self._ttl, self._negative_ttl, self._lookup, self._clock = ttl, negative_ttl, lookup, clock
+        self._answers: dict[tuple[str, int], tuple[float, list[str] | socket.gaierror]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, host: str, port: int, seconds: float) -> list[str]:
+        key = (host.lower(), port)
+        with self._lock:
+            cached = self._answers.get(key)
+        if cached is not None and cached[0] > self._clock():
+            if isinstance(cached[1], socket.gaierror):
+                raise cached[1]
+            return list(cached[1])
+        return self._look_up(key, host, port, seconds)
+
+    def _look_up(self, key, host: str, port: int, seconds: float) -> list[str]:
+        try:
+            addresses = run_within(seconds, self._lookup, host, port)
+        except TimeoutError:
+            raise DnsTimeout(f"looking up {host} took more than {seconds:.1f}s") from None
+        except socket.gaierror as err:
+            if err.errno == socket.EAI_AGAIN:
+                raise DnsTimeout(f"the resolver asked to try {host} again") from err
+            self._store(key, err, self._negative_ttl)
+            raise
+        self._store(key, addresses, self._ttl)
+        return list(addresses)
+
+    def _store(self, key, answer, ttl: float) -> None:
+        if ttl > 0:
+            with self._lock:
+                self._answers[key] = (self._clock() + ttl, answer)

@@ -1,0 +1,229 @@
+"""Runs one download task's rows on a thread pool, host by host, as `HostPolicy` allows.
+
+Rows wait in per-host queues, not in threads: a thread is given to a row only
+when its host has a free connection slot, a rate token, no pause from a
+throttling answer and no open breaker.  Hosts are served round-robin, so a
+task whose rows are mostly one slow or throttling host still keeps the
+other hosts' rows moving.
+
+A row answered 429/503 goes back to its host's queue (the host is paused as
+its Retry-After says) until `throttle_retries` is spent (then its reason is
+the final `http_429`/`http_503`) or waiting longer would pass the row's
+deadline (`host_backoff_exceeded`).  Rows of a host whose breaker is open
+are rejected at once with `host_unavailable`.
+
+How many rows are in flight at once follows `InFlightLimit`: it grows while
+the worker's CPU has headroom and rows wait, so a far-away web (100 ms to
+1 s per request) is met with more requests in flight, not idle CPUs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from pipeline.media.politeness import THROTTLE_STATUSES, HostDown, HostPolicy, PolitenessParams, host_of
+from pipeline.core.records import Reject, Sample
+
+_THROTTLED_REASONS = frozenset(f"http_{status}" for status in THROTTLE_STATUSES)
+_IDLE_WAIT = 0.05  # seconds between looks at paused hosts while nothing finishes
+
+
+_POLICIES: dict[str, HostPolicy] = {}
+_POLICIES_LOCK = threading.Lock()
+_RUNS_KEPT = 4
+
+
+def shared_policy(run: str, params: PolitenessParams) -> HostPolicy:
+    """One policy per run and process: every download task of a worker shares its hosts' limits, and
+    a later run in the same process (a library user, a test) starts with no host paused or down."""
+    with _POLICIES_LOCK:
+        if run not in _POLICIES:
+            for old in list(_POLICIES)[:-_RUNS_KEPT]:
+                del _POLICIES[old]
+            _POLICIES[run] = HostPolicy(params)
+        return _POLICIES[run]
+
+
+@dataclass
+class _Row:
+    sample: Sample
+    host: str
+    started: float | None = None  # first attempt, for the deadline
+    throttled: int = 0
+
+
+class InFlightLimit:
+    """How many requests a worker keeps in flight: AIMD on the worker process's CPU.
+
+    Every `window` seconds (a quarter of it while still doubling, to reach a
+    far-away web's need within a couple of seconds) it looks at the CPU time the process used (all its
+    threads: decode, resize, encode) per wall second.  Below `cpu_target` cores
+    while rows waited for a free slot, the limit grows (doubling until the first
+    cut, then by an eighth, at least a quarter of `start`); at or above it, the
+    CPU is the bottleneck and the limit is cut by a tenth (never below `start`),
+    which keeps memory and thread switching no larger than the CPU can use.
+    Cuts are gentle and growth quick because too few in flight costs rows/s
+    (the latency shows again) while a few too many cost only some memory.  A Python worker's
+    decode/resize mostly holds the GIL, so about one core is its saturation.
+    """
+
+    GROWTH_AFTER_CUT = 0.125  # of the limit, per window
+    LEAST_GROWTH = 0.25  # of `start`
+    CUT = 0.9
+
+    def __init__(self, start: int, ceiling: int, cpu_target: float = 0.9, window: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, cpu_clock: Callable[[], float] = time.process_time):
+        self.value = self._start = min(start, ceiling)
+        self._ceiling, self._cpu_target, self._window = ceiling, cpu_target, window
+        self._clock, self._cpu_clock = clock, cpu_clock
+        self._doubling, self._waited = True, False
+        self._since, self._cpu_since = clock(), cpu_clock()
+        self.cpu_cores = 0.0  # the last window's CPU use, for the progress log
+
+    def rows_waited(self) -> None:
+        """Rows were queued while every slot was taken."""
+        self._waited = True
+
+    def update(self) -> None:
+        now = self._clock()
+        wall = now - self._since
+        if wall < (self._window / 4 if self._doubling else self._window):
+            return
+        cpu = self._cpu_clock()
+        self.cpu_cores = (cpu - self._cpu_since) / wall
+        if self.cpu_cores >= self._cpu_target:
+            self.value = max(self._start, int(self.value * self.CUT))
+            self._doubling = False
+        elif self._waited:
+            step = self.value if self._doubling else max(1, int(self._start * self.LEAST_GROWTH),
+                                                         int(self.value * self.GROWTH_AFTER_CUT))
+            self.value = min(self._ceiling, self.value + step)
+        self._since, self._cpu_since, self._waited = now, cpu, False
+
+
+def fixed_limit(value: int) -> InFlightLimit:
+    return InFlightLimit(value, value)
+
+
+# fetch(sample) -> result; it reports its request to the policy itself.
+FetchRow = Callable[[Sample], "Sample | Reject"]
+
+
+class HostScheduler:
+    def __init__(self, policy: HostPolicy, pool: Executor, fetch: FetchRow, max_in_flight: "InFlightLimit | int",
+                 throttle_retries: int, deadline: float, clock: Callable[[], float] = time.monotonic):
+        """max_in_flight: a fixed number, or an `InFlightLimit` that follows the CPU (the pool must have
+        as many threads as its ceiling)."""
+        self._policy, self._pool, self._fetch = policy, pool, fetch
+        self._limit = fixed_limit(max_in_flight) if isinstance(max_in_flight, int) else max_in_flight
+        self._throttle_retries, self._deadline = throttle_retries, deadline
+        self._clock = clock
+        self._queues: dict[str, deque[_Row]] = {}
+        self._running: dict[Future, _Row] = {}
+
+    def run(self, samples: Iterable[Sample]) -> Iterator[Sample | Reject]:
+        """Results in the order they finish."""
+        self.add(samples)
+        yield from self.drive(until_idle=True)
+
+    def add(self, samples: Iterable[Sample]) -> None:
+        for sample in samples:
+            host = host_of(sample.url)
+            self._queues.setdefault(host, deque()).append(_Row(sample, host))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def drive(self, until_idle: bool) -> Iterator[Sample | Reject]:
+        """Runs rows, yielding results as they finish.  With `until_idle` until every row is done;
+        else it returns as soon as a thread is free that no queued row may use (their hosts must wait),
+        so the caller can add rows of other hosts."""
+        while self._queues or self._running:
+            self._limit.update()
+            yield from self._dispatch()
+            if not until_idle and len(self._running) < self._limit.value:
+                return
+            if not self._running:
+                time.sleep(self._next_wait())
+                continue
+            done, _ = wait(list(self._running), timeout=self._next_wait(), return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from self._finished(future)
+
+    def _dispatch(self) -> Iterator[Reject]:
+        """Starts rows round-robin over the hosts that may take a request now."""
+        progress = True
+        while progress and not self._full():
+            progress = False
+            for host in list(self._queues):
+                if self._full():
+                    break
+                if host and self._is_down(host):
+                    yield from self._reject_host(host)
+                elif not host or self._policy.try_start(host):
+                    self._start(self._queues[host].popleft())
+                    progress = True
+                    # To the back of the line: a slot freed later goes to the next host, so hosts drain
+                    # evenly and the last rows are not all one host's (held to its connection cap).
+                    queue = self._queues.pop(host)
+                    if queue:
+                        self._queues[host] = queue
+
+    def _full(self) -> bool:
+        if len(self._running) < self._limit.value:
+            return False
+        if self._queues:
+            self._limit.rows_waited()  # some may only wait for their host's turn; then growth costs nothing
+        return True
+
+    def _is_down(self, host: str) -> bool:
+        try:
+            self._policy.wait_time(host)
+        except HostDown:
+            return True
+        return False
+
+    def _reject_host(self, host: str) -> Iterator[Reject]:
+        for row in self._queues.pop(host):
+            yield row.sample.reject("download", "host_unavailable")
+
+    def _start(self, row: _Row) -> None:
+        if row.started is None:
+            row.started = self._clock()
+        self._running[self._pool.submit(self._fetch, row.sample)] = row
+
+    def _finished(self, future: Future) -> Iterator[Sample | Reject]:
+        row = self._running.pop(future)
+        result = future.result()
+        if isinstance(result, Reject) and result.stage == "download" and result.reason in _THROTTLED_REASONS:
+            retry = self._retry_throttled(row, result)
+            if retry is not None:
+                yield retry
+            return
+        yield result
+
+    def _retry_throttled(self, row: _Row, result: Reject) -> Reject | None:
+        """None if the row went back to its queue; else its final reject."""
+        if row.throttled >= self._throttle_retries:
+            return result
+        resume_at = self._clock() + self._policy.paused_for(row.host)
+        if resume_at - row.started > self._deadline:
+            return row.sample.reject("download", "host_backoff_exceeded")
+        row.throttled += 1
+        self._queues.setdefault(row.host, deque()).append(row)
+        return None
+
+    def _next_wait(self) -> float:
+        """How long to wait for a finishing row before looking at the queues again."""
+        waits = []
+        for host in self._queues:
+            try:
+                waits.append(self._policy.wait_time(host) if host else 0.0)
+            except HostDown:
+                return 0.0  # reject its rows at once
+        return min(max(min(waits), 0.001), 1.0) if waits else 1.0
