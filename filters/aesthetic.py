@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs, StageContext
 from pipeline.models.openclip import (
     ModelLoadError,
     ModelSource,
@@ -42,9 +42,9 @@ EMBEDDING_FIELD = "clip_image_embedding"
 
 
 @register
-class Aesthetic(SampleStage):
+class Aesthetic(Filter):
     name = "aesthetic"
-    uses_model = True
+    NEEDS = Needs(model=True)
 
     @dataclass(frozen=True)
     class Params:
@@ -65,7 +65,8 @@ class Aesthetic(SampleStage):
         load_head(self.params.head_path)
         self.source().check()
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self.head = load_head(self.params.head_path).to(self.params.device)
         self.input_size = self.head[0].in_features
         self._encoder = None  # loaded on the first sample without a stored embedding

@@ -34,7 +34,7 @@ from typing import Any, Iterable, Literal
 import apache_beam as beam
 import numpy as np
 
-from pipeline.core.stage import DatasetStage
+from pipeline.core.stage import DatasetStage, Needs
 from pipeline.media.metaclip_entries import EntryMatcher, load_entries, shared_matcher
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
@@ -50,7 +50,7 @@ KEEP_PROB_FIELD = "balance_keep_prob"
 @register
 class Balance(DatasetStage):
     name = "balance"
-    needs_image = False
+    NEEDS = Needs(image=False)
 
     @dataclass(frozen=True)
     class Params:

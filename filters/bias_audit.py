@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Mapper, Needs, StageContext
 from pipeline.core.registry import register
 from pipeline.core.records import Sample
 
@@ -147,12 +147,10 @@ def split_labels(value: Any) -> list[str]:
 
 
 @register
-class BiasAudit(SampleStage):
+class BiasAudit(Mapper):
     """Label-only: group terms in captions and their co-occurrence with occupations and activities."""
 
     name = "bias_audit"
-    drops = False
-    needs_image = False  # True per instance when a CLIP model is configured
 
     @dataclass(frozen=True)
     class Params:
@@ -165,10 +163,11 @@ class BiasAudit(SampleStage):
 
     def __init__(self, params: Any = None):
         super().__init__(params)
-        if self.params.clip_model:
-            # Instance attributes: the pipeline reads them from the stage object.
-            self.needs_image = True
-            self.uses_model = True
+
+    def needs(self) -> Needs:
+        # Perceived-attribute estimates need the image and a CLIP model; term matching needs neither.
+        with_clip = bool(self.params.clip_model)
+        return Needs(image=with_clip, model=with_clip)
 
     def check(self) -> list[str]:
         """Fail before the run on a broken word list or missing CLIP weights."""
@@ -182,7 +181,8 @@ class BiasAudit(SampleStage):
             raise ValueError("clip_model is set but clip_pretrained is not: give a pretrained tag or checkpoint path")
         return [check_weights(p.clip_model, p.clip_pretrained, p.clip_model_config, p.device)]
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self.terms = load_terms(self.params.terms_path)
         self.perceived = PerceivedAttributes(self.terms, self.params) if self.params.clip_model else None
 

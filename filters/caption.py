@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs
 from pipeline.core.registry import register
 from pipeline.core.records import KEEP, Sample, Verdict, drop
 
@@ -32,9 +32,9 @@ _PLACEHOLDERS = frozenset(
 
 
 @register
-class CaptionFilter(SampleStage):
+class CaptionFilter(Filter):
     name = "caption"
-    needs_image = False
+    NEEDS = Needs(image=False)
 
     @dataclass(frozen=True)
     class Params:

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
 from pipeline.core.records import KEEP, Sample, Verdict, drop
@@ -55,9 +55,9 @@ class Span(NamedTuple):
 
 
 @register
-class CaptionPii(SampleStage):
+class CaptionPii(Filter):
     name = "caption_pii"
-    needs_image = False
+    NEEDS = Needs(image=False)
 
     @dataclass(frozen=True)
     class Params:

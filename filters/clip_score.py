@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs, StageContext
 from pipeline.models.openclip import (
     ClipEncoder,
     ModelSource,
@@ -37,9 +37,9 @@ from pipeline.core.records import Sample, Verdict
 
 
 @register
-class ClipScore(SampleStage):
+class ClipScore(Filter):
     name = "clip_score"
-    uses_model = True
+    NEEDS = Needs(model=True)
 
     @dataclass(frozen=True)
     class Params:
@@ -58,7 +58,8 @@ class ClipScore(SampleStage):
     def check(self) -> None:
         self.source().check()
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self.encoder: ClipEncoder = encoder_for(self.source())
 
     def score(self, batch: list[Sample]) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, StageContext
 from pipeline.dedup.groups import check_range
 from filters.dedup_image import (
     GRID_BYTES,
@@ -122,7 +122,7 @@ def load_eval_set(path: str, image_size: int, resize_mode: str) -> EvalSet:
 
 
 @register
-class Decontaminate(SampleStage):
+class Decontaminate(Filter):
     name = "decontaminate"
 
     @dataclass(frozen=True)
@@ -148,7 +148,8 @@ class Decontaminate(SampleStage):
         elif "phash" not in pq.read_schema(path).names:
             raise ValueError(f"decontaminate.eval_set: {path} has no 'phash' column")
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         p = self.params
         self._eval = load_eval_set(p.eval_set, p.image_size, p.resize_mode)
 

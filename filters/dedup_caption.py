@@ -42,7 +42,7 @@ import apache_beam as beam
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from pipeline.core.stage import DatasetStage
+from pipeline.core.stage import DatasetStage, ImageFields, Needs
 from pipeline.dedup.groups import check_range, keep_rank
 from filters.dedup_image import HammingMatcher, sample_signature, store_signature
 from pipeline.dedup.lsh import Candidate, NearDuplicateStage, signature_band_keys
@@ -124,16 +124,15 @@ class _PrepareCaptions(beam.DoFn):
         self._stage = stage
 
     def process(self, sample: Sample):
-        if self._stage.computes_from_image:
+        if self._stage.needs().image_fields:
             self._stage.fields_from_image(sample)
         yield sample
 
 
 @register
-class CaptionDedup(DatasetStage):
+class CaptionDedup(DatasetStage, ImageFields):
     name = "dedup_caption"
     report_section = "dedup"
-    needs_image = False  # unless the image or its size matters: see __init__
 
     @dataclass(frozen=True)
     class Params:
@@ -158,10 +157,12 @@ class CaptionDedup(DatasetStage):
 
     def __init__(self, params=None):
         super().__init__(params)
+
+    def needs(self) -> Needs:
         # Caption-only dedup runs before the download and saves the fetches;
         # image matching and the "largest"/"clip_score" policies need it done.
-        self.needs_image = self.params.require_image_match or self.params.keep != "first"
-        self.computes_from_image = self.params.require_image_match
+        p = self.params
+        return Needs(image=p.require_image_match or p.keep != "first", image_fields=p.require_image_match)
 
     def fields_from_image(self, sample: Sample, pixels=None) -> None:
         store_signature(sample, "none", pixels)  # no signature: `candidate` leaves the sample out

@@ -42,7 +42,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from pipeline.core.stage import DatasetStage
+from pipeline.core.stage import DatasetStage, ImageFields, Needs
 from pipeline.dedup.groups import check_range, keep_rank
 from pipeline.dedup.lsh import REJECTED, Candidate, NearDuplicateStage, pigeonhole_band_keys
 from pipeline.core.registry import register
@@ -194,10 +194,10 @@ class _HashImages(beam.DoFn):
 
 
 @register
-class ImageDedup(DatasetStage):
+class ImageDedup(DatasetStage, ImageFields):
     name = "dedup_image"
+    NEEDS = Needs(image_fields=True)
     report_section = "dedup"
-    computes_from_image = True
 
     @dataclass(frozen=True)
     class Params:

@@ -23,7 +23,7 @@ from typing import Iterable, Literal
 import apache_beam as beam
 import numpy as np
 
-from pipeline.core.stage import DatasetStage
+from pipeline.core.stage import DatasetStage, Needs
 from pipeline.dedup.groups import DropLosers, check_range
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
@@ -35,8 +35,8 @@ REJECTED = "rejected"
 @register
 class SemanticDedup(DatasetStage):
     name = "dedup_semantic"
+    NEEDS = Needs(pixels=False)
     report_section = "dedup"
-    uses_pixels = False
 
     @dataclass(frozen=True)
     class Params:

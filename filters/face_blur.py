@@ -63,7 +63,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Mapper, Needs, StageContext
 from pipeline.models.common import (
     NudeNetDetections,
     decode_rgb,
@@ -92,10 +92,9 @@ class BoxError(ValueError):
 
 
 @register
-class FaceBlur(SampleStage):
+class FaceBlur(Mapper):
     name = "face_blur"
-    drops = False
-    uses_model = True
+    NEEDS = Needs(model=True)
 
     @dataclass(frozen=True)
     class Params:
@@ -124,7 +123,8 @@ class FaceBlur(SampleStage):
         if self.params.detect:
             self._model_file()
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         if self.params.detect:
             nudenet_session()  # load it now, not on the first batch
 
@@ -182,7 +182,7 @@ class FaceBlur(SampleStage):
         return found
 
     def _resize(self) -> ResizeParams:
-        return self.resize_params or ResizeParams()
+        return self.context.resize or ResizeParams()
 
     def _blur_and_encode(self, sample: Sample, image: Image.Image, boxes: list[Box]) -> None:
         p = self.params

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import DownloadHook, Filter, Needs, StageContext
 from pipeline.media.hash_index import HASH_BYTES, PdqIndex, hashes_from_hex
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
@@ -152,10 +152,9 @@ def hash_fields(data: bytes, max_pixels: int) -> dict[str, Any]:
 
 
 @register
-class HashList(SampleStage):
+class HashList(Filter, DownloadHook):
     name = "hashlist"
-    checks_response = True
-    uses_pixels = False
+    NEEDS = Needs(pixels=False)
 
     @dataclass(frozen=True)
     class Params:
@@ -178,13 +177,14 @@ class HashList(SampleStage):
             raise ValueError("hashlist needs the pdqhash package (pip install pdqhash==0.2.8)") from None
         load_hash_lists(self.params.lists, self.params.max_distance)
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self._lists = load_hash_lists(self.params.lists, self.params.max_distance)
 
     def _max_pixels(self) -> int:
         from pipeline.media.imaging import ResizeParams
 
-        return (self.resize_params or ResizeParams()).max_pixels
+        return (self.context.resize or ResizeParams()).max_pixels
 
     def check_response(self, sample: Sample, response: Any) -> Verdict:
         sample.fields.update(hash_fields(response.data, self._max_pixels()))

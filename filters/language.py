@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs, StageContext
 from pipeline.models.common import existing_file, packaged_file
 from pipeline.core.registry import register
 from pipeline.core.records import KEEP, Sample, Verdict, drop
@@ -78,16 +78,15 @@ _HAN_CHARACTER = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff])")
 
 
 @register
-class LanguageFilter(SampleStage):
+class LanguageFilter(Filter):
     """Caption language ID (fastText lid.176 and/or Lingua): tags `lang`, `lang_score`; may keep only some languages."""
 
     name = "language"
-    needs_image = False
+    NEEDS = Needs(image=False)
     # Not through RunInference: fastText takes ~10 us a caption and loads in
     # milliseconds, Lingua loads its models lazily once per process, while
     # importing Beam's inference module loads torch in the launcher and in
     # every worker (seconds per run).  score() is called one sample at a time.
-    uses_model = False
 
     @dataclass(frozen=True)
     class Params:
@@ -145,7 +144,8 @@ class LanguageFilter(SampleStage):
             if importlib.util.find_spec("fasttext") is None:
                 raise ImportError("the language stage needs the fasttext module (package fasttext-wheel)")
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         prepare = prepare_caption if self.params.prepare_text else raw_caption
         self._fasttext = FastTextDetector(self._model_file(), prepare) if self._uses_fasttext else None
         self._lingua = LinguaDetector() if self._uses_lingua else None

@@ -75,7 +75,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs, StageContext
 from pipeline.models.common import (
     NUDENET_CLASSES,
     NUDENET_INPUT_SIDE,
@@ -103,9 +103,9 @@ _EXPOSED_INDICES = np.array([NUDENET_CLASSES.index(c) for c in SEXUAL_EXPOSED_CL
 
 
 @register
-class NsfwFilter(SampleStage):
+class NsfwFilter(Filter):
     name = "nsfw"
-    uses_model = True
+    NEEDS = Needs(model=True)
 
     @dataclass(frozen=True)
     class Params:
@@ -126,7 +126,8 @@ class NsfwFilter(SampleStage):
         else:
             self._model_file()
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self.model_path = self._model_file()
         if self.params.clip_head_path:
             self._scorer = ClipHeadScorer(self.model_path, self.params.clip_head_output)

@@ -57,7 +57,7 @@ from typing import Any, Callable, Generic, TypeVar
 
 from protego import Protego
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import DownloadHook, Filter, StageContext
 from pipeline.media import optout_rules as rules
 from pipeline.media.download import Downloader, DownloadParams
 from pipeline.core.params import ParamError
@@ -148,13 +148,10 @@ def robots_policy_from_fetch(status_reason: str | None, body: bytes | None) -> R
 
 
 @register
-class OptOut(SampleStage):
+class OptOut(Filter, DownloadHook):
     """Drop samples whose creators opted out: the user's list, robots.txt, X-Robots-Tag, TDMRep, C2PA."""
 
     name = "optout"
-    needs_image = True
-    checks_before_download = True
-    checks_response = True
 
     @dataclass(frozen=True)
     class Params:
@@ -193,7 +190,8 @@ class OptOut(SampleStage):
         if self.params.c2pa:
             rules.check_c2pa_available()
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self._ready()
 
     def _ready(self) -> "_State":
@@ -202,7 +200,7 @@ class OptOut(SampleStage):
         if self._state is None:
             with self._state_lock:
                 if self._state is None:
-                    self._state = _State(self.params, self.download_params)
+                    self._state = _State(self.params, self.context.download)
         return self._state
 
     # --- before the download --------------------------------------------------

@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Mapper, Needs, StageContext
 from pipeline.models.openclip import (
     ClipEncoder,
     ModelLoadError,
@@ -60,10 +60,9 @@ NextLogits = Callable[[Any, Any], Any]
 
 
 @register
-class Recaption(SampleStage):
+class Recaption(Mapper):
     name = "recaption"
-    drops = False
-    uses_model = True
+    NEEDS = Needs(model=True)
 
     @dataclass(frozen=True)
     class Params:
@@ -103,7 +102,8 @@ class Recaption(SampleStage):
         self.clip_source().check()
         check_captioner_config(self.params.coca_model, self.params.max_length)
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self.captioner = CocaCaptioner(self.coca_source(), self.params.max_length)
         self.clip: ClipEncoder = encoder_for(self.clip_source())
 

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs
 from pipeline.core.registry import register
 from pipeline.core.records import KEEP, Sample, Verdict, drop
 
 
 @register
-class ResolutionFilter(SampleStage):
+class ResolutionFilter(Filter):
     name = "resolution"
-    uses_pixels = False  # sizes only
+    NEEDS = Needs(pixels=False)
 
     @dataclass(frozen=True)
     class Params:

@@ -67,7 +67,7 @@ from typing import Literal
 
 import numpy as np
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import Filter, Needs, StageContext
 from pipeline.models.common import (
     decode_rgb,
     existing_file,
@@ -88,9 +88,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @register
-class WatermarkFilter(SampleStage):
+class WatermarkFilter(Filter):
     name = "watermark"
-    uses_model = True
+    NEEDS = Needs(model=True)
 
     @dataclass(frozen=True)
     class Params:
@@ -114,7 +114,8 @@ class WatermarkFilter(SampleStage):
             if not timm.is_model(self.params.classifier_arch):
                 raise ValueError(f"watermark.classifier_arch: timm has no model {self.params.classifier_arch!r}")
 
-    def setup(self) -> None:
+    def setup(self, context: StageContext | None = None) -> None:
+        super().setup(context)
         self.model_path = self._model_file()
         if self.params.classifier_path:
             self._scorer = ClassifierScorer(

@@ -19,6 +19,7 @@ from pipeline.media.imaging import ResizeParams
 from pipeline.core.params import ParamError, build
 from pipeline.core.records import Reject, Sample, Verdict
 from pipeline.engine.transforms import DownloadHooks, fetch_and_resize
+from pipeline.core.stage import DownloadHook
 
 # Tiny backoff and timeouts keep the whole module at a few seconds.
 LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)
@@ -476,7 +477,7 @@ def test_non_images_sniff_as_none(data):
 
 # --- one row through the download thread ------------------------------------------------
 
-class _RecordingHook:
+class _RecordingHook(DownloadHook):
     """A before-download stage that records the URLs it was asked about."""
 
     name = "recording"
@@ -494,7 +495,7 @@ def test_row_with_credentials_is_rejected_before_any_stage_sees_it():
     downloader = Downloader(LOCAL)
     try:
         row = Sample(key="000000", shard_id=0, url="http://user:secret@127.0.0.1:9/a.jpg")
-        result = fetch_and_resize(downloader, ResizeParams(), DownloadHooks(before_download=(hook,)), row)
+        result = fetch_and_resize(downloader, ResizeParams(), DownloadHooks(around_fetch=(hook,)), row)
     finally:
         downloader.close()
     assert isinstance(result, Reject)

@@ -20,6 +20,7 @@ from pipeline.media.download import Downloader, DownloadParams
 from pipeline.media.imaging import ResizeParams, process_image
 from pipeline.demo.localweb import LocalWeb
 from pipeline.core.records import Sample
+from pipeline.core.stage import StageContext
 from tests.test_optout_rules import picture
 
 LOOPBACK = DownloadParams(allow_private_network=True, retries=0, timeout=5)
@@ -158,8 +159,7 @@ def stage(tmp_path=None, list_text=None, **params):
         path.write_text(list_text)
         params["list"] = str(path)
     optout = OptOut(OptOut.Params(**params))
-    optout.download_params = LOOPBACK
-    optout.setup()
+    optout.setup(StageContext(download=LOOPBACK))
     return optout
 
 
@@ -220,7 +220,7 @@ def test_robots_txt_fetch_failures_follow_rfc_9309(reason, allowed):
 
 def test_policy_files_are_fetched_with_the_download_ssrf_guard(web):
     optout = OptOut(OptOut.Params())
-    optout.download_params = DownloadParams(retries=0)  # loopback not allowed
+    optout.setup(StageContext(download=DownloadParams(retries=0)))  # loopback not allowed
     # robots.txt would disallow this URL, but it is never fetched: a blocked
     # fetch allows, and the image download then fails with blocked_address.
     assert optout.before_download(sample(web.url("private/a.jpg"))).keep

@@ -45,12 +45,12 @@ def test_config_sections_are_listed_with_their_parameters(listing, section, line
     ("dedup_image", "whole dataset, after download"),
     ("top_fraction", "whole dataset, after download"),
     ("dedup_caption", "whole dataset, before download"),
-    ("caption", "before download"),
-    ("resolution", "after download"),
-    ("language", "before download, label-only"),
-    ("bias_audit", "before download, label-only"),
-    ("face_blur", "after download, label-only"),
-    ("nsfw", "after download, label-only"),
+    ("caption", "filter, before download"),
+    ("resolution", "filter, after download"),
+    ("language", "filter, before download, label-only"),
+    ("bias_audit", "mapper, before download"),
+    ("face_blur", "mapper, after download"),
+    ("nsfw", "filter, after download, label-only"),
 ])
 def test_each_stage_is_labelled_by_its_real_kind(listing, stage, kind):
     assert f"\n{stage}  [{kind}]\n" in listing

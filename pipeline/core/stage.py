@@ -1,16 +1,29 @@
-"""The stage interface every filter implements.
+"""The stage interface every stage in `filters/` implements.
 
-Two kinds of stage:
+A stage's kind is its type:
 
-* `SampleStage` decides about one sample at a time.  `score(batch)` may add
-  fields to samples (scores, labels) and `keep(sample)` applies thresholds, so a
-  user can re-threshold later from the written scores.  `setup()` loads models
-  once per worker.  Stages with `uses_model = True` are run through Beam's
-  `RunInference`, which batches and shares one loaded instance per process.
-* `DatasetStage` needs the whole dataset (deduplication): it provides a Beam
-  `PTransform` from samples to a `{"kept": ..., "rejected": ...}` pair.
+* `Filter` decides about one sample at a time: `score(batch)` may add fields
+  (scores, labels) and `keep(sample)` applies thresholds, so a user can
+  re-threshold later from the written scores.
+* `Mapper` changes samples one at a time (blurs faces, rewrites captions, adds
+  labels) and never drops one.
+* `DatasetStage` needs the whole dataset (deduplication, balancing): it
+  provides a Beam `PTransform` from samples to `{"kept", "rejected"}`.
 
-Neither kind knows about readers, writers or the runner.
+Two optional protocols, mixed in by the stages that need them, act in the
+download thread of every row whatever the stage's place in the recipe:
+
+* `DownloadHook`: `before_download(sample)` just before the row's image is
+  fetched, `check_response(sample, response)` on the raw response;
+* `ImageFields`: `fields_from_image(sample, pixels)` right after decode and
+  resize, for small fields derived from the pixels (a perceptual hash).
+
+What a stage needs from the pipeline (the image? its pixels? a model?) is
+answered by the instance, `stage.needs()`, since parameters may change it; the
+planner and `curate stages` both ask it.  A stage gets the recipe's download
+and resize settings through `setup(context)`, once per worker.
+
+No stage knows about readers, writers or the runner.
 """
 from __future__ import annotations
 
@@ -25,53 +38,61 @@ class NoParams:
     pass
 
 
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What one configured stage needs from the pipeline."""
+
+    # False: the stage looks only at url and caption, so it runs before the
+    # download and the rows it drops are never fetched.
+    image: bool = True
+    # False: an image stage that reads only sizes and fields, never pixels, so
+    # after a whole-dataset stage the image bytes need not be read back for it
+    # (pipeline.engine.stored_images).
+    pixels: bool = True
+    # True: batched through Beam's RunInference, one loaded instance per process.
+    model: bool = False
+    # True: `fields_from_image` runs in the download thread of every row.
+    image_fields: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class StageContext:
+    """What the pipeline hands a stage at setup: the recipe's settings."""
+
+    download: Any = None  # pipeline.media.download.DownloadParams: user agent, SSRF guard, deadlines
+    resize: Any = None  # pipeline.media.imaging.ResizeParams: for stages that map coordinates or re-encode
+
+
 class Stage:
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
-    # False for stages that only look at url and caption: they run before the
-    # download, so rows they drop are never fetched.
-    needs_image: ClassVar[bool] = True
-    # False for image stages that read only sizes and fields, never pixels:
-    # after a whole-dataset stage the pipeline then need not read the image
-    # bytes back for them (pipeline.engine.stored_images).
-    uses_pixels: ClassVar[bool] = True
-    # True for stages that derive small fields from the pixels (a perceptual
-    # hash): `fields_from_image(sample, pixels)` then runs in the download
-    # thread of every row, right after decode and resize, whatever the stage's
-    # place in the recipe, so the stage itself needs no pixels later.  It must
-    # not raise for a bad image: leave the fields out, and let the stage decide.
-    computes_from_image: ClassVar[bool] = False
-    # False for stages that never drop a sample: they add fields (labels,
-    # scores) or change the image or caption.  A stage whose `action`
-    # parameter is not "drop" (tag, redact) never drops either.
-    drops: ClassVar[bool] = True
+    NEEDS: ClassVar[Needs] = Needs()  # the stage's needs with its default parameters
+    kind_name: ClassVar[str] = "stage"
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
+        self.context = StageContext()
+
+    def needs(self) -> Needs:
+        """What this instance, with its parameters, needs (override when parameters change it)."""
+        return self.NEEDS
 
     @property
     def label_only(self) -> bool:
         """True when this instance, with its parameters, never drops a sample."""
-        return not self.drops or getattr(self.params, "action", "drop") != "drop"
+        return getattr(self.params, "action", "drop") != "drop"
 
     @property
     def kind(self) -> str:
-        """Where this instance runs, as `curate stages` shows it.
+        """What the stage is and where it runs, as `curate stages` shows it."""
+        return f"{self.kind_name}, {'after' if self.needs().image else 'before'} download"
 
-        An instance attribute may differ from the class's: some stages need
-        the image only with some parameters.
-        """
-        return "after download" if self.needs_image else "before download"
+    def setup(self, context: StageContext | None = None) -> None:
+        """Load models or tables; called once per worker before any sample.
 
-    def setup(self) -> None:
-        """Load models or tables; called once per worker before any sample."""
-
-    def fields_from_image(self, sample: Sample, pixels: Any = None) -> None:
-        """Add fields computed from the image (see `computes_from_image`).
-
-        `pixels` is the decoded output image (PIL) when the download has it,
-        else None: decode `sample.image`.
-        """
+        Stages that override it call `super().setup(context)` first."""
+        if context is not None:
+            self.context = context
 
     def check(self) -> None:
         """Cheap pre-flight check run before the pipeline starts (e.g. model files exist).
@@ -84,19 +105,7 @@ class Stage:
 
 
 class SampleStage(Stage):
-    uses_model: ClassVar[bool] = False
-    # Hooks for stages that must act around the download (e.g. opt-out signals).
-    # Whatever the stage's place in the recipe, both run in the download
-    # thread of each row, after setup(): `before_download` just before the
-    # row's image is fetched, `check_response` on the raw response (headers
-    # and original bytes) before decoding.
-    checks_before_download: ClassVar[bool] = False
-    checks_response: ClassVar[bool] = False
-    # The recipe's download settings (user agent, SSRF guard), for stages that
-    # fetch something themselves (robots.txt), and its resize settings, for
-    # stages that map coordinates or re-encode images: set by the pipeline.
-    download_params: Any = None
-    resize_params: Any = None
+    """A stage that looks at one sample at a time: a `Filter` or a `Mapper`."""
 
     def score(self, batch: list[Sample]) -> None:
         """Add fields to each sample of the batch (default: one at a time)."""
@@ -109,21 +118,32 @@ class SampleStage(Stage):
     def keep(self, sample: Sample) -> Verdict:
         return KEEP
 
-    def before_download(self, sample: Sample) -> Verdict:
-        return KEEP
 
-    def check_response(self, sample: Sample, response: Any) -> Verdict:
-        """`response` is a pipeline.media.download.FetchResult (url, final_url, status, headers, data)."""
+class Filter(SampleStage):
+    """Keeps or drops each sample (`keep`), after scoring it (`score`)."""
+
+    kind_name = "filter"
+
+
+class Mapper(SampleStage):
+    """Changes or labels each sample (`score`/`score_one`); never drops one."""
+
+    kind_name = "mapper"
+
+    @property
+    def label_only(self) -> bool:
+        return True
+
+    def keep(self, sample: Sample) -> Verdict:
         return KEEP
 
 
 class DatasetStage(Stage):
+    """Decides over the whole dataset (a shuffle): `transform()`."""
+
+    kind_name = "whole dataset"
     # Section of report/audit.json that this stage's "report" output goes under.
     report_section: ClassVar[str] = "stages"
-
-    @property
-    def kind(self) -> str:
-        return "whole dataset, after download" if self.needs_image else "whole dataset, before download"
 
     def transform(self):
         """A PTransform: PCollection[Sample] -> {"kept": PCollection[Sample], "rejected": PCollection[Reject]}.
@@ -133,3 +153,30 @@ class DatasetStage(Stage):
         `[report_section][stage name]`.
         """
         raise NotImplementedError
+
+
+class DownloadHook:
+    """Mixed into a stage that must act around the download of each row (opt-out signals, hash lists).
+
+    Both run in the download thread of each row, after setup(), whatever the
+    stage's place in the recipe."""
+
+    def before_download(self, sample: Sample) -> Verdict:
+        """Just before the row's image is fetched."""
+        return KEEP
+
+    def check_response(self, sample: Sample, response: Any) -> Verdict:
+        """`response` is a pipeline.media.download.FetchResult (url, final_url, status, headers, data), before decoding."""
+        return KEEP
+
+
+class ImageFields:
+    """Mixed into a stage that derives small fields from the pixels in the download thread.
+
+    Set `image_fields` in the stage's `Needs`; the pipeline then calls
+    `fields_from_image` on every row right after decode and resize, so the stage
+    itself needs no pixels later.  It must not raise for a bad image: leave the
+    fields out, and let the stage decide."""
+
+    def fields_from_image(self, sample: Sample, pixels: Any = None) -> None:
+        """`pixels` is the decoded output image (PIL) when the download has it, else None: decode `sample.image`."""

@@ -11,18 +11,18 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from pipeline.core.stage import SampleStage
+from pipeline.core.stage import SampleStage, StageContext
 
 
 class StageModelHandler(ModelHandler):
     """Lets RunInference batch samples and share one loaded stage per process."""
 
-    def __init__(self, stage: SampleStage):
+    def __init__(self, stage: SampleStage, context: StageContext):
         super().__init__()
-        self._stage = stage
+        self._stage, self._context = stage, context
 
     def load_model(self) -> SampleStage:
-        self._stage.setup()
+        self._stage.setup(self._context)
         return self._stage
 
     def run_inference(self, batch, model, inference_args=None):
@@ -37,6 +37,6 @@ class StageModelHandler(ModelHandler):
         return False
 
 
-def score_with_model(stage: SampleStage) -> beam.PTransform:
+def score_with_model(stage: SampleStage, context: StageContext) -> beam.PTransform:
     """Samples -> the same samples, scored by `stage` in batches."""
-    return RunInference(StageModelHandler(stage))
+    return RunInference(StageModelHandler(stage, context))

@@ -30,6 +30,7 @@ from pipeline.ingest.crawl import CrawlParams
 from pipeline.media.download import DownloadParams
 from pipeline.media.imaging import ResizeParams
 from pipeline.core.registry import get_stage
+from pipeline.core.stage import StageContext
 from pipeline.engine.writers import OutputParams
 
 SECTIONS: dict[str, type] = {
@@ -108,10 +109,11 @@ class Recipe:
         return self.sections["crawl"]
 
     def build_stages(self) -> list:
-        stages = [get_stage(spec.name)(spec.params) for spec in self.stages]
-        for stage in stages:
-            stage.download_params, stage.resize_params = self.download, self.resize
-        return stages
+        return [get_stage(spec.name)(spec.params) for spec in self.stages]
+
+    def stage_context(self) -> StageContext:
+        """What every stage is given at setup."""
+        return StageContext(self.download, self.resize)
 
     def to_dict(self) -> dict:
         """The resolved recipe (defaults filled in): saved beside the output."""

@@ -68,7 +68,7 @@ def build_pipeline(pipeline: beam.Pipeline, recipe: Recipe, inputs: InputSpec, o
     )
     flow = _Flow(recipe, output_dir, read["samples"], read[REJECTED])
     for stage in flow.stages:
-        if stage.needs_image and not flow.downloaded:
+        if stage.needs().image and not flow.downloaded:
             flow.download()
         flow.apply(stage)
     if not flow.downloaded:
@@ -90,9 +90,9 @@ class _Flow:
     def apply(self, stage) -> None:
         if isinstance(stage, DatasetStage):
             self._strip_images(stage.name)
-        elif stage.needs_image and stage.uses_pixels:
+        elif stage.needs().image and stage.needs().pixels:
             self._restore_images(stage.name)
-        result = self.samples | f"Stage[{stage.name}]" >> ApplyStage(stage)
+        result = self.samples | f"Stage[{stage.name}]" >> ApplyStage(stage, self.recipe.stage_context())
         self._advance(result["samples"], result[REJECTED], stage.name)
         if "report" in result:
             self.reports.append(result["report"])

@@ -22,7 +22,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.core.stage import DatasetStage, SampleStage, Stage
+from pipeline.core.stage import DatasetStage, DownloadHook, SampleStage, Stage, StageContext
 from pipeline.engine import checkpoint
 from pipeline.ingest import readers
 from pipeline.ingest.crawl import CrawlParams, Tally
@@ -144,21 +144,19 @@ class _ToSample(beam.DoFn):
 class DownloadHooks:
     """The stages that act in the download thread of each row, by the point where they act."""
 
-    before_download: tuple[SampleStage, ...] = ()
-    check_response: tuple[SampleStage, ...] = ()
-    from_image: tuple[Stage, ...] = ()
+    around_fetch: tuple[DownloadHook, ...] = ()  # before_download, then check_response
+    from_image: tuple[Stage, ...] = ()  # fields_from_image
 
     @classmethod
     def of(cls, stages: Iterable[Stage]) -> "DownloadHooks":
         stages = list(stages)
         return cls(
-            tuple(s for s in stages if isinstance(s, SampleStage) and s.checks_before_download),
-            tuple(s for s in stages if isinstance(s, SampleStage) and s.checks_response),
-            tuple(s for s in stages if s.computes_from_image),
+            tuple(s for s in stages if isinstance(s, DownloadHook)),
+            tuple(s for s in stages if s.needs().image_fields),
         )
 
     def stages(self) -> list[Stage]:
-        unique = {id(s): s for s in self.before_download + self.check_response + self.from_image}
+        unique = {id(s): s for s in self.around_fetch + self.from_image}
         return list(unique.values())
 
 
@@ -173,7 +171,7 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
     if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
         sample.url = without_credentials(sample.url)  # nor kept in the rejects
         return sample.reject("download", "url_has_credentials")
-    for stage in hooks.before_download:
+    for stage in hooks.around_fetch:
         verdict = stage.before_download(sample)
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
@@ -182,7 +180,7 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
         on_fetch(result)
     if result.reason:
         return sample.reject("download", result.reason)
-    for stage in hooks.check_response:
+    for stage in hooks.around_fetch:
         verdict = stage.check_response(sample, result)
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
@@ -242,8 +240,9 @@ class _DownloadTask(beam.DoFn):
 
     def setup(self):
         _freeze_long_lived_objects()
+        context = StageContext(self._download, self._resize)
         for stage in self._hooks.stages():
-            stage.setup()
+            stage.setup(context)
         self._policy = shared_policy(self._run_token, self._download.politeness())
         self._downloader = Downloader(self._download, retry_throttled=False, may_retry=self._policy.may_retry)
         ceiling = in_flight_ceiling(self._download)
@@ -449,14 +448,14 @@ def in_flight_ceiling(download: DownloadParams) -> int:
 class _ScoreAndKeep(beam.DoFn):
     """Applies a stage's keep(), scoring first unless RunInference did."""
 
-    def __init__(self, stage: SampleStage, scored: bool):
-        self._stage, self._scored = stage, scored
+    def __init__(self, stage: SampleStage, scored: bool, context: StageContext):
+        self._stage, self._scored, self._context = stage, scored, context
         self._kept = Metrics.counter(stage.name, "kept")
         self._dropped = Metrics.counter(stage.name, "dropped")
 
     def setup(self):
         if not self._scored:
-            self._stage.setup()
+            self._stage.setup(self._context)
 
     def _decide(self, sample: Sample):
         if not self._scored:
@@ -477,9 +476,9 @@ class _ScoreAndKeep(beam.DoFn):
 class ApplyStage(beam.PTransform):
     """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind."""
 
-    def __init__(self, stage):
+    def __init__(self, stage, context: StageContext):
         super().__init__()
-        self._stage = stage
+        self._stage, self._context = stage, context
 
     def expand(self, samples):
         stage = self._stage
@@ -490,11 +489,12 @@ class ApplyStage(beam.PTransform):
                 section, name = stage.report_section, stage.name
                 outputs["report"] = result["report"] | "NameReport" >> beam.Map(lambda r: (section, name, r))
             return outputs
-        if stage.uses_model:
+        uses_model = stage.needs().model
+        if uses_model:
             from pipeline.engine.inference import score_with_model  # imports torch: only for model stages
 
-            samples = samples | "Score" >> score_with_model(stage)
-        outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, scored=stage.uses_model)).with_outputs(
+            samples = samples | "Score" >> score_with_model(stage, self._context)
+        outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, uses_model, self._context)).with_outputs(
             REJECTED, main="samples"
         )
         return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}

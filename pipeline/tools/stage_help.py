@@ -7,14 +7,17 @@ import sys
 import textwrap
 
 from pipeline.core.params import describe, field_help, show_default
+from pipeline.core.stage import Mapper
 
 LEGEND = """\
-Where a stage runs (with its default parameters; some stages change with theirs):
+What a stage is, and where it runs (with its default parameters; some stages change with theirs):
+  filter            keeps or drops each sample
+  mapper            changes or labels each sample, never drops one
+  whole dataset     compares samples across the dataset (a shuffle)
   before download   needs only the URL and caption: listed before every image stage, the rows it
                     drops are never fetched
   after download    needs the image
-  whole dataset     compares samples across the dataset (a shuffle), before or after the download
-  label-only        never drops a sample: adds fields or changes the image or caption"""
+  label-only        never drops a sample with these parameters (a filter set to tag, or a mapper)"""
 
 # Parameters that mean the same in every model stage (README, "Model stages"), when the stage says nothing.
 COMMON_HELP = {
@@ -47,7 +50,7 @@ def stage_kind(stage_cls: type) -> str:
         stage = stage_cls()
     except (TypeError, ValueError) as err:  # defaults that are not a valid configuration
         return f"needs parameters: {err}"
-    return f"{stage.kind}, label-only" if stage.label_only else stage.kind
+    return f"{stage.kind}, label-only" if stage.label_only and not isinstance(stage, Mapper) else stage.kind
 
 
 def first_paragraph(stage_cls: type) -> str:

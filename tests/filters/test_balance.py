@@ -31,7 +31,7 @@ from pipeline.core.records import Sample
 
 def test_registered_and_runs_before_the_download():
     assert get_stage("balance") is Balance
-    assert Balance.needs_image is False
+    assert Balance().needs().image is False
 
 
 def test_whole_word_matching_as_metaclip_spaces_text():

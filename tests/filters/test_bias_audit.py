@@ -4,6 +4,7 @@ from filters.bias_audit import PERCEIVED_FIELD, TERMS_FIELD, BiasAudit, TermsErr
 from pipeline.core.params import build
 from pipeline.core.registry import get_stage
 from pipeline.core.records import Sample
+from pipeline.core.stage import Mapper, Needs
 
 
 def sample(caption, image=None):
@@ -40,7 +41,7 @@ def test_groups_and_contexts_are_told_apart(terms):
 
 def test_stage_labels_captions_and_never_drops(terms):
     stage = get_stage("bias_audit")()
-    assert stage.needs_image is False and stage.uses_model is False
+    assert isinstance(stage, Mapper) and stage.needs() == Needs(image=False, model=False)
     stage.setup()
     batch = [sample("A man working as a nurse"), sample("Sunset over the sea"), sample(None)]
     stage.score(batch)
@@ -108,8 +109,8 @@ def clip_stage(tiny_clip):
 
 
 def test_clip_model_makes_the_stage_an_image_model_stage(clip_stage):
-    assert clip_stage.needs_image is True and clip_stage.uses_model is True
-    assert BiasAudit.needs_image is False  # the class default is untouched
+    assert clip_stage.needs() == Needs(image=True, model=True)
+    assert BiasAudit().needs() == Needs(image=False)  # without a model: captions only
     assert "checkpoint file" in clip_stage.check()[0]
 
 

@@ -223,7 +223,7 @@ CAPTION = "Call 212-555-0100 or mail a.b@example.com, card 4111 1111 1111 1111, 
 
 def test_registered_as_a_caption_stage_that_runs_before_the_download():
     assert get_stage("caption_pii") is CaptionPii
-    assert not CaptionPii.needs_image
+    assert not CaptionPii().needs().image
     params = CaptionPii.Params()
     assert (params.action, params.kinds, params.replacement) == (
         "redact", ("email", "phone", "credit_card", "ip"), "<{kind}>"

@@ -5,6 +5,7 @@ from test_dedup_image import jpeg, losers, picture, run_stage, sample, stored
 
 from filters.dedup_caption import CaptionDedup, lsh_bands, minhash_signature, shingles
 from pipeline.core.params import ParamError
+from pipeline.core.stage import Needs
 
 
 def caption_sample(key, caption, image=None, **fields):
@@ -74,7 +75,7 @@ def test_require_image_match_drops_only_when_both_repeat(tmp_path):
         caption_sample("000000003", "Something else entirely about a car", stored(jpeg(a))),  # image only: stays
     ]
     stage = CaptionDedup(CaptionDedup.Params(require_image_match=True))
-    assert stage.needs_image
+    assert stage.needs().image and stage.needs().image_fields
     result = run_stage(stage, samples, tmp_path)
     assert losers(result) == {"000000002": "000000000"}
     assert "phash" in result["kept"]["000000001"]  # hashed here, since no dedup_image ran before
@@ -89,8 +90,8 @@ def test_require_image_match_reuses_hashes_from_dedup_image(tmp_path):
 
 
 def test_caption_only_dedup_runs_before_the_download():
-    assert not CaptionDedup().needs_image
-    assert CaptionDedup(CaptionDedup.Params(keep="largest")).needs_image
+    assert not CaptionDedup().needs().image
+    assert CaptionDedup(CaptionDedup.Params(keep="largest")).needs() == Needs(image=True)
 
 
 def test_bad_threshold_fails_early():

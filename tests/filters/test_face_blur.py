@@ -16,6 +16,7 @@ from pipeline.media.imaging import ResizeParams, process_image
 from pipeline.core.params import ParamError, build
 from pipeline.core.registry import get_stage
 from pipeline.core.records import KEEP, Sample
+from pipeline.core.stage import Mapper, Needs, StageContext
 
 BOX = [0.5, 0.25, 0.75, 0.75]  # normalised to the original 400x200 image: pixels (200, 50)-(300, 150)
 
@@ -84,14 +85,13 @@ def detecting() -> FaceBlur:
 def _stage(resize_mode: str = "border", **params) -> FaceBlur:
     """The stage as a recipe with `resize: {image_size: 128, resize_mode: ...}` builds it."""
     stage = FaceBlur(FaceBlur.Params(**params))
-    stage.resize_params = ResizeParams(image_size=128, resize_mode=resize_mode)
-    stage.setup()
+    stage.setup(StageContext(resize=ResizeParams(image_size=128, resize_mode=resize_mode)))
     return stage
 
 
 def test_registered_as_image_stage_that_never_drops(column_only):
     assert get_stage("face_blur") is FaceBlur
-    assert FaceBlur.needs_image and FaceBlur.uses_model
+    assert issubclass(FaceBlur, Mapper) and FaceBlur().needs() == Needs(image=True, model=True)
     defaults = FaceBlur.Params()
     assert (defaults.bbox_col, defaults.detect, defaults.blur) == ("face_bboxes", True, "gaussian")
     assert column_only.keep(Sample(key="0", shard_id=0, url="u")) == KEEP

@@ -12,6 +12,7 @@ from pipeline.media.hash_index import HASH_BYTES, PdqIndex
 from filters.hashlist import HashList, HashListError, hash_fields, load_hash_lists
 from pipeline.core.registry import get_stage
 from pipeline.core.records import Sample
+from pipeline.core.stage import DownloadHook
 
 
 def flipped(hash_bytes: np.ndarray, bits: int, rng: np.random.Generator) -> bytes:
@@ -132,7 +133,7 @@ def test_undecodable_bytes_get_an_md5_only():
 
 
 def test_registered():
-    assert get_stage("hashlist") is HashList and HashList.checks_response and not HashList.uses_pixels
+    assert get_stage("hashlist") is HashList and issubclass(HashList, DownloadHook) and not HashList().needs().pixels
 
 
 def _png_of_flat_grey() -> bytes:

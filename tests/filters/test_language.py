@@ -12,6 +12,7 @@ from filters.language import MAX_CAPTION_CHARS, UNCERTAIN_FIELD, UNDETERMINED, L
 from pipeline.core.params import ParamError, build
 from pipeline.core.registry import get_stage
 from pipeline.core.records import KEEP, Sample
+from pipeline.core.stage import Filter, Needs
 
 CAPTIONS = Path(__file__).resolve().parents[1] / "data" / "lang_captions.jsonl"
 
@@ -39,7 +40,7 @@ BATCH = 256  # score() takes any batch; the pipeline gives it one caption at a t
 def test_registered_as_caption_only_stage_outside_run_inference():
     cls = get_stage("language")
     assert cls is LanguageFilter
-    assert not cls.uses_model and not cls.needs_image
+    assert issubclass(cls, Filter) and cls().needs() == Needs(image=False)
 
 
 def test_accuracy_on_labelled_captions(stage):

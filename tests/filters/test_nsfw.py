@@ -23,6 +23,7 @@ from filters.nsfw import SEXUAL_EXPOSED_CLASSES, NsfwFilter, exposed_confidence
 from pipeline.core.params import ParamError, build
 from pipeline.core.registry import get_stage
 from pipeline.core.records import KEEP, Sample
+from pipeline.core.stage import Filter, Needs
 
 
 def _jpeg(image: Image.Image) -> bytes:
@@ -60,7 +61,7 @@ def stage() -> NsfwFilter:
 def test_registered_as_image_model_stage():
     cls = get_stage("nsfw")
     assert cls is NsfwFilter
-    assert cls.uses_model and cls.needs_image
+    assert issubclass(cls, Filter) and cls().needs() == Needs(image=True, model=True)
     assert cls.Params().action == "tag" and cls.Params().batch_size > 0
 
 

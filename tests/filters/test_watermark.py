@@ -21,6 +21,7 @@ from filters.watermark import (
 from pipeline.core.params import ParamError, build
 from pipeline.core.registry import get_stage
 from pipeline.core.records import KEEP, Sample
+from pipeline.core.stage import Filter, Needs
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _samples(images: list[bytes | None]) -> list[Sample]:
 def test_registered_as_image_model_stage():
     cls = get_stage("watermark")
     assert cls is WatermarkFilter
-    assert cls.uses_model and cls.needs_image
+    assert issubclass(cls, Filter) and cls().needs() == Needs(image=True, model=True)
     assert cls.Params().action == "tag" and cls.Params().batch_size > 0
 
 
