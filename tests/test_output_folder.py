@@ -127,7 +127,7 @@ def test_the_lock_of_a_run_that_is_gone_is_taken_over(job):
 
 
 def test_run_job_runs_the_same_job_as_curate_run(job):
-    from pipeline.tools.launch import run_job
+    from pipeline import run_job  # the library entry point
 
     assert main(run_args(job, job / "cli")) == 0
     result = run_job(str(job / "recipe.yaml"), [str(job / "in" / "urls.parquet")], str(job / "library"),
