@@ -19,7 +19,7 @@ from pipeline import __version__
 
 from pipeline.engine import malloc
 from pipeline.core.errors import JobError
-from pipeline.ingest.readers import FORMATS
+from pipeline.ingest.input_files import FORMATS
 
 EPILOG_RUN = """\
 Beam options: anything not listed above goes to Beam's PipelineOptions, e.g.

@@ -12,7 +12,8 @@ from pipeline.ingest import crawl_html
 from pipeline.cli import main
 from pipeline.ingest.crawl import CrawlParams, Tally, image_rows_in_html
 from pipeline.demo.localweb import LocalWeb
-from pipeline.ingest.readers import MALFORMED_ROW, InputError, check_input, detect_format, read_rows
+from pipeline.ingest.input_files import MALFORMED_ROW, InputError, detect_format
+from pipeline.ingest.readers import check_input, read_rows
 from tests.crawl_files import SAME_PAGES, img, page, request, wat_document, wat_record, write_archive, write_fuzz_seeds
 from tests.fuzz.launch import fresh_process
 

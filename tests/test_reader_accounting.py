@@ -14,7 +14,8 @@ import zstandard
 from pipeline.engine import audit
 
 from pipeline.ingest import textlines
-from pipeline.ingest.readers import InputError, InputRow, check_input, read_rows
+from pipeline.ingest.input_files import InputError, InputRow
+from pipeline.ingest.readers import check_input, read_rows
 from pipeline.ingest.textlines import FileTally
 
 

@@ -14,15 +14,8 @@ import pytest
 import zstandard
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.ingest.readers import (
-    FORMATS,
-    InputError,
-    InputRow,
-    check_input,
-    detect_format,
-    expand_inputs,
-    read_rows,
-)
+from pipeline.ingest.input_files import FORMATS, InputError, InputRow, detect_format, expand_inputs
+from pipeline.ingest.readers import check_input, read_rows
 
 ROWS = [
     {"url": "http://a.test/1.jpg", "caption": "first", "uid": "u1", "license": "cc-by"},

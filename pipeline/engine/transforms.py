@@ -24,7 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.core.stage import DatasetStage, DownloadHook, SampleStage, Stage, StageContext
 from pipeline.engine import checkpoint
-from pipeline.ingest import readers
+from pipeline.ingest import input_files, readers
 from pipeline.ingest.crawl import CrawlParams, Tally
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
 from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_policy
@@ -53,7 +53,7 @@ class ReadInputFile(beam.DoFn):
 
     def process(self, element):
         file_index, path = element
-        fmt = readers.detect_format(path, self._fmt)
+        fmt = input_files.detect_format(path, self._fmt)
         tally, crawl_tally = FileTally(), Tally()
         rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl,
                                  crawl_tally=crawl_tally, tally=tally)

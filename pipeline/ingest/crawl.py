@@ -59,7 +59,7 @@ from warcio.exceptions import ArchiveLoadFailed
 
 from pipeline.ingest.crawl_html import CHUNK_BYTES, charset_param, decoded_chunks, image_rows_in_html, page_extra
 from pipeline.ingest.crawl_links import DUPLICATE, CrawlParams, PageLanguage, Tally, document_base, image_link, page_language
-from pipeline.ingest.readers import CRAWL_FORMATS, MALFORMED_ROW, InputError, InputRow
+from pipeline.ingest.input_files import CRAWL_FORMATS, MALFORMED_ROW, InputError, InputRow
 
 __all__ = ["CrawlParams", "Tally", "check_archive", "crawl_rows", "image_rows_in_html"]
 

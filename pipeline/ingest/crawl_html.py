@@ -17,7 +17,7 @@ from html.parser import HTMLParser
 from typing import BinaryIO, Iterable, Iterator
 
 from pipeline.ingest.crawl_links import CrawlParams, PageLanguage, Tally, document_base, image_link, page_language
-from pipeline.ingest.readers import InputRow
+from pipeline.ingest.input_files import InputRow
 
 MAX_PAGE_BYTES = 4 * 1024 * 1024
 CHUNK_BYTES = 64 * 1024

@@ -116,14 +116,14 @@ def resolve_inputs(
     patterns: list[str], input_format: str | None = None, url_col: str = "url", caption_col: str | None = "caption"
 ) -> InputSpec:
     """The input files of files/folders/globs, each checked to be readable with these columns."""
-    from pipeline.ingest import readers
+    from pipeline.ingest import input_files, readers
 
     patterns = [absolute(pattern) for pattern in patterns]
     try:
-        paths = sorted({path for pattern in patterns for path in readers.expand_inputs(pattern)})
+        paths = sorted({path for pattern in patterns for path in input_files.expand_inputs(pattern)})
         for path in paths:
-            readers.check_input(path, readers.detect_format(path, input_format), url_col, caption_col)
-    except readers.InputError as err:
+            readers.check_input(path, input_files.detect_format(path, input_format), url_col, caption_col)
+    except input_files.InputError as err:
         raise JobError(str(err)) from None
     return InputSpec(tuple(paths), input_format, url_col, caption_col, patterns=tuple(patterns))
 

@@ -37,7 +37,7 @@ with atheris.instrument_imports(include=["pipeline", "warcio"]):
     from warcio.warcwriter import WARCWriter
 
     from pipeline.ingest.crawl import CrawlParams, Tally, crawl_rows
-    from pipeline.ingest.readers import InputError
+    from pipeline.ingest.input_files import InputError
 
 PARAMS = CrawlParams(surrounding_words=3, title_fallback=True)
 

@@ -30,11 +30,11 @@ import pyarrow.parquet  # noqa: F401  (imported uninstrumented: large, and not w
 from apache_beam.io.filesystems import FileSystems  # noqa: F401
 
 with atheris.instrument_imports(include=["pipeline.ingest.readers", "pipeline.ingest.textlines"]):
-    from pipeline.ingest import readers, textlines
+    from pipeline.ingest import input_files, readers, textlines
 
 FORMATS = ("csv", "tsv", "jsonl", "txt")
 HEAD_BYTES = 6
-REASONS = {readers.MISSING_URL, readers.MALFORMED_ROW, readers.BAD_ENCODING}
+REASONS = {input_files.MISSING_URL, input_files.MALFORMED_ROW, input_files.BAD_ENCODING}
 _WORK_DIR = tempfile.mkdtemp(prefix="fuzz-readers-")
 
 
@@ -46,11 +46,11 @@ def use_bounds(head: bytes) -> None:
     textlines.MAX_LINE_BYTES = 8 + int.from_bytes(head[4:6], "little") % 5000
 
 
-def read(path: str, fmt: str) -> tuple[list[readers.InputRow], textlines.FileTally] | None:
+def read(path: str, fmt: str) -> tuple[list[input_files.InputRow], textlines.FileTally] | None:
     tally = textlines.FileTally()
     try:
         return list(readers.read_rows(path, fmt, tally=tally)), tally
-    except readers.InputError:
+    except input_files.InputError:
         return None
 
 
