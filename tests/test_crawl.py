@@ -576,7 +576,7 @@ def test_reading_a_crawl_file_reports_its_tally_as_beam_counters(tmp_path):
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from pipeline.engine.transforms import ReadInputFile
+    from pipeline.engine.read_inputs import ReadInputFile
 
     warc, _ = same_page_files(tmp_path)
     pipeline = beam.Pipeline(runner=FnApiRunner())

@@ -22,6 +22,8 @@ class Verdict(NamedTuple):
 
 
 KEEP = Verdict(True)
+# The tagged output every step that rejects samples sends its Rejects to (Beam).
+REJECTED = "rejected"
 
 
 def drop(reason: str) -> Verdict:

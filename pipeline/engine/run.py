@@ -24,7 +24,10 @@ from pipeline.core.stage import DatasetStage
 from pipeline.engine import audit, runners, malloc
 from pipeline.engine.recipe import Recipe
 from pipeline.engine.stored_images import RestoreImages, StripImages
-from pipeline.engine.transforms import INPUTS, REJECTED, ApplyStage, DownloadImages, ReadAndKey
+from pipeline.core.records import REJECTED
+from pipeline.engine.apply_stage import ApplyStage
+from pipeline.engine.read_inputs import INPUTS, ReadAndKey
+from pipeline.engine.transforms import DownloadImages
 from pipeline.engine.write_outputs import WriteOutputs
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")

@@ -1,8 +1,9 @@
-"""The Beam transforms the pipeline is made of.
+"""Downloading: the rows' images fetched, checked, decoded and resized in download tasks.
 
-read -> assign keys -> [stages that need no image] -> download+resize ->
-[stages that need the image]; then pipeline.engine.write_outputs writes the shards
-and the rejects from every step, counted into the audit.
+The run (pipeline.engine.run) is read (pipeline.engine.read_inputs) -> [stages
+that need no image] (pipeline.engine.apply_stage) -> download+resize (here) ->
+[stages that need the image]; then pipeline.engine.write_outputs writes the
+shards and the rejects from every step, counted into the audit.
 """
 from __future__ import annotations
 
@@ -22,119 +23,17 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.core.stage import DatasetStage, DownloadHook, SampleStage, Stage, StageContext
+from pipeline.core.stage import DownloadHook, Stage, StageContext
 from pipeline.engine import checkpoint
-from pipeline.ingest import input_files, readers
-from pipeline.ingest.crawl import CrawlParams, Tally
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
 from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_policy
 from pipeline.media.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
 from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
-from pipeline.core.records import Reject, Sample
-from pipeline.ingest.textlines import FileTally
+from pipeline.core.records import REJECTED, Reject, Sample
 from pipeline.engine.writers import OutputParams
 
-REJECTED = "rejected"
 HOST_TALLY = "host_tally"
 log = logging.getLogger("curate")
-
-
-# ---------------------------------------------------------------- reading
-
-
-INPUTS = "inputs"
-
-
-class ReadInputFile(beam.DoFn):
-    """(file_index, path) -> (file_index, row_index, InputRow), streamed; then the file's tally to INPUTS."""
-
-    def __init__(self, fmt: str | None, url_col: str, caption_col: str | None, crawl: CrawlParams):
-        self._fmt, self._url_col, self._caption_col, self._crawl = fmt, url_col, caption_col, crawl
-
-    def process(self, element):
-        file_index, path = element
-        fmt = input_files.detect_format(path, self._fmt)
-        tally, crawl_tally = FileTally(), Tally()
-        rows = readers.read_rows(path, fmt, self._url_col, self._caption_col, crawl_params=self._crawl,
-                                 crawl_tally=crawl_tally, tally=tally)
-        for row_index, row in enumerate(rows):
-            yield file_index, row_index, row
-        for name, count in crawl_tally.items():  # crawl files: records read, image links dropped and why
-            Metrics.counter("crawl", name).inc(count)
-        yield beam.pvalue.TaggedOutput(INPUTS, tally.summary(path, fmt))
-
-
-def _offsets(counts: dict[int, int]) -> dict[int, int]:
-    """Global position of each file's first row."""
-    offsets, total = {}, 0
-    for file_index in sorted(counts):
-        offsets[file_index] = total
-        total += counts[file_index]
-    return offsets
-
-
-class ReadAndKey(beam.PTransform):
-    """Input files -> Samples with stable keys and shard ids, rejects of malformed rows, and each file's tally.
-
-    The result is a dict: "samples", REJECTED, and INPUTS (one
-    FileTally.summary per file, for the audit's `inputs`).
-
-    Row n of the whole input (files in sorted order) goes to shard
-    n // samples_per_shard, with key "<shard><index in shard>", so keys and
-    shards depend only on the input, never on how the runner split the work.
-    """
-
-    def __init__(
-        self,
-        paths: list[str],
-        fmt: str | None,
-        url_col: str,
-        caption_col: str | None,
-        output: OutputParams,
-        crawl: CrawlParams,
-    ):
-        super().__init__()
-        self._paths, self._fmt, self._url_col, self._caption_col = paths, fmt, url_col, caption_col
-        self._output, self._crawl = output, crawl
-
-    def expand(self, pbegin):
-        read = (
-            pbegin
-            | "ListFiles" >> beam.Create(list(enumerate(self._paths)))
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadRows"
-            >> beam.ParDo(ReadInputFile(self._fmt, self._url_col, self._caption_col, self._crawl)).with_outputs(
-                INPUTS, main="rows"
-            )
-        )
-        rows = read.rows
-        offsets = (
-            rows
-            | "FileOfRow" >> beam.Map(lambda r: r[0])
-            | "CountPerFile" >> beam.combiners.Count.PerElement()
-            | "AllCounts" >> beam.combiners.ToDict()
-            | "Offsets" >> beam.Map(_offsets)
-        )
-        keyed = rows | "AssignKeys" >> beam.ParDo(
-            _ToSample(self._output), beam.pvalue.AsSingleton(offsets)
-        ).with_outputs(REJECTED, main="samples")
-        return {"samples": keyed.samples, REJECTED: keyed[REJECTED], INPUTS: read[INPUTS]}
-
-
-class _ToSample(beam.DoFn):
-    def __init__(self, output: OutputParams):
-        self._output = output
-        self._input = Metrics.counter("read", "input_rows")
-
-    def process(self, element, offsets):
-        file_index, row_index, row = element
-        self._input.inc()
-        shard_id, index = divmod(offsets[file_index] + row_index, self._output.samples_per_shard)
-        sample = Sample(key=self._output.key(shard_id, index), shard_id=shard_id, url=row.url or "", caption=row.caption, extra=row.extra)
-        if row.error:
-            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject("read", row.error))
-        else:
-            yield sample
 
 
 # ---------------------------------------------------------------- download
@@ -440,61 +339,3 @@ def in_flight_ceiling(download: DownloadParams) -> int:
     could be `max_bytes` long and `body_budget_bytes` would be passed; never fewer than `threads`."""
     by_memory = download.body_budget_bytes // download.max_bytes
     return max(download.threads, min(download.max_in_flight, by_memory))
-
-
-# ---------------------------------------------------------------- stages
-
-
-class _ScoreAndKeep(beam.DoFn):
-    """Applies a stage's keep(), scoring first unless RunInference did."""
-
-    def __init__(self, stage: SampleStage, scored: bool, context: StageContext):
-        self._stage, self._scored, self._context = stage, scored, context
-        self._kept = Metrics.counter(stage.name, "kept")
-        self._dropped = Metrics.counter(stage.name, "dropped")
-
-    def setup(self):
-        if not self._scored:
-            self._stage.setup(self._context)
-
-    def _decide(self, sample: Sample):
-        if not self._scored:
-            self._stage.score([sample])
-        return self._stage.keep(sample)
-
-    def process(self, sample: Sample):
-        verdict = self._decide(sample)
-        if verdict.keep:
-            self._kept.inc()
-            yield sample
-        else:
-            self._dropped.inc()
-            Metrics.counter(self._stage.name, f"dropped:{verdict.reason}").inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, sample.reject(self._stage.name, verdict.reason))
-
-
-class ApplyStage(beam.PTransform):
-    """One stage: {"samples": kept, REJECTED: rejects}, whatever its kind."""
-
-    def __init__(self, stage, context: StageContext):
-        super().__init__()
-        self._stage, self._context = stage, context
-
-    def expand(self, samples):
-        stage = self._stage
-        if isinstance(stage, DatasetStage):
-            result = samples | stage.transform()
-            outputs = {"samples": result["kept"], REJECTED: result["rejected"]}
-            if "report" in result:
-                section, name = stage.report_section, stage.name
-                outputs["report"] = result["report"] | "NameReport" >> beam.Map(lambda r: (section, name, r))
-            return outputs
-        uses_model = stage.needs().model
-        if uses_model:
-            from pipeline.engine.inference import score_with_model  # imports torch: only for model stages
-
-            samples = samples | "Score" >> score_with_model(stage, self._context)
-        outputs = samples | "Keep" >> beam.ParDo(_ScoreAndKeep(stage, uses_model, self._context)).with_outputs(
-            REJECTED, main="samples"
-        )
-        return {"samples": outputs.samples, REJECTED: outputs[REJECTED]}

@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.engine import shard_schema, stored_images
 from pipeline.core.records import Sample
-from pipeline.engine.transforms import REJECTED
+from pipeline.core.records import REJECTED
 from pipeline.engine.writers import OutputParams, observed_types, shard_name, write_json, write_rejects, write_shard
 
 KEPT = "kept"
