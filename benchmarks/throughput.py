@@ -5,7 +5,11 @@ One run of this script:
 1. generates `--count` images of web-like size and variety (photo-like JPEGs
    640x480..1024x768 in both orientations, flat graphics, some PNG (a few with
    alpha), some greyscale, some 1600-2048 px) with captions, cached in `--work`;
-2. serves them with nginx (Debian's `nginx-light`) on 127.0.0.1, a free port,
+2. serves them with nginx (Debian's `nginx-light`) on `--hosts` loopback
+   addresses (127.0.0.1, 127.0.0.2, ...; the rows go round-robin over them, as a
+   web list spreads over many sites: on one host curate's per-host politeness,
+   8 connections and 20 requests/s per worker, would be the limit, 40 rows/s
+   with 2 workers, not the CPU), one free port,
    as a non-daemon child process with a generated config and no access log,
    and checks that it is not the bottleneck (a concurrent fetch of every URL,
    and nginx's own CPU time during each run);
@@ -216,8 +220,8 @@ def caption_for(index: int) -> str:
     return f"{rng.choice(_SUBJECTS)} {rng.choice(_SETTINGS)}, photo {index}"
 
 
-def write_url_list(path: Path, base_url: str, specs: list[ImageSpec]) -> None:
-    rows = [{"url": f"{base_url}/{spec.name}", "caption": caption_for(i)} for i, spec in enumerate(specs)]
+def write_url_list(path: Path, server: "Nginx", specs: list[ImageSpec]) -> None:
+    rows = [{"url": server.url(i, spec.name), "caption": caption_for(i)} for i, spec in enumerate(specs)]
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
@@ -230,10 +234,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def nginx_config(root: Path, prefix: Path, port: int, workers: int) -> str:
+def loopback_host(index: int) -> str:
+    """The index-th loopback address: 127.0.0.1, 127.0.0.2, ... (127.0.0.0/8 answers locally on Linux)."""
+    return f"127.0.{index // 254}.{index % 254 + 1}"
+
+
+def nginx_config(root: Path, prefix: Path, port: int, workers: int, hosts: int = 1) -> str:
     # Running as root, nginx's workers would switch to `nobody`, who may not
     # read a private temporary folder; as anyone else the directive is moot.
     user = "user root;" if os.geteuid() == 0 else ""
+    listens = "\n        ".join(f"listen {loopback_host(i)}:{port} backlog=4096;" for i in range(hosts))
     return f"""\
 daemon off;
 master_process on;
@@ -254,7 +264,7 @@ http {{
     types {{ image/jpeg jpg; image/png png; }}
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        {listens}
         root {root};
         location / {{ }}
     }}
@@ -265,10 +275,14 @@ http {{
 class Nginx:
     """nginx serving `root` on 127.0.0.1 as a child process; `cpu_seconds()` of master + workers."""
 
-    def __init__(self, root: Path, prefix: Path, workers: int):
-        self.root, self.prefix, self.workers = root, prefix, workers
+    def __init__(self, root: Path, prefix: Path, workers: int, hosts: int = 1):
+        self.root, self.prefix, self.workers, self.hosts = root, prefix, workers, hosts
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def url(self, index: int, name: str) -> str:
+        """Row `index`'s URL: the rows go round-robin over the hosts."""
+        return f"http://{loopback_host(index % self.hosts)}:{self.port}/{name}"
         self._process: subprocess.Popen | None = None
 
     def __enter__(self):
@@ -277,7 +291,7 @@ class Nginx:
             sys.exit("nginx not found: apt-get update && apt-get install -y nginx-light")
         self.prefix.mkdir(parents=True, exist_ok=True)
         config = self.prefix / "nginx.conf"
-        config.write_text(nginx_config(self.root, self.prefix, self.port, self.workers))
+        config.write_text(nginx_config(self.root, self.prefix, self.port, self.workers, self.hosts))
         self._process = subprocess.Popen(
             [binary, "-p", str(self.prefix), "-c", str(config), "-e", str(self.prefix / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -632,6 +646,7 @@ def main() -> None:
     parser.add_argument("--rows-per-task", type=int, default=None, help="curate's download.rows_per_task "
                         "(default: the recipe default)")
     parser.add_argument("--nginx-workers", type=int, default=1)
+    parser.add_argument("--hosts", type=int, default=64, help="loopback addresses the rows are spread over (max 254*254)")
     parser.add_argument("--only", action="append", default=[],
                         choices=["img2dataset", "curate", "filters", "startup", "floor"],
                         help="run only these contenders (repeatable; default all)")
@@ -662,14 +677,14 @@ def main() -> None:
     trees = {("" if len(tree_paths) == 1 else path.name): path for path in tree_paths}
     print(machine_description())
 
-    with Nginx(work / "web", work / "nginx", args.nginx_workers) as server:
+    with Nginx(work / "web", work / "nginx", args.nginx_workers, args.hosts) as server:
         setup.server = server
         for rows in (args.count, STARTUP_ROWS):
             setup.url_lists[rows] = work / f"urls-{rows}.parquet"
-            write_url_list(setup.url_lists[rows], server.base_url, specs[:rows])
+            write_url_list(setup.url_lists[rows], server, specs[:rows])
         urllib.request.urlopen(f"{server.base_url}/{specs[0].name}", timeout=5).read()
-        fetch = fetch_rate(server, [f"{server.base_url}/{spec.name}" for spec in specs], args.processes, args.threads)
-        print(f"nginx on {server.base_url}: {fetch['requests_per_s']:.0f} requests/s, {fetch['mb_per_s']:.0f} MB/s "
+        fetch = fetch_rate(server, [server.url(i, spec.name) for i, spec in enumerate(specs)], args.processes, args.threads)
+        print(f"nginx on {server.hosts} loopback hosts, port {server.port}: {fetch['requests_per_s']:.0f} requests/s, {fetch['mb_per_s']:.0f} MB/s "
               f"to {args.processes}x{args.threads} urllib3 clients", flush=True)
 
         contenders = [lambda r: run_img2dataset(setup, args.count, r)] if "img2dataset" in wanted else []
