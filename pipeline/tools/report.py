@@ -7,7 +7,7 @@
   of original image size, aspect ratio and caption length, each split kept vs
   rejected; language shares; top domains), `optout` and `bias`;
 * `report/optout.json`: rows dropped by opt-out rules, by reason, rule kind
-  and domain (`pipeline.media.optout_rules.optout_report`);
+  and domain (`pipeline.tools.report_optout.optout_report`);
 * `report/audit.html`: one self-contained page (inline SVG charts, base64
   thumbnails, no script or network) with the same content and examples.
 
@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from filters.bias_audit import PERCEIVED_FIELD, TermsError, load_terms, split_labels
 from pipeline.engine.audit import SUCCESS_FILE, write_json
-from pipeline.media.optout_rules import OPTOUT_REASONS, optout_report
+from pipeline.media.optout.reasons import OPTOUT_REASONS
 from pipeline.tools.report_format import (
     KEPT,
     REJECTED,
@@ -54,6 +54,7 @@ from pipeline.tools.report_format import (
     short_text,
 )
 from pipeline.tools.report_html import render_html
+from pipeline.tools.report_optout import optout_report
 from pipeline.engine.writers import AtomicFile
 
 HISTOGRAM_BINS = 30
