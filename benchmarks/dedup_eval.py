@@ -10,7 +10,7 @@ the SAME colour layout and different detail: they must not be merged.
 
 Every image goes through the pipeline's own resize (256 px, border, JPEG 90)
 before hashing, as the stage sees it.  Clusters come from the same functions
-the Beam stage uses (`pipeline.dedup.lsh.cluster_in_memory`); `--beam` also runs the
+the Beam stage uses (`pipeline.dedup.clustering.cluster_in_memory`); `--beam` also runs the
 real stage at the default threshold and checks it agrees.
 
 Metrics are over pairs of images: a pair is positive when both come from one
@@ -36,8 +36,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from filters.dedup_image import ImageDedup, sample_signature  # noqa: E402
-from pipeline.dedup.lsh import cluster_in_memory  # noqa: E402
+from filters.dedup_image import ImageDedup  # noqa: E402
+from pipeline.dedup.clustering import cluster_in_memory  # noqa: E402
+from pipeline.dedup.image_signatures import sample_signature  # noqa: E402
 from pipeline.media.imaging import ResizeParams, process_image  # noqa: E402
 from pipeline.core.records import Sample  # noqa: E402
 

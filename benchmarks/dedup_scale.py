@@ -37,9 +37,9 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from filters.dedup_image import HASH_BITS, ImageDedup  # noqa: E402
-from pipeline.dedup.lsh import (  # noqa: E402
-    band_records,
+from filters.dedup_image import ImageDedup  # noqa: E402
+from pipeline.dedup.bands import band_records  # noqa: E402
+from pipeline.dedup.clustering import (  # noqa: E402
     both_directions,
     cluster_in_memory,
     group_edges,
@@ -47,6 +47,7 @@ from pipeline.dedup.lsh import (  # noqa: E402
     large_star,
     small_star,
 )
+from pipeline.dedup.image_signatures import HASH_BITS  # noqa: E402
 from pipeline.core.records import Sample  # noqa: E402
 
 

@@ -3,9 +3,10 @@
 A `SampleStage`, not a shuffle: the evaluation set is small next to the
 dataset (thousands to ~1e5 images), so every worker loads its hashes once in
 `setup()` and compares each sample against all of them (vectorised: ~1 ms per
-sample for 100k eval images).  The comparison is dedup_image's test: pHash
-within `max_distance` bits, and for low-detail images (few pHash bits set)
-the 2x2 colour grid must agree as well.  A match is rejected with reason
+sample for 100k eval images).  The comparison is dedup_image's test
+(`pipeline.dedup.image_signatures.near_matrix`): pHash within `max_distance`
+bits, and for low-detail images (few pHash bits set) the 2x2 colour grid must
+agree as well.  A match is rejected with reason
 `eval_overlap`; `fields["eval_match"]` names the eval image (file path
 relative to the folder, or the Parquet `name` column, else its row number)
 and `fields["eval_distance"]` the Hamming distance.  Counts land in the
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.stage import Filter, StageContext
 from pipeline.dedup.groups import check_range
-from filters.dedup_image import (
+from pipeline.dedup.image_signatures import (
     GRID_BYTES,
     SignatureArrays,
     UnreadableImage,

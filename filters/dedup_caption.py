@@ -19,15 +19,15 @@ shingles are stricter on short texts (a changed word alters `ngram` shingles).
 
 `require_image_match: true` drops a sample only when its caption AND its image
 are near-duplicates of the same other sample: the image test is the
-dedup_image one (pHash within `image_max_distance`, colour grid for
-low-detail images).  It reuses `fields["phash"]` / `fields["colour_grid"]`
+dedup_image one (`pipeline.dedup.image_signatures`: pHash within
+`image_max_distance`, colour grid for low-detail images).  It reuses `fields["phash"]` / `fields["colour_grid"]`
 when an earlier dedup_image stage wrote them, else hashes the image here;
 samples whose image cannot be read are then not compared.  With `false`
 (default), a caption near-duplicate is dropped whatever its image; together
 with a dedup_image stage, a sample then goes when either its image or its
 caption repeats.
 
-Clustering, hot keys and the keep policy: see `pipeline.dedup.lsh`.  The reason is
+Clustering, hot keys and the keep policy: see `pipeline.dedup.cluster_transforms`.  The reason is
 `near_duplicate_caption`, with `fields["duplicate_of"]` = the kept key.
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ from datasketch import MinHash, MinHashLSH
 
 from pipeline.core.stage import DatasetStage, ImageFields, Needs
 from pipeline.dedup.groups import check_range, keep_rank
-from filters.dedup_image import HammingMatcher, sample_signature, store_signature
-from pipeline.dedup.lsh import Candidate, NearDuplicateStage, signature_band_keys
+from pipeline.dedup.bands import Candidate, signature_band_keys
+from pipeline.dedup.cluster_transforms import NearDuplicateStage
+from pipeline.dedup.image_signatures import HammingMatcher, sample_signature, store_signature
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
 from pipeline.core.records import Sample
@@ -98,7 +99,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class JaccardMatcher:
-    """`pipeline.dedup.lsh.PairMatcher` for (signature, image payload or None) payloads."""
+    """`pipeline.dedup.bands.PairMatcher` for (signature, image payload or None) payloads."""
 
     threshold: float
     image: HammingMatcher | None = None  # also require the images to match

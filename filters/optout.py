@@ -2,7 +2,7 @@
 
 Each signal drops the sample with its own reason:
 
-  optout_list          the user's list (pipeline/media/optout_rules.py): url, prefix and
+  optout_list          the user's list (pipeline/media/optout/rule_list.py): url, prefix and
                        domain rules before the download (and again on the final
                        URL after redirects), sha256 on the original bytes, phash
                        on the stored image in keep()
@@ -38,8 +38,8 @@ Decisions worth knowing:
 * The HTML `<meta name="tdm-reservation">` (and robots meta) technique applies
   to the page that embeds an image.  Ingesting URL lists, we never fetch that
   page, so it is not applicable here; a crawl-based front end would check it.
-* C2PA (see optout_rules.C2paReader): manifests are read with c2pa-python,
-  offline, without signature or trust validation.
+* C2PA (see pipeline.media.optout.c2pa_manifests.C2paReader): manifests are
+  read with c2pa-python, offline, without signature or trust validation.
 * Per-origin caches are LRU-bounded (`_MAX_ORIGINS_CACHED`) and thread-safe:
   concurrent lookups of one origin wait for a single fetch.  before_download
   and check_response run in the download step's copy of the stage, so each
@@ -58,7 +58,20 @@ from typing import Any, Callable, Generic, TypeVar
 from protego import Protego
 
 from pipeline.core.stage import DownloadHook, Filter, StageContext
-from pipeline.media import optout_rules as rules
+from pipeline.media.optout.c2pa_manifests import C2paReader, check_c2pa_available
+from pipeline.media.optout.phash import phash_of_image
+from pipeline.media.optout.reasons import (
+    REASON_C2PA,
+    REASON_LIST,
+    REASON_ROBOTS_TXT,
+    REASON_TDMREP,
+    REASON_X_ROBOTS_TAG,
+    RULE_FIELD,
+)
+from pipeline.media.optout.rule_list import OptOutList, load_optout_list
+from pipeline.media.optout.tdmrep import TdmRepRule, parse_tdmrep_json, tdm_reservation, tdmrep_rule_for
+from pipeline.media.optout.urls import origin_of
+from pipeline.media.optout.x_robots_tag import x_robots_tag_disallows
 from pipeline.media.download import Downloader, DownloadParams
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
@@ -186,9 +199,9 @@ class OptOut(Filter, DownloadHook):
 
     def check(self) -> None:
         if self.params.list is not None:
-            rules.load_optout_list(self.params.list)
+            load_optout_list(self.params.list)
         if self.params.c2pa:
-            rules.check_c2pa_available()
+            check_c2pa_available()
 
     def setup(self, context: StageContext | None = None) -> None:
         super().setup(context)
@@ -209,9 +222,9 @@ class OptOut(Filter, DownloadHook):
         state = self._ready()
         rule = state.optout_list.match_url(sample.url)
         if rule is not None:
-            return _drop(sample, rules.REASON_LIST, str(rule))
+            return _drop(sample, REASON_LIST, str(rule))
         if self.params.robots_txt and not state.robots_allows(sample.url):
-            return _drop(sample, rules.REASON_ROBOTS_TXT, "robots.txt")
+            return _drop(sample, REASON_ROBOTS_TXT, "robots.txt")
         return KEEP
 
     # --- on the raw response (download thread) --------------------------------
@@ -228,36 +241,36 @@ class OptOut(Filter, DownloadHook):
         if response.final_url and response.final_url != sample.url:
             rule = state.optout_list.match_url(response.final_url)
             if rule is not None:
-                return _drop(sample, rules.REASON_LIST, str(rule))
+                return _drop(sample, REASON_LIST, str(rule))
         if state.optout_list.has_sha256:
             rule = state.optout_list.match_sha256(hashlib.sha256(response.data).hexdigest())
             if rule is not None:
-                return _drop(sample, rules.REASON_LIST, str(rule))
+                return _drop(sample, REASON_LIST, str(rule))
         return KEEP
 
     def _x_robots_tag(self, state: "_State", sample: Sample, response: Any) -> Verdict:
         if not self.params.x_robots_tag:
             return KEEP
-        directive = rules.x_robots_tag_disallows(response.headers.get("x-robots-tag"), self.params.user_agent_token)
-        return _drop(sample, rules.REASON_X_ROBOTS_TAG, f"x-robots-tag: {directive}") if directive else KEEP
+        directive = x_robots_tag_disallows(response.headers.get("x-robots-tag"), self.params.user_agent_token)
+        return _drop(sample, REASON_X_ROBOTS_TAG, f"x-robots-tag: {directive}") if directive else KEEP
 
     def _tdmrep(self, state: "_State", sample: Sample, response: Any) -> Verdict:
         if not self.params.tdmrep:
             return KEEP
-        header = rules.tdm_reservation(response.headers.get("tdm-reservation"))
+        header = tdm_reservation(response.headers.get("tdm-reservation"))
         if header is not None:  # the header overrides the file, both ways
-            return _drop(sample, rules.REASON_TDMREP, "tdm-reservation header") if header == 1 else KEEP
+            return _drop(sample, REASON_TDMREP, "tdm-reservation header") if header == 1 else KEEP
         for url in dict.fromkeys(u for u in (sample.url, response.final_url) if u):
             rule = state.tdmrep_rule_for(url)
             if rule is not None and rule.reservation == 1:
-                return _drop(sample, rules.REASON_TDMREP, f"tdmrep.json location {rule.location}")
+                return _drop(sample, REASON_TDMREP, f"tdmrep.json location {rule.location}")
         return KEEP
 
     def _c2pa(self, state: "_State", sample: Sample, response: Any) -> Verdict:
         if not self.params.c2pa:
             return KEEP
         use = state.c2pa_reader().training_disallowed(response.data, response.mime)
-        return _drop(sample, rules.REASON_C2PA, f"c2pa {use} notAllowed") if use else KEEP
+        return _drop(sample, REASON_C2PA, f"c2pa {use} notAllowed") if use else KEEP
 
     # --- after the download, at the stage's place in the recipe ---------------
 
@@ -266,18 +279,18 @@ class OptOut(Filter, DownloadHook):
         if not state.optout_list.has_phash or not sample.image:
             return KEEP
         try:
-            phash = rules.phash_of_image(sample.image, (sample.original_width, sample.original_height))
+            phash = phash_of_image(sample.image, (sample.original_width, sample.original_height))
         except (OSError, ValueError):
             return KEEP  # the download step decoded it already; nothing more to learn here
         match = state.optout_list.match_phash(phash, self.params.phash_distance)
         if match is None:
             return KEEP
-        return _drop(sample, rules.REASON_LIST, f"{match.rule} (distance {match.distance})")
+        return _drop(sample, REASON_LIST, f"{match.rule} (distance {match.distance})")
 
 
 def _drop(sample: Sample, reason: str, rule: str) -> Verdict:
     # Only dropped samples get the field, so it lands in the rejects, not the shards.
-    sample.fields[rules.RULE_FIELD] = rule
+    sample.fields[RULE_FIELD] = rule
     return drop(reason)
 
 
@@ -286,7 +299,7 @@ class _State:
 
     def __init__(self, params, download_params):
         self._params = params
-        self.optout_list = rules.load_optout_list(params.list) if params.list else rules.OptOutList()
+        self.optout_list = load_optout_list(params.list) if params.list else OptOutList()
         # Policy files are fetched like images (same user agent, SSRF guard,
         # timeouts, retries, redirect limit and byte cap), just not sniffed.
         self._downloader = Downloader(download_params or DownloadParams())
@@ -296,25 +309,25 @@ class _State:
         self._c2pa_lock = threading.Lock()
 
     def robots_allows(self, url: str) -> bool:
-        origin = rules.origin_of(url)
+        origin = origin_of(url)
         if origin is None:
             return True  # not an http(s) URL: the download rejects it with invalid_url
         return self._robots.get(origin).allows(url, self._params.user_agent_token)
 
-    def tdmrep_rule_for(self, url: str) -> rules.TdmRepRule | None:
-        origin = rules.origin_of(url)
-        return rules.tdmrep_rule_for(self._tdmrep.get(origin), url) if origin else None
+    def tdmrep_rule_for(self, url: str) -> TdmRepRule | None:
+        origin = origin_of(url)
+        return tdmrep_rule_for(self._tdmrep.get(origin), url) if origin else None
 
-    def c2pa_reader(self) -> rules.C2paReader:
+    def c2pa_reader(self) -> C2paReader:
         with self._c2pa_lock:
             if self._c2pa_reader is None:
-                self._c2pa_reader = rules.C2paReader()
+                self._c2pa_reader = C2paReader()
             return self._c2pa_reader
 
     def _fetch_robots(self, origin: str) -> RobotsPolicy:
         result = self._downloader.fetch(f"{origin}/robots.txt", expect_image=False)
         return robots_policy_from_fetch(result.reason, result.data)
 
-    def _fetch_tdmrep(self, origin: str) -> list[rules.TdmRepRule]:
+    def _fetch_tdmrep(self, origin: str) -> list[TdmRepRule]:
         result = self._downloader.fetch(f"{origin}/.well-known/tdmrep.json", expect_image=False)
-        return rules.parse_tdmrep_json(result.data) if result.ok else []
+        return parse_tdmrep_json(result.data) if result.ok else []

@@ -155,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_cmd_demo)
 
-    from pipeline.tools.report import add_report_command
+    from pipeline.tools.report_build import add_report_command
     from pipeline.tools.takedown import add_takedown_command
 
     add_report_command(commands)

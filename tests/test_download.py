@@ -14,12 +14,13 @@ from PIL import Image
 
 from pipeline.media import download
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
-from pipeline.demo.localweb import LocalWeb, tiny_jpeg
+from pipeline.demo.localweb import tiny_jpeg
 from pipeline.media.imaging import ResizeParams
 from pipeline.core.params import ParamError, build
 from pipeline.core.records import Reject, Sample, Verdict
 from pipeline.engine.transforms import DownloadHooks, fetch_and_resize
 from pipeline.core.stage import DownloadHook
+from tests.localweb_faults import FaultyWeb
 
 # Tiny backoff and timeouts keep the whole module at a few seconds.
 LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)
@@ -30,7 +31,7 @@ def web(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     (root / "a.jpg").write_bytes(tiny_jpeg())
     (root / "page.html").write_bytes(b"<html><body>hello</body></html>")
-    with LocalWeb(root) as server:
+    with FaultyWeb(root) as server:
         yield server
 
 
@@ -46,7 +47,7 @@ def local(**changes) -> DownloadParams:
     return dataclasses.replace(LOCAL, **changes)
 
 
-def fault(web: LocalWeb, route: str, **query) -> str:
+def fault(web: FaultyWeb, route: str, **query) -> str:
     """The URL of a fault route, e.g. fault(web, "slow", seconds=3)."""
     return web.url(f"_fault/{route}") + ("?" + urllib.parse.urlencode(query) if query else "")
 
@@ -198,7 +199,7 @@ def test_redirect_to_an_image(web, absolute):
     assert result.final_url == web.url("a.jpg")
 
 
-def redirect_chain(web: LocalWeb, hops: int) -> str:
+def redirect_chain(web: FaultyWeb, hops: int) -> str:
     url = web.url("a.jpg")
     for _ in range(hops):
         url = fault(web, "redirect", to=url)
@@ -256,7 +257,7 @@ def test_private_hosts_are_blocked_before_connecting(host, monkeypatch):
 @pytest.fixture
 def fresh_web(tmp_path):
     (tmp_path / "a.jpg").write_bytes(tiny_jpeg())
-    with LocalWeb(tmp_path) as server:
+    with FaultyWeb(tmp_path) as server:
         yield server
 
 
@@ -266,7 +267,7 @@ def test_loopback_is_blocked_by_default(fresh_web):
     assert fetch(fresh_web.url("a.jpg")).ok  # control: the same URL works when private is allowed
 
 
-def loopback_public_for_first_hop_only(monkeypatch, web: LocalWeb) -> None:
+def loopback_public_for_first_hop_only(monkeypatch, web: FaultyWeb) -> None:
     """Make the loopback server count as public until it has answered the first
     hop, and fail loudly if anything connects after that: a redirect must be
     refused by the address check before connecting, not by luck."""

@@ -7,9 +7,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
-from pipeline.media import optout_rules as rules
 from pipeline.media.imaging import ResizeParams, process_image
-from pipeline.media.optout_rules import OptOutListError, Rule, normalize_url
+from pipeline.media.optout.c2pa_manifests import c2pa_store_disallows_training
+from pipeline.media.optout.phash import phash_of_image
+from pipeline.media.optout.reasons import RULE_FIELD
+from pipeline.media.optout.rule_list import OptOutList, OptOutListError, PhashMatch, Rule, load_optout_list, parse_rule
+from pipeline.media.optout.tdmrep import parse_tdmrep_json, tdm_reservation, tdmrep_rule_for
+from pipeline.media.optout.urls import normalize_url
+from pipeline.media.optout.x_robots_tag import x_robots_tag_disallows
+from pipeline.tools.report_optout import optout_report
 
 SHA = "ab" * 32
 
@@ -17,7 +23,7 @@ SHA = "ab" * 32
 def load_text(tmp_path, text, name="list.txt"):
     path = tmp_path / name
     path.write_text(text)
-    return rules.load_optout_list(str(path))
+    return load_optout_list(str(path))
 
 
 # ------------------------------------------------------------ URL normalisation
@@ -52,7 +58,7 @@ def test_normalize_url_rejects_non_http_urls(url):
 
 
 def test_equivalent_spellings_match_a_url_rule():
-    optout = rules.OptOutList([rules.parse_rule("url", "https://example.com/a b.jpg")])
+    optout = OptOutList([parse_rule("url", "https://example.com/a b.jpg")])
     assert optout.match_url("HTTPS://EXAMPLE.com:443/a%20b.jpg#x") == Rule("url", "https://example.com/a%20b.jpg")
     assert optout.match_url("https://example.com/a%20b.jpg?x=1") is None
     assert optout.match_url("http://example.com/a%20b.jpg") is None  # another scheme is another URL
@@ -62,7 +68,7 @@ def test_equivalent_spellings_match_a_url_rule():
 
 
 def test_domain_rule_matches_subdomains_but_not_lookalikes():
-    optout = rules.OptOutList([rules.parse_rule("domain", "Example.com")])
+    optout = OptOutList([parse_rule("domain", "Example.com")])
     assert optout.match_url("http://example.com/x") == Rule("domain", "example.com")
     assert optout.match_url("https://img.cdn.example.com/x") == Rule("domain", "example.com")
     assert optout.match_url("https://notexample.com/x") is None
@@ -70,19 +76,19 @@ def test_domain_rule_matches_subdomains_but_not_lookalikes():
 
 
 def test_subdomain_rule_does_not_match_its_parent():
-    optout = rules.OptOutList([rules.parse_rule("domain", "img.example.com")])
+    optout = OptOutList([parse_rule("domain", "img.example.com")])
     assert optout.match_url("http://a.img.example.com/") == Rule("domain", "img.example.com")
     assert optout.match_url("http://example.com/") is None
 
 
 def test_ip_address_domain_matches_exactly():
-    optout = rules.OptOutList([rules.parse_rule("domain", "10.1.2.3")])
+    optout = OptOutList([parse_rule("domain", "10.1.2.3")])
     assert optout.match_url("http://10.1.2.3:8080/a") == Rule("domain", "10.1.2.3")
     assert optout.match_url("http://110.1.2.3/a") is None
 
 
 def test_prefix_rule_is_a_string_prefix_of_the_normalised_url():
-    optout = rules.OptOutList([rules.parse_rule("prefix", "HTTPS://Example.com/Gallery/")])
+    optout = OptOutList([parse_rule("prefix", "HTTPS://Example.com/Gallery/")])
     assert optout.match_url("https://example.com/Gallery/2024/a.jpg") == Rule("prefix", "https://example.com/Gallery/")
     assert optout.match_url("https://example.com/gallery/a.jpg") is None  # paths are case-sensitive
     assert optout.match_url("https://example.com/Gallery") is None
@@ -90,10 +96,10 @@ def test_prefix_rule_is_a_string_prefix_of_the_normalised_url():
 
 
 def test_url_rules_win_over_prefix_and_domain():
-    optout = rules.OptOutList([
-        rules.parse_rule("domain", "example.com"),
-        rules.parse_rule("prefix", "https://example.com/a/"),
-        rules.parse_rule("url", "https://example.com/a/b.jpg"),
+    optout = OptOutList([
+        parse_rule("domain", "example.com"),
+        parse_rule("prefix", "https://example.com/a/"),
+        parse_rule("url", "https://example.com/a/b.jpg"),
     ])
     assert optout.match_url("https://example.com/a/b.jpg").kind == "url"
     assert optout.match_url("https://example.com/a/c.jpg").kind == "prefix"
@@ -101,16 +107,16 @@ def test_url_rules_win_over_prefix_and_domain():
 
 
 def test_sha256_and_phash_matching():
-    optout = rules.OptOutList([rules.parse_rule("sha256", SHA.upper()), rules.parse_rule("phash", "ffff0000ffff0000")])
+    optout = OptOutList([parse_rule("sha256", SHA.upper()), parse_rule("phash", "ffff0000ffff0000")])
     assert optout.match_sha256(SHA) == Rule("sha256", SHA)
     assert optout.match_sha256("cd" * 32) is None
     near = 0xFFFF0000FFFF0000 ^ 0b111  # three bits differ
-    assert optout.match_phash(near, 3) == rules.PhashMatch(Rule("phash", "ffff0000ffff0000"), 3)
+    assert optout.match_phash(near, 3) == PhashMatch(Rule("phash", "ffff0000ffff0000"), 3)
     assert optout.match_phash(near, 2) is None
 
 
 def test_an_empty_list_matches_nothing():
-    optout = rules.OptOutList()
+    optout = OptOutList()
     assert optout.match_url("http://example.com/") is None
     assert optout.match_phash(0, 64) is None and not optout.has_phash
 
@@ -152,31 +158,31 @@ def test_long_error_lists_are_shortened(tmp_path):
 def test_csv_list(tmp_path):
     path = tmp_path / "list.csv"
     path.write_text(f"kind,value\ndomain,example.com\nsha256,{SHA}\n")
-    optout = rules.load_optout_list(str(path))
+    optout = load_optout_list(str(path))
     assert optout.counts() == {"domain": 1, "sha256": 1}
     path.write_text("kind,value\ndomain,example.com\nwhat,ever\n")
     with pytest.raises(OptOutListError, match=r"list.csv:3: unknown kind 'what'"):
-        rules.load_optout_list(str(path))
+        load_optout_list(str(path))
     path.write_text("type,value\ndomain,example.com\n")
     with pytest.raises(OptOutListError, match="missing column"):
-        rules.load_optout_list(str(path))
+        load_optout_list(str(path))
 
 
 def test_parquet_list(tmp_path):
     path = tmp_path / "list.parquet"
     pq.write_table(pa.table({"kind": ["url", "prefix"], "value": ["https://a.com/x", "https://b.com/"]}), path)
-    assert rules.load_optout_list(str(path)).counts() == {"url": 1, "prefix": 1}
+    assert load_optout_list(str(path)).counts() == {"url": 1, "prefix": 1}
     pq.write_table(pa.table({"kind": ["url"], "value": ["not a url"]}), path)
     with pytest.raises(OptOutListError, match="row 1: 'not a url' is not an absolute http"):
-        rules.load_optout_list(str(path))
+        load_optout_list(str(path))
 
 
 def test_missing_and_binary_lists_fail_clearly(tmp_path):
     with pytest.raises(OptOutListError, match="cannot read the opt-out list"):
-        rules.load_optout_list(str(tmp_path / "missing.txt"))
+        load_optout_list(str(tmp_path / "missing.txt"))
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(OptOutListError, match="not UTF-8"):
-        rules.load_optout_list(str(tmp_path / "binary.txt"))
+        load_optout_list(str(tmp_path / "binary.txt"))
 
 
 # ------------------------------------------------------------ X-Robots-Tag
@@ -200,7 +206,7 @@ def test_missing_and_binary_lists_fail_clearly(tmp_path):
     ],
 )
 def test_x_robots_tag(value, expected):
-    assert rules.x_robots_tag_disallows(value, "curate") == expected
+    assert x_robots_tag_disallows(value, "curate") == expected
 
 
 # ------------------------------------------------------------ TDMRep
@@ -211,9 +217,9 @@ def test_tdmrep_first_matching_location_wins():
         {"location": "/open/", "tdm-reservation": 0},
         {"location": "/", "tdm-reservation": 1, "tdm-policy": "https://example.com/policy.json"},
     ]).encode()
-    parsed = rules.parse_tdmrep_json(body)
-    assert rules.tdmrep_rule_for(parsed, "https://example.com/open/a.jpg").reservation == 0
-    assert rules.tdmrep_rule_for(parsed, "https://example.com/closed/a.jpg").reservation == 1
+    parsed = parse_tdmrep_json(body)
+    assert tdmrep_rule_for(parsed, "https://example.com/open/a.jpg").reservation == 0
+    assert tdmrep_rule_for(parsed, "https://example.com/closed/a.jpg").reservation == 1
 
 
 @pytest.mark.parametrize(
@@ -229,24 +235,24 @@ def test_tdmrep_first_matching_location_wins():
     ],
 )
 def test_tdmrep_location_patterns(location, path, matches):
-    parsed = rules.parse_tdmrep_json(json.dumps([{"location": location, "tdm-reservation": 1}]).encode())
-    assert (rules.tdmrep_rule_for(parsed, f"https://example.com{path}") is not None) == matches
+    parsed = parse_tdmrep_json(json.dumps([{"location": location, "tdm-reservation": 1}]).encode())
+    assert (tdmrep_rule_for(parsed, f"https://example.com{path}") is not None) == matches
 
 
 @pytest.mark.parametrize("body", [b"<html>not found</html>", b"{}", b'{"location": "/"}', b"", None])
 def test_tdmrep_invalid_files_reserve_nothing(body):
-    assert rules.parse_tdmrep_json(body) == []
+    assert parse_tdmrep_json(body) == []
 
 
 def test_tdmrep_skips_entries_with_protocol_errors():
     body = json.dumps([{"location": "/", "tdm-reservation": 2}, {"location": 5, "tdm-reservation": 1},
                        {"location": "/b/", "tdm-reservation": "1"}]).encode()
-    assert [(r.location, r.reservation) for r in rules.parse_tdmrep_json(body)] == [("/b/", 1)]
+    assert [(r.location, r.reservation) for r in parse_tdmrep_json(body)] == [("/b/", 1)]
 
 
 @pytest.mark.parametrize("value, expected", [("1", 1), (" 0 ", 0), (1, 1), ("2", None), ("yes", None), (None, None)])
 def test_tdm_reservation_values(value, expected):
-    assert rules.tdm_reservation(value) == expected
+    assert tdm_reservation(value) == expected
 
 
 # ------------------------------------------------------------ C2PA
@@ -257,13 +263,13 @@ def test_c2pa_store_training_mining():
         return {"manifests": {"m": {"assertions": [{"label": "c2pa.actions", "data": {}},
                                                     {"label": label, "data": {"entries": entries}}]}}}
 
-    assert rules.c2pa_store_disallows_training(store({"c2pa.ai_training": {"use": "notAllowed"}})) == "c2pa.ai_training"
-    assert rules.c2pa_store_disallows_training(
+    assert c2pa_store_disallows_training(store({"c2pa.ai_training": {"use": "notAllowed"}})) == "c2pa.ai_training"
+    assert c2pa_store_disallows_training(
         store({"cawg.data_mining": {"use": "notAllowed"}}, "cawg.training-mining.v2__1")) == "cawg.data_mining"
-    assert rules.c2pa_store_disallows_training(store({"c2pa.ai_training": {"use": "allowed"}})) is None
-    assert rules.c2pa_store_disallows_training(store({"c2pa.ai_inference": {"use": "notAllowed"}})) is None
-    assert rules.c2pa_store_disallows_training(store({"c2pa.ai_training": {"use": "notAllowed"}}, "c2pa.other")) is None
-    assert rules.c2pa_store_disallows_training({}) is None
+    assert c2pa_store_disallows_training(store({"c2pa.ai_training": {"use": "allowed"}})) is None
+    assert c2pa_store_disallows_training(store({"c2pa.ai_inference": {"use": "notAllowed"}})) is None
+    assert c2pa_store_disallows_training(store({"c2pa.ai_training": {"use": "notAllowed"}}, "c2pa.other")) is None
+    assert c2pa_store_disallows_training({}) is None
 
 
 # ------------------------------------------------------------ pHash of stored images
@@ -296,15 +302,15 @@ def distance(a, b):
 def test_stored_image_phash_is_close_to_the_creators(mode):
     original = picture((640, 400), seed=3)
     stored = process_image(original, ResizeParams(image_size=256, resize_mode=mode))
-    phash = rules.phash_of_image(stored.data, (stored.original_width, stored.original_height))
+    phash = phash_of_image(stored.data, (stored.original_width, stored.original_height))
     assert distance(phash, creator_phash(original)) <= 4
 
 
 def test_border_padding_must_be_removed_to_match():
     original = picture((640, 400), seed=5)
     stored = process_image(original, ResizeParams(image_size=256, resize_mode="border"))
-    unpadded = rules.phash_of_image(stored.data, (640, 400))
-    padded = rules.phash_of_image(stored.data, None)  # without the original size nothing is cropped
+    unpadded = phash_of_image(stored.data, (640, 400))
+    padded = phash_of_image(stored.data, None)  # without the original size nothing is cropped
     assert distance(unpadded, creator_phash(original)) < distance(padded, creator_phash(original))
     assert distance(padded, creator_phash(original)) > 4
 
@@ -312,8 +318,8 @@ def test_border_padding_must_be_removed_to_match():
 def test_center_cropped_images_are_hashed_whole():
     original = picture((640, 400), seed=7)
     stored = process_image(original, ResizeParams(image_size=256, resize_mode="center_crop"))
-    whole = rules.phash_of_image(stored.data, None)
-    assert rules.phash_of_image(stored.data, (640, 400)) == whole  # no white bars: nothing cropped
+    whole = phash_of_image(stored.data, None)
+    assert phash_of_image(stored.data, (640, 400)) == whole  # no white bars: nothing cropped
 
 
 def test_different_pictures_are_far_apart():
@@ -325,7 +331,7 @@ def test_different_pictures_are_far_apart():
 
 def test_optout_report_counts_by_reason_rule_kind_and_domain():
     def row(url, reason, stage="optout", rule=None):
-        return {"url": url, "stage": stage, "reason": reason, "fields": json.dumps({rules.RULE_FIELD: rule} if rule else {})}
+        return {"url": url, "stage": stage, "reason": reason, "fields": json.dumps({RULE_FIELD: rule} if rule else {})}
 
     rows = [
         row("https://a.example.com/1.jpg", "optout_list", rule="domain:example.com"),
@@ -335,7 +341,7 @@ def test_optout_report_counts_by_reason_rule_kind_and_domain():
         row("http://b.org/2.jpg", "too_small", "resolution"),
         row("not a url", "optout_c2pa"),
     ]
-    report = rules.optout_report(rows, top=2)
+    report = optout_report(rows, top=2)
     assert report["total"] == 5
     assert report["by_reason"] == {"optout_list": 2, "optout_robots_txt": 1, "optout_tdmrep": 1, "optout_c2pa": 1}
     assert report["by_stage"] == {"optout": 4, "takedown": 1}

@@ -18,9 +18,9 @@ from filters.optout import OptOut, robots_policy_from_fetch
 from pipeline.cli import main
 from pipeline.media.download import Downloader, DownloadParams
 from pipeline.media.imaging import ResizeParams, process_image
-from pipeline.demo.localweb import LocalWeb
 from pipeline.core.records import Sample
 from pipeline.core.stage import StageContext
+from tests.localweb_faults import FaultyWeb
 from tests.test_optout_rules import picture
 
 LOOPBACK = DownloadParams(allow_private_network=True, retries=0, timeout=5)
@@ -149,7 +149,7 @@ def web_root(tmp_path_factory, c2pa_images):
 
 @pytest.fixture()
 def web(web_root):
-    with LocalWeb(web_root) as server:  # a fresh server per test: hit counts start at zero
+    with FaultyWeb(web_root) as server:  # a fresh server per test: hit counts start at zero
         yield server
 
 
@@ -229,7 +229,7 @@ def test_policy_files_are_fetched_with_the_download_ssrf_guard(web):
 
 def test_an_origin_without_robots_txt_allows_everything(tmp_path):
     (tmp_path / "private").mkdir()
-    with LocalWeb(tmp_path) as server:
+    with FaultyWeb(tmp_path) as server:
         assert stage().before_download(sample(server.url("private/a.jpg"))).keep
         assert server.hits("/robots.txt") == 1
 
@@ -288,7 +288,7 @@ def test_invalid_header_value_falls_back_to_the_file(web):
 
 
 def test_tdmrep_of_the_redirect_target_origin_is_checked(web, tmp_path):
-    with LocalWeb(tmp_path) as other:  # no tdmrep.json on the origin of the listed URL
+    with FaultyWeb(tmp_path) as other:  # no tdmrep.json on the origin of the listed URL
         url = other.url(f"_fault/redirect?to={urllib.parse.quote(web.url('tdm/a.jpg'), safe='')}")
         assert respond(stage(), url)[0].reason == "optout_tdmrep"
         assert other.hits("/.well-known/tdmrep.json") == 1 and web.hits("/.well-known/tdmrep.json") == 1

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline.engine import audit
-from pipeline.tools.report import ReportError, add_report_command, write_reports
+from pipeline.tools.report_build import ReportError, add_report_command, write_reports
 from pipeline.core.records import Reject, Sample
 from pipeline.engine.writers import OutputParams, write_rejects, write_shard
 
@@ -33,7 +33,7 @@ RECIPE = {
 }
 # The steps in the order they run (caption-only stages before the download).
 RUN_ORDER = ["read", "optout", "caption", "download", "resolution", "bias_audit", "clip_score", "nsfw", "dedup_phash"]
-# The shape of pipeline/dedup/lsh.py's cluster report.
+# The shape of pipeline/dedup/cluster_report.py's report.
 DEDUP_REPORT = {
     "candidates": 2, "clusters": 1, "dropped": 1, "cluster_size_histogram": {"2": 1, "3-4": 0},
     "largest_clusters": [{"size": 2, "kept": "000000003", "example_duplicates": ["000000111"]}],

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.demo.localweb import LocalWeb
+from tests.localweb_faults import FaultyWeb
 
 ROWS = 40
 PER_SHARD = 10
@@ -31,7 +31,7 @@ stages:
 @pytest.fixture()
 def setup(tmp_path):
     (tmp_path / "web").mkdir()
-    with LocalWeb(tmp_path / "web") as web:
+    with FaultyWeb(tmp_path / "web") as web:
         # Every image is the same small JPEG: all but the first are duplicates, so
         # the resumed run must see restored samples in the global dedup stage.
         rows = [{"url": web.url(f"_fault/slow?seconds=0.15&id={i}"), "caption": f"slow picture number {i}"}

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
+from pipeline.demo.localweb import FaultHandler
 from pipeline.demo.sample_web import generate_sample_web
 
 N_ROWS = 300
@@ -110,6 +111,14 @@ def test_broken_links_and_fault_routes(web):
     assert all(row["path"].startswith("/_fault/truncated") for row in rows_of(rows, "truncated_transfer"))
 
 
+def test_the_demo_server_has_every_fault_route_the_sample_web_links_to(web):
+    # The routes only tests use live in tests/localweb_faults.py; the demo must not need them.
+    _root, rows = web
+    linked = {row["path"].split("/")[2].partition("?")[0] for row in rows if row["path"].startswith("/_fault/")}
+    assert linked == {"status", "truncated", "headers"}
+    assert linked <= set(FaultHandler.routes)
+
+
 def test_exact_duplicates_share_bytes_not_captions_and_come_later(web):
     root, rows = web
     position = {row["path"]: index for index, row in enumerate(rows)}
@@ -176,7 +185,7 @@ def test_language_mix(web):
 
 def test_captions_come_from_the_bundled_file(web):
     _, rows = web
-    lines = resources.files("pipeline").joinpath("data/sample_captions.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = resources.files("pipeline.demo").joinpath("data/sample_captions.jsonl").read_text(encoding="utf-8").splitlines()
     bundled = {json.loads(line)["caption"]: json.loads(line)["lang"] for line in lines}
     assert len(bundled) >= 140 and len(set(bundled.values())) >= 10
     for row in rows:

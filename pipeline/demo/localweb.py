@@ -1,49 +1,34 @@
-"""A small loopback web server: serves a folder, plus fault routes for tests.
+"""A small loopback web server for the demo: serves a folder, plus the fault routes the sample web links to.
 
-The demo uses it to serve the bundled sample "web" and the tests use it to
-download without internet.  It only ever binds to 127.0.0.1.
+The demo uses it to serve the bundled sample "web" without internet (tests
+serve their own folders with it too).  It only ever binds to 127.0.0.1.
 
-Fault routes (everything else is served from the folder as static files):
+Fault routes (everything else is served from the folder as static files),
+the broken links and opt-out signals of pipeline/demo/sample_web.py:
 
   /_fault/status/<code>          reply with that status code and a short body
-  /_fault/flaky/<id>?fails=N     reply 503 to the first N (default 1) requests
-                                 for <id>, then a small JPEG
-  /_fault/slow?seconds=S         sleep S seconds, then send a small JPEG
-  /_fault/drip?bytes=N&interval=S  send a JPEG header + padding, one byte every
-                                 S seconds (a slow-drip server)
   /_fault/truncated              promise more bytes in Content-Length than sent,
                                  then close the connection
-  /_fault/wrong-type?serve=html  an HTML page labelled image/jpeg
-  /_fault/wrong-type?serve=image a real JPEG labelled text/html
-  /_fault/redirect-loop          302 to itself, forever
-  /_fault/redirect?to=URL        302 to URL (may be relative)
-  /_fault/big?bytes=N            N bytes: a JPEG header + padding; add
-                                 &length=no to omit Content-Length and end the
-                                 body by closing the connection
-  /_fault/empty                  200 with an empty body
   /_fault/headers[/any/path]?Name=value&...
                                  a small JPEG sent with the given response
                                  headers; the path after headers/ is ignored,
                                  so tests can place it under a robots.txt or
                                  tdmrep.json location
 
-`LocalWeb.hits(path)` counts the requests seen for a path (without query), so
-tests can check how often a client retried.
+The routes only tests need (slow, drip, flaky, redirects, big, ...) and the
+request counts they check are in tests/localweb_faults.py, which extends
+`FaultHandler.routes`.
 """
 from __future__ import annotations
 
-import collections
 import functools
 import http.server
 import io
 import sys
 import threading
-import time
 import urllib.parse
 from pathlib import Path
-
-_JPEG_HEADER = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
-_HTML = b"<!doctype html><html><body><h1>Not an image</h1></body></html>"
+from typing import Callable
 
 
 @functools.cache
@@ -56,52 +41,36 @@ def tiny_jpeg() -> bytes:
     return out.getvalue()
 
 
-def _padded_jpeg(size: int) -> bytes:
-    """`size` bytes that sniff as JPEG (they do not decode: tests only need the magic)."""
-    return (_JPEG_HEADER + b"\x00" * max(0, size - len(_JPEG_HEADER)))[:size]
-
-
-class _Server(http.server.ThreadingHTTPServer):
+class QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, handler):
-        super().__init__(address, handler)
-        self.hit_counts: collections.Counter[str] = collections.Counter()
-        self.hit_lock = threading.Lock()
-
     def handle_error(self, request, client_address):
-        # Tests hang up on purpose (timeouts, too_large); only real errors are worth printing.
+        # Clients hang up on purpose (timeouts, too_large); only real errors are worth printing.
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)
 
-    def count_hit(self, path: str) -> int:
-        with self.hit_lock:
-            self.hit_counts[path] += 1
-            return self.hit_counts[path]
 
+class FaultHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files, and /_fault/<route>[/<rest>]?<query> answered by `routes[route](self, rest, query)`."""
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: _Server
+    routes: dict[str, Callable[["FaultHandler", str, dict[str, str]], None]] = {}  # set below the class
 
     def log_message(self, format, *args):  # keep test and demo output quiet
         pass
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
-        hit = self.server.count_hit(url.path)
         if not url.path.startswith("/_fault/"):
             return super().do_GET()
         query = {name: values[-1] for name, values in urllib.parse.parse_qs(url.query).items()}
         route, _, rest = url.path[len("/_fault/"):].partition("/")
-        handler = self._FAULTS.get(route)
+        handler = self.routes.get(route)
         if handler is None:
-            return self._reply(404, b"no such fault route", "text/plain")
-        handler(self, rest, query, hit)
+            return self.reply(404, b"no such fault route", "text/plain")
+        handler(self, rest, query)
 
-    # --- helpers -----------------------------------------------------------
-
-    def _reply(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None):
+    def reply(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -110,7 +79,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_unterminated(self, content_type: str, content_length: int | None):
+    def send_unterminated(self, content_type: str, content_length: int | None):
         """Start a reply whose body ends when the connection closes."""
         self.close_connection = True
         self.send_response(200)
@@ -120,83 +89,33 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
 
-    # --- fault routes: (self, rest of path, query, hit number for this path) --
 
-    def _status(self, rest, query, hit):
-        self._reply(int(rest), f"status {rest}".encode(), "text/plain")
+def _status(handler: FaultHandler, rest: str, query: dict[str, str]) -> None:
+    handler.reply(int(rest), f"status {rest}".encode(), "text/plain")
 
-    def _flaky(self, rest, query, hit):
-        if hit <= int(query.get("fails", 1)):
-            self._reply(503, b"try again", "text/plain")
-        else:
-            self._reply(200, tiny_jpeg(), "image/jpeg")
 
-    def _slow(self, rest, query, hit):
-        time.sleep(float(query.get("seconds", 1)))
-        self._reply(200, tiny_jpeg(), "image/jpeg")
+def _truncated(handler: FaultHandler, rest: str, query: dict[str, str]) -> None:
+    body = tiny_jpeg()
+    handler.send_unterminated("image/jpeg", len(body) + 1000)
+    handler.wfile.write(body)
 
-    def _drip(self, rest, query, hit):
-        body = _padded_jpeg(int(query.get("bytes", 1000)))
-        interval = float(query.get("interval", 0.1))
-        self._send_unterminated("image/jpeg", len(body))
-        for i in range(len(body)):
-            self.wfile.write(body[i : i + 1])
-            self.wfile.flush()
-            time.sleep(interval)
 
-    def _truncated(self, rest, query, hit):
-        body = tiny_jpeg()
-        self._send_unterminated("image/jpeg", len(body) + 1000)
-        self.wfile.write(body)
+def _headers(handler: FaultHandler, rest: str, query: dict[str, str]) -> None:
+    handler.reply(200, tiny_jpeg(), "image/jpeg", query)
 
-    def _wrong_type(self, rest, query, hit):
-        if query.get("serve") == "image":
-            self._reply(200, tiny_jpeg(), "text/html")
-        else:
-            self._reply(200, _HTML, "image/jpeg")
 
-    def _redirect_loop(self, rest, query, hit):
-        self._reply(302, b"", "text/plain", {"Location": "/_fault/redirect-loop"})
-
-    def _redirect(self, rest, query, hit):
-        self._reply(302, b"", "text/plain", {"Location": query["to"]})
-
-    def _big(self, rest, query, hit):
-        size = int(query.get("bytes", 1_000_000))
-        send_length = query.get("length") != "no"
-        self._send_unterminated("image/jpeg", size if send_length else None)
-        block = 64 * 1024
-        body = _padded_jpeg(size)
-        for start in range(0, size, block):
-            self.wfile.write(body[start : start + block])
-
-    def _empty(self, rest, query, hit):
-        self._reply(200, b"", "image/jpeg")
-
-    def _headers(self, rest, query, hit):
-        self._reply(200, tiny_jpeg(), "image/jpeg", query)
-
-    _FAULTS = {
-        "status": _status,
-        "flaky": _flaky,
-        "slow": _slow,
-        "drip": _drip,
-        "truncated": _truncated,
-        "wrong-type": _wrong_type,
-        "redirect-loop": _redirect_loop,
-        "redirect": _redirect,
-        "big": _big,
-        "empty": _empty,
-        "headers": _headers,
-    }
+FaultHandler.routes = {"status": _status, "truncated": _truncated, "headers": _headers}
 
 
 class LocalWeb:
     """Serve `root` on 127.0.0.1:`port` (0 picks a free port) in a background thread."""
 
+    handler_class: type[FaultHandler] = FaultHandler
+    server_class: type[QuietServer] = QuietServer
+
     def __init__(self, root: str | Path, port: int = 0):
-        handler = functools.partial(_Handler, directory=str(root))
-        self._server = _Server(("127.0.0.1", port), handler)
+        handler = functools.partial(self.handler_class, directory=str(root))
+        self._server = self.server_class(("127.0.0.1", port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -206,12 +125,6 @@ class LocalWeb:
 
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}"
-
-    def hits(self, path: str) -> int:
-        """How many requests reached `path` (query string ignored)."""
-        key = "/" + urllib.parse.urlsplit(path).path.lstrip("/")
-        with self._server.hit_lock:
-            return self._server.hit_counts[key]
 
     def start(self) -> "LocalWeb":
         self._thread.start()

@@ -185,7 +185,7 @@ def _execute(recipe, inputs, output_dir: str, options, save_pipeline: str | None
 
 def finalize(output_dir: str) -> JobResult:
     """After _SUCCESS: drop the checkpoints and write the reports (the run is complete whatever happens there)."""
-    from pipeline.tools.report import write_reports
+    from pipeline.tools.report_build import write_reports
 
     checkpoint.remove(output_dir)
     result = JobResult(output_dir, audit.read_audit(output_dir))

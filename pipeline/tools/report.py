@@ -1,69 +1,42 @@
-"""The audit report: distributions of a finished output, as JSON and as one HTML page.
+"""The report's data: the rows of a finished output and what is measured on them.
 
-`write_reports(DIR)` reads an output folder and writes
+`pipeline.tools.report_build` (`curate report DIR`) makes report/audit.json,
+report/optout.json and report/audit.html from what this module reads:
 
-* `report/audit.json`: the run's audit with its counts untouched, plus
-  `funnel`, `distributions` (histograms of every numeric `*_score` field and
-  of original image size, aspect ratio and caption length, each split kept vs
-  rejected; language shares; top domains), `optout` and `bias`;
-* `report/optout.json`: rows dropped by opt-out rules, by reason, rule kind
-  and domain (`pipeline.media.optout_rules.optout_report`);
-* `report/audit.html`: one self-contained page (inline SVG charts, base64
-  thumbnails, no script or network) with the same content and examples.
+* the kept and rejected rows (`Row`: metadata, no image), streamed in batches
+  from the shards' and rejects' Parquet files, and the rejects' opt-out rows;
+* each row's `measures` (every numeric `*_score` field, original image size,
+  aspect ratio, caption length), their ranges over all rows (`scan_ranges`,
+  the first of two passes) and the fixed-bin `Histogram` each range gives;
+* the recipe's thresholds drawn as markers on those histograms;
+* thumbnails of the first kept images (only the first shards are opened).
 
-It streams: shard metadata and rejects are read in batches of rows, twice
-(the first pass finds each histogram's range), and only the first shards'
-images are opened, for the thumbnails.  Paths may be local or on any Beam
-filesystem (gs://...).  `curate report DIR` regenerates all three files.
-
-This module reads the output and builds the numbers; `pipeline.tools.report_html`
-renders the page (its charts are drawn by `pipeline.tools.report_plots`), and
-`pipeline.tools.report_format` holds the split names, limits and number formats
-all three share.
+Paths may be local or on any Beam filesystem (gs://...).  The second pass's
+counts are in `pipeline.tools.report_tallies`.
 """
 from __future__ import annotations
 
 import base64
-import datetime
 import io
 import json
 import math
 import random
-import sys
 import tarfile
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from filters.bias_audit import PERCEIVED_FIELD, TermsError, load_terms, split_labels
-from pipeline.engine.audit import SUCCESS_FILE, write_json
-from pipeline.media.optout_rules import OPTOUT_REASONS, optout_report
-from pipeline.tools.report_format import (
-    KEPT,
-    REJECTED,
-    SPLITS,
-    THUMBNAIL_PIXELS,
-    TOP_DOMAINS,
-    finite_number,
-    short_text,
-)
-from pipeline.tools.report_html import render_html
-from pipeline.engine.writers import AtomicFile
+from pipeline.media.optout.reasons import OPTOUT_REASONS
+from pipeline.tools.report_format import KEPT, REJECTED, SPLITS, THUMBNAIL_PIXELS, finite_number
 
 HISTOGRAM_BINS = 30
 RESERVOIR_SIZE = 20_000  # values per measure kept by the first pass to find a long tail
 TAIL_QUANTILE = 0.995
 BATCH_ROWS = 8192
-OPTOUT_TOP_DOMAINS = 100  # in optout.json; audit.json and the page show TOP_DOMAINS
-DOMAIN_CAPACITY = 200_000  # distinct domains remembered exactly; beyond, counts become lower bounds
-EXAMPLES_PER_REASON = 5
-THUMBNAILS = 12
 IMAGE_COLUMNS = ("jpg", "png", "webp")
 
 # Recipe parameters drawn as markers on a measure's histogram: (stage, parameter).
@@ -86,10 +59,6 @@ LOG_MEASURES = ("aspect_ratio",)  # 1:4 and 4:1 are equally far from square
 # Scores are never folded: their tail is what thresholds are about.
 TAIL_FOLDED_MEASURES = ("original_short_side", "original_long_side", "caption_chars", "caption_words")
 CAPTION_MEASURES = ("caption_chars", "caption_words")
-
-
-class ReportError(ValueError):
-    """The folder cannot be reported on (no audit.json, unreadable audit)."""
 
 
 # ---------------------------------------------------------------- reading rows
@@ -306,29 +275,6 @@ def histogram_for(name: str, value_range: Range) -> Histogram:
     return Histogram(value_range.edges(log_scale, name in TAIL_FOLDED_MEASURES), log_scale)
 
 
-class TopCounter:
-    """Counts values; past `capacity` distinct ones the rarest half is forgotten (counts become lower bounds)."""
-
-    def __init__(self, capacity: int = DOMAIN_CAPACITY):
-        self.counts: Counter[str] = Counter()
-        self.capacity = capacity
-        self.approximate = False
-
-    def add(self, value: str) -> None:
-        self.counts[value] += 1
-        if len(self.counts) > self.capacity:
-            self.counts = Counter(dict(self.counts.most_common(self.capacity // 2)))
-            self.approximate = True
-
-
-def domain_of(url: str) -> str:
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        host = ""
-    return host.removeprefix("www.") or "(no host)"
-
-
 # ---------------------------------------------------------------- thresholds from the recipe
 
 
@@ -361,172 +307,6 @@ def threshold_markers(measure: str, recipe: dict[str, Any], value_range: Range |
     return markers
 
 
-# ---------------------------------------------------------------- the second pass
-
-
-@dataclass
-class Example:
-    key: str
-    url: str
-    caption: str | None
-    detail: str
-
-
-def example_of(row: Row) -> Example:
-    notes = [f"{name}={short_text(value)}" for name, value in sorted(row.fields.items()) if is_score_field(name, value)]
-    if row.fields.get("duplicate_of"):
-        notes.append(f"duplicate of {row.fields['duplicate_of']}")
-    width, height = row.fields.get("original_width"), row.fields.get("original_height")
-    if width and height:
-        notes.append(f"original {width}×{height}")
-    return Example(row.key, row.url, row.caption, ", ".join(notes))
-
-
-class LabelTally:
-    """How many rows of each outcome carry each label (and each group/context pair)."""
-
-    def __init__(self):
-        self.rows: Counter[str] = Counter()
-        self.labels: dict[str, Counter[str]] = {}
-
-    def add(self, outcome: str, labels: list[str]) -> None:
-        self.rows[outcome] += 1
-        for label in labels:
-            self.labels.setdefault(label, Counter())[outcome] += 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rows": dict(self.rows),
-            "labels": {label: dict(counts) for label, counts in sorted(self.labels.items())},
-        }
-
-
-class BiasTally:
-    """Caption term mentions, group x context co-occurrences and perceived labels, per outcome."""
-
-    def __init__(self, terms):
-        self.terms = terms
-        self.mentions = LabelTally()
-        self.pairs = LabelTally()
-        self.perceived = LabelTally()
-
-    def add(self, row: Row) -> None:
-        labels = self.terms.labels(row.caption)
-        groups = [label for label in labels if self.terms.is_group(label)]
-        contexts = [label for label in labels if not self.terms.is_group(label)]
-        self.mentions.add(row.outcome, labels)
-        self.pairs.add(row.outcome, [f"{group} & {context}" for group in groups for context in contexts])
-        estimates = split_labels(row.fields.get(PERCEIVED_FIELD))
-        if estimates:  # rows that reached the stage with an image
-            self.perceived.add(row.outcome, estimates)
-
-    def to_json(self, terms_note: str) -> dict[str, Any]:
-        perceived = self.perceived.to_json() if self.perceived.rows else None
-        return {
-            "terms": terms_note,
-            "group_categories": list(self.terms.group_categories),
-            "context_categories": list(self.terms.context_categories),
-            "mentions": self.mentions.to_json(),
-            "cooccurrence": self.pairs.to_json(),
-            "perceived": perceived,
-            "note": "Counts of caption words from the lists, not of people. Perceived attributes, when present, "
-            "are zero-shot CLIP estimates of how people are presented, with the model's own biases.",
-        }
-
-
-class Aggregates:
-    """Everything the second pass counts."""
-
-    def __init__(self, ranges: dict[str, Range], terms):
-        self.histograms = {name: histogram_for(name, value_range) for name, value_range in ranges.items()}
-        self.rows = dict.fromkeys(SPLITS, 0)
-        self.languages = {split: Counter() for split in SPLITS}
-        self.domains = {split: TopCounter() for split in SPLITS}
-        self.examples: dict[tuple[str, str], list[Example]] = {}
-        self.bias = BiasTally(terms)
-
-    def add_batch(self, rows: list[Row]) -> None:
-        for row in rows:
-            self.add(row)
-        for histogram in self.histograms.values():
-            histogram.flush()
-
-    def add(self, row: Row) -> None:
-        split = row.split
-        self.rows[split] += 1
-        values = measures(row)
-        for name, histogram in self.histograms.items():
-            histogram.add(split, values.get(name))
-        if row.fields.get("lang") is not None:
-            self.languages[split][str(row.fields["lang"])] += 1
-        self.domains[split].add(domain_of(row.url))
-        self.bias.add(row)
-        if row.stage is not None:
-            self._add_example(row)
-
-    def _add_example(self, row: Row) -> None:
-        examples = self.examples.setdefault((row.stage, row.reason), [])
-        if len(examples) < EXAMPLES_PER_REASON:
-            examples.append(example_of(row))
-
-
-# ---------------------------------------------------------------- building the JSON
-
-
-def read_audit_file(output_dir: str) -> dict[str, Any]:
-    path = f"{output_dir}/report/audit.json"
-    if not FileSystems.exists(path):
-        raise ReportError(f"{path} does not exist: is {output_dir} the output folder of a finished `curate run`?")
-    try:
-        with FileSystems.open(path) as handle:
-            audit = json.loads(handle.read())
-    except (OSError, ValueError) as err:
-        raise ReportError(f"{path}: cannot read it: {err}") from None
-    if not isinstance(audit, dict) or not isinstance(audit.get("counts"), dict):
-        raise ReportError(f"{path}: has no 'counts': not an audit written by curate")
-    return audit
-
-
-def funnel(audit: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows remaining after each step, in stage_order (the order the steps ran; others last)."""
-    counts = audit["counts"]
-    by_stage = counts.get("rejected_by_stage", {})
-    order = list(audit.get("stage_order") or [])
-    order += [stage for stage in by_stage if stage not in order]
-    remaining = counts.get("input", 0)
-    steps = [{"stage": "input", "dropped": 0, "remaining": remaining}]
-    for stage in order:
-        dropped = sum(by_stage.get(stage, {}).values())
-        remaining -= dropped
-        steps.append({"stage": stage, "dropped": dropped, "remaining": remaining})
-    return steps
-
-
-def _top(counter: Counter, n: int) -> list[list]:
-    return [[name, count] for name, count in counter.most_common(n)]
-
-
-def distributions(aggregates: Aggregates, ranges: dict[str, Range], recipe: dict[str, Any]) -> dict[str, Any]:
-    def histogram(name: str) -> dict[str, Any]:
-        return aggregates.histograms[name].to_json(threshold_markers(name, recipe, ranges.get(name)))
-
-    scores = sorted(name for name in aggregates.histograms if name not in IMAGE_MEASURES + CAPTION_MEASURES)
-    has_languages = any(aggregates.languages[split] for split in SPLITS)
-    return {
-        "rows": dict(aggregates.rows),
-        "scores": {name: histogram(name) for name in scores},
-        "image": {name: histogram(name) for name in IMAGE_MEASURES if name in aggregates.histograms},
-        "caption": {name: histogram(name) for name in CAPTION_MEASURES if name in aggregates.histograms},
-        "languages": (
-            {split: dict(aggregates.languages[split].most_common()) for split in SPLITS} if has_languages else None
-        ),
-        "domains": {
-            **{split: _top(aggregates.domains[split].counts, TOP_DOMAINS) for split in SPLITS},
-            "approximate": any(aggregates.domains[split].approximate for split in SPLITS),
-        },
-    }
-
-
 def optout_rows(output_dir: str, problems: list[str]) -> Iterator[dict[str, Any]]:
     """Rejects rows dropped by an opt-out rule, streamed (the columns optout_report reads)."""
     def columns(schema: pa.Schema) -> list[str]:
@@ -535,19 +315,6 @@ def optout_rows(output_dir: str, problems: list[str]) -> Iterator[dict[str, Any]
     for path in list_files(f"{output_dir}/rejects/*.parquet"):
         for batch in _parquet_batches(path, problems, columns):
             yield from (row for row in batch if row.get("reason") in OPTOUT_REASONS)
-
-
-def bias_terms_for(recipe: dict[str, Any]):
-    """The recipe's bias_audit word list if it has one and it is readable, else the bundled one."""
-    path = stage_params(recipe).get("bias_audit", {}).get("terms_path")
-    if path:
-        try:
-            return load_terms(path), f"{path} (the recipe's bias_audit.terms_path)"
-        except TermsError as err:
-            terms = load_terms()
-            return terms, f"bundled list {terms.source}; the recipe's terms_path could not be used: {err}"
-    terms = load_terms()
-    return terms, f"bundled list {terms.source}"
 
 
 # ---------------------------------------------------------------- thumbnails
@@ -614,92 +381,3 @@ def _parquet_samples(output_dir: str, problems: list[str]) -> Iterator[tuple[str
                 data = next((values[c] for c in IMAGE_COLUMNS if values.get(c)), None)
                 if data:
                     yield str(values.get("key")), values.get("caption"), data
-
-
-# ---------------------------------------------------------------- entry points
-
-
-@dataclass
-class Report:
-    audit: dict[str, Any]
-    optout: dict[str, Any]
-    examples: dict[tuple[str, str], list[Example]]
-    thumbnails: list[Thumbnail]
-    problems: list[str] = field(default_factory=list)
-    complete: bool = True
-
-
-def build_report(output_dir: str) -> Report:
-    output_dir = output_dir.rstrip("/")
-    audit = read_audit_file(output_dir)
-    recipe = audit.get("recipe") or {}
-    terms, terms_note = bias_terms_for(recipe)
-    problems: list[str] = []
-    ranges = scan_ranges(output_dir)
-    aggregates = Aggregates(ranges, terms)
-    for batch in all_rows(output_dir, problems):
-        aggregates.add_batch(batch)
-    optout = optout_report(optout_rows(output_dir, problems=[]), top=OPTOUT_TOP_DOMAINS)
-    enriched = {
-        **audit,
-        "funnel": funnel(audit),
-        "distributions": distributions(aggregates, ranges, recipe),
-        "optout": {**optout, "top_domains": optout["top_domains"][:TOP_DOMAINS]},
-        "bias": aggregates.bias.to_json(terms_note),
-        "report": {
-            "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "html": "report/audit.html",
-            "problems": problems,
-        },
-    }
-    _check_rows_match_counts(enriched, problems)
-    thumbnails = kept_thumbnails(output_dir, THUMBNAILS, problems)
-    complete = FileSystems.exists(f"{output_dir}/{SUCCESS_FILE}")
-    return Report(enriched, optout, aggregates.examples, thumbnails, problems, complete)
-
-
-def _check_rows_match_counts(audit: dict[str, Any], problems: list[str]) -> None:
-    counts, rows = audit["counts"], audit["distributions"]["rows"]
-    rejected = sum(sum(reasons.values()) for reasons in counts.get("rejected_by_stage", {}).values())
-    if rows[KEPT] != counts.get("kept") or rows[REJECTED] != rejected:
-        problems.append(
-            f"the files hold {rows[KEPT]} kept and {rows[REJECTED]} rejected rows but the audit counts "
-            f"{counts.get('kept')} and {rejected}: the output is incomplete or was changed after the run"
-        )
-
-
-def write_reports(output_dir: str) -> list[str]:
-    """Write report/audit.json (enriched), report/optout.json and report/audit.html; returns their paths."""
-    output_dir = output_dir.rstrip("/")
-    report = build_report(output_dir)
-    paths = [f"{output_dir}/report/{name}" for name in ("audit.json", "optout.json", "audit.html")]
-    write_json(paths[0], report.audit)
-    write_json(paths[1], report.optout)
-    page = AtomicFile(paths[2])
-    page.handle.write(render_html(report).encode("utf-8"))
-    page.commit()
-    return paths
-
-
-def add_report_command(subparsers) -> None:
-    """Adds `curate report DIR` to the command line's subparsers."""
-    parser = subparsers.add_parser(
-        "report",
-        help="(re)generate report/audit.html, the distributions in audit.json and optout.json",
-        description="Read a finished output folder (shards and rejects) and write report/audit.json "
-        "(counts kept, distributions added), report/optout.json and report/audit.html, "
-        "without re-running the pipeline.",
-    )
-    parser.add_argument("output_dir", metavar="DIR", help="output folder of `curate run` (local or e.g. gs://)")
-    parser.set_defaults(handler=report_command)
-
-
-def report_command(args, beam_args: list[str]) -> int:
-    try:
-        paths = write_reports(args.output_dir)
-    except ReportError as err:
-        print(f"curate: error: {err}", file=sys.stderr)
-        return 2
-    for path in paths:
-        print(f"curate: wrote {path}")
-    return 0

@@ -2,9 +2,10 @@
 
 The two splits every count is kept apart by, the sizes both `audit.json` and
 the page use, and how a field's value is read as a number and written as
-short text.  It imports nothing of the report, so `pipeline.tools.report` (reading
-and writing), `pipeline.tools.report_html` (the page) and `pipeline.tools.report_plots`
-(its SVG charts) can all import it.
+short text.  It imports nothing of the report, so `pipeline.tools.report` (reading),
+`pipeline.tools.report_tallies` (counting), `pipeline.tools.report_build` (writing),
+`pipeline.tools.report_html` (the page) and `pipeline.tools.report_plots` (its SVG
+charts) can all import it.
 """
 from __future__ import annotations
 

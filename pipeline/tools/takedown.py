@@ -54,7 +54,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.engine import audit
-from pipeline.media import optout_rules as rules
+from pipeline.media.optout.reasons import RULE_FIELD
+from pipeline.media.optout.rule_list import OptOutListError, load_optout_list
 from pipeline.engine.built_dataset import (AUDIT_PATH, IMAGE_EXTENSIONS, Dataset, DatasetError, Shard, is_local,
                                     link_or_copy, match, open_dataset, open_file, parquet_columns, read_parquet)
 from pipeline.engine.output_lock import OutputLockedError, lock_output_folder
@@ -92,7 +93,7 @@ class TakedownError(Exception):
     """A problem with the output folder or the dataset's rows: printed, not traced."""
 
 
-USER_ERRORS = (TakedownError, DatasetError, OutputLockedError, StalePlanError, rules.OptOutListError,
+USER_ERRORS = (TakedownError, DatasetError, OutputLockedError, StalePlanError, OptOutListError,
                audit.AccountingError)
 
 
@@ -167,7 +168,7 @@ def takedown(
     """Remove what `optout_path` (or `matcher`) matches from `dataset`, in place or into `output`."""
     source = dataset.rstrip("/")
     target = (output or dataset).rstrip("/")
-    optout_list = rules.load_optout_list(optout_path)
+    optout_list = load_optout_list(optout_path)
     matcher = matcher or OptOutListMatcher(optout_list, phash_distance)
     with _locked(source, target):
         recovered = recover(target)
@@ -357,7 +358,7 @@ def _reject_of(row: dict[str, Any], rule: str, reason: str) -> Reject:
         caption=row.get("caption"),
         stage=STAGE,
         reason=reason,
-        fields={**{name: row[name] for name in _IMAGE_FIELDS if row.get(name) is not None}, rules.RULE_FIELD: rule},
+        fields={**{name: row[name] for name in _IMAGE_FIELDS if row.get(name) is not None}, RULE_FIELD: rule},
         extra={name: value for name, value in row.items() if name not in basics},
     )
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pipeline.media import optout_rules as rules
+from pipeline.media.optout.phash import phash_of_image
+from pipeline.media.optout.reasons import REASON_LIST
+from pipeline.media.optout.rule_list import OptOutList
 
 
 class SampleMatcher(Protocol):
@@ -29,9 +31,9 @@ class SampleMatcher(Protocol):
 class OptOutListMatcher:
     """The opt-out list's rules: url/prefix/domain and sha256 on the row, phash on the stored image."""
 
-    optout_list: rules.OptOutList
+    optout_list: OptOutList
     phash_distance: int = 4
-    reason: str = rules.REASON_LIST
+    reason: str = REASON_LIST
 
     @property
     def needs_images(self) -> bool:
@@ -43,7 +45,7 @@ class OptOutListMatcher:
 
     def match_image(self, row: dict[str, Any], image: bytes) -> str | None:
         try:
-            phash = rules.phash_of_image(image, (row.get("original_width"), row.get("original_height")))
+            phash = phash_of_image(image, (row.get("original_width"), row.get("original_height")))
         except (OSError, ValueError):
             return None  # an undecodable stored image cannot be compared
         match = self.optout_list.match_phash(phash, self.phash_distance)

@@ -153,7 +153,7 @@ def test_run_with_clip_estimates_then_report(tiny_clip, tmp_path):
 
     from pipeline.cli import main
     from pipeline.demo.localweb import LocalWeb
-    from pipeline.tools.report import write_reports
+    from pipeline.tools.report_build import write_reports
 
     web_root = tmp_path / "web"
     web_root.mkdir()

@@ -6,7 +6,7 @@ from test_dedup_image import jpeg, picture, sample, stored
 
 from filters import decontaminate
 from filters.decontaminate import Decontaminate
-from filters.dedup_image import sample_signature
+from pipeline.dedup.image_signatures import sample_signature
 from pipeline.core.params import ParamError
 
 

@@ -15,7 +15,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from filters.dedup_image import ImageDedup, sample_signature
+from filters.dedup_image import ImageDedup
+from pipeline.dedup.image_signatures import sample_signature
 from pipeline.media.imaging import ResizeParams, process_image
 from pipeline.core.params import ParamError
 from pipeline.core.records import Sample

@@ -5,20 +5,10 @@ import numpy as np
 import pytest
 
 from pipeline.dedup.groups import keep_rank
-from filters.dedup_image import HammingMatcher
-from pipeline.dedup.lsh import (
-    Candidate,
-    DedupReportFn,
-    cluster_in_memory,
-    connected_component_edges,
-    near_pairs,
-    pigeonhole_band_keys,
-    resolve_edges,
-    signature_band_keys,
-    size_bucket,
-    split_bits,
-    star_edges,
-)
+from pipeline.dedup.bands import Candidate, pigeonhole_band_keys, signature_band_keys, split_bits
+from pipeline.dedup.cluster_report import DedupReportFn, size_bucket
+from pipeline.dedup.clustering import cluster_in_memory, connected_component_edges, near_pairs, resolve_edges, star_edges
+from pipeline.dedup.image_signatures import HammingMatcher
 from pipeline.core.records import Sample
 
 TEXTURED = b"\x80" * 12  # any colour grid: textured hashes ignore it
