@@ -155,11 +155,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_cmd_demo)
 
+    from pipeline.tools.eval_index import add_eval_index_command
     from pipeline.tools.report_build import add_report_command
     from pipeline.tools.takedown import add_takedown_command
 
     add_report_command(commands)
     add_takedown_command(commands)
+    add_eval_index_command(commands)
     return parser
 
 

@@ -4,9 +4,9 @@ import pyarrow.parquet as pq
 import pytest
 from test_dedup_image import jpeg, picture, sample, stored
 
-from filters import decontaminate
 from filters.decontaminate import Decontaminate
 from pipeline.dedup.image_signatures import sample_signature
+from pipeline.cli import main as curate
 from pipeline.core.params import ParamError
 
 
@@ -50,7 +50,7 @@ def test_unreadable_sample_is_dropped_with_a_reason(eval_folder):
 
 def test_parquet_index_matches_like_the_folder(eval_folder, tmp_path):
     index = tmp_path / "eval.parquet"
-    assert decontaminate.main([str(eval_folder), str(index)]) == 0
+    assert curate(["eval-index", str(eval_folder), str(index)]) == 0
     assert pq.read_table(index).column("name").to_pylist() == ["cat.jpg", "nested/dog.png"]
     copy = sample("000000000", stored(jpeg(picture(0), 45)))
     assert verdict(stage_for(index), copy).reason == "eval_overlap"
