@@ -28,7 +28,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from filters.bias_audit import TermsError, load_terms
+from pipeline.media.bias_terms import TermsError, load_terms
 from pipeline.engine.audit import SUCCESS_FILE, write_json
 from pipeline.engine.writers import AtomicFile
 from pipeline.tools.report import (

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from filters.bias_audit import PERCEIVED_FIELD, split_labels
+from pipeline.media.bias_terms import PERCEIVED_FIELD, split_labels
 from pipeline.tools.report import Range, Row, histogram_for, is_score_field, measures
 from pipeline.tools.report_format import SPLITS, short_text
 

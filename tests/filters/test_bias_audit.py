@@ -1,6 +1,7 @@
 import pytest
 
-from filters.bias_audit import PERCEIVED_FIELD, TERMS_FIELD, BiasAudit, TermsError, load_terms, split_labels
+from filters.bias_audit import BiasAudit
+from pipeline.media.bias_terms import PERCEIVED_FIELD, TERMS_FIELD, TermsError, load_terms, split_labels
 from pipeline.core.params import build
 from pipeline.core.registry import get_stage
 from pipeline.core.records import Sample
