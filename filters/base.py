@@ -73,6 +73,11 @@ class Stage:
         else None: decode `sample.image`.
         """
 
+    def npz_arrays(self) -> dict[str, str]:
+        """Fields holding embeddings that go to the `.npz` beside each shard, and their array names
+        (pipeline.embedding_files); {}: every field stays in the Parquet."""
+        return {}
+
     def check(self) -> None:
         """Cheap pre-flight check run before the pipeline starts (e.g. model files exist).
 

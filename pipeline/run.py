@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from filters.base import DatasetStage
-from pipeline import audit, engines, malloc
+from pipeline import audit, embedding_files, engines, malloc
 from pipeline.recipe import Recipe
 from pipeline.stored_images import RestoreImages, StripImages
 from pipeline.transforms import INPUTS, REJECTED, ApplyStage, DownloadImages, ReadAndKey
@@ -128,7 +128,8 @@ class _Flow:
 
 def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows, input_files) -> None:
     rejects = flow.rejects | "AllRejects" >> beam.Flatten()
-    summaries = (flow.samples, rejects) | "Write" >> WriteOutputs(recipe.output, output_dir)
+    npz_arrays = embedding_files.npz_arrays_of(flow.stages)
+    summaries = (flow.samples, rejects) | "Write" >> WriteOutputs(recipe.output, output_dir, npz_arrays)
     stage_reports = flow.reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
     _ = (
         summaries
