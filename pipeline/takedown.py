@@ -84,7 +84,8 @@ refused and nothing changes.  New files are staged in .takedown-staging/ and
 switched in at the end; if that is interrupted, run the same command again.
 
 Writes (in the dataset, or in --output):
-  shards/...                          affected shards rewritten, others untouched (or hard-linked)
+  shards/...                          affected shards rewritten (tar, parquet, embeddings .npz), others
+                                      untouched (or hard-linked)
   rejects/<shard>.parquet             removed rows appended: stage takedown, reason optout_list
   report/audit.json                   counts moved: input = kept + rejected
   report/takedown-<UTC time>.json     the removal manifest: key, url, shard, rule, time
