@@ -18,16 +18,21 @@ which this stage cannot verify.  Otherwise (or with `reuse_embedding: false`)
 it is computed here with `model`/`pretrained`.
 
 Field: `aesthetic_score` (None for an image that does not decode).  With a
-threshold, lower scores are dropped as `low_aesthetic_score`.
+threshold, lower scores are dropped as `low_aesthetic_score`.  With
+`store_embeddings`, the image embeddings it computed (not the ones it
+reused: those are clip_score's) are kept as `aesthetic_image_embedding`,
+float16, in the Parquet or, with `embeddings_file: npz`, in DataComp's
+`shards/<shard>.npz` as `l14_img` for the default ViT-L-14 (see clip_score).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipeline.core.stage import Filter, Needs, StageContext
+from pipeline.models import embedding_output
 from pipeline.models.openclip import (
     ModelLoadError,
     ModelSource,
@@ -39,6 +44,7 @@ from pipeline.core.registry import register
 from pipeline.core.records import Sample, Verdict
 
 EMBEDDING_FIELD = "clip_image_embedding"
+STORED_FIELD = "aesthetic_image_embedding"
 
 
 @register
@@ -51,12 +57,19 @@ class Aesthetic(Filter):
         head_path: str | None = None  # the aesthetic head, a torch state_dict of linear layers (.pth)
         threshold: float | None = None  # drop scores below this (LAION-Aesthetics v2: 5, 6, 6.5); null: only score
         reuse_embedding: bool = True  # use clip_score's stored clip_image_embedding when its size fits
+        store_embeddings: bool = False  # keep the float16 image embeddings computed here (aesthetic_image_embedding)
+        # where stored embeddings go: Parquet list<float16> columns, or DataComp's shards/<shard>.npz
+        embeddings_file: Literal["parquet", "npz"] = "parquet"
+        embeddings_name: str | None = None  # .npz array prefix (<name>_img); null: from model (ViT-L-14: l14)
         model: str = "ViT-L-14-quickgelu"
         pretrained: str = "openai"
         model_config: str | None = None
         pretrained_tag: str | None = None  # the open_clip tag a checkpoint file holds ("openai")
         batch_size: int = 32
         device: str = "cpu"
+
+        def __post_init__(self):
+            embedding_output.check(self, "aesthetic")
 
     def source(self) -> ModelSource:
         return ModelSource.of(self.params)
@@ -71,6 +84,9 @@ class Aesthetic(Filter):
         self.input_size = self.head[0].in_features
         self._encoder = None  # loaded on the first sample without a stored embedding
 
+    def npz_arrays(self) -> dict[str, str]:
+        return embedding_output.npz_arrays(self.params, {STORED_FIELD: "img"})
+
     def score(self, batch: list[Sample]) -> None:
         import torch
 
@@ -78,9 +94,10 @@ class Aesthetic(Filter):
         missing = [i for i, embedding in embeddings.items() if embedding is None]
         images = {i: open_image(batch[i].image) for i in missing}
         decoded = [i for i in missing if images[i] is not None]
+        computed = {}
         if decoded:
-            computed = self._encoder_instance().encode_images([images[i] for i in decoded])
-            embeddings.update(zip(decoded, computed))
+            computed = dict(zip(decoded, self._encoder_instance().encode_images([images[i] for i in decoded])))
+            embeddings.update(computed)
         scored = [i for i, embedding in embeddings.items() if embedding is not None]
         scores = {}
         if scored:
@@ -89,6 +106,8 @@ class Aesthetic(Filter):
                 scores = dict(zip(scored, self.head(stacked).squeeze(1).tolist()))
         for i, sample in enumerate(batch):
             sample.fields["aesthetic_score"] = scores.get(i)
+            if self.params.store_embeddings:
+                sample.fields[STORED_FIELD] = embedding_output.float16_list(computed.get(i))
 
     def _stored_embedding(self, sample: Sample):
         import torch

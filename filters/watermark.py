@@ -1,14 +1,11 @@
 """Watermark score per image: overlaid text found by an OCR text detector.
 
-Default: the PP-OCRv4 text *detector* (`ch_PP-OCRv4_det_infer.onnx`, 4.7 MB)
-shipped inside `rapidocr-onnxruntime`, run with onnxruntime; only the
-detector, not the recogniser.  Preprocessing is rapidocr's (RGB, (x/255 -
-0.5)/0.5, sides multiples of 32) except the size: the longer side is scaled
-to `detector_side` (default 512) to bound the cost.  Boxes come from
-rapidocr's own DB post-processing (`DBPostProcess`, its default thresholds).
-Images go through the detector one at a time (`batch_size` only sets how
-many RunInference hands over at once): at their own aspect ratios nothing
-is padded, and on CPU a stacked batch is no faster per image.  The session
+Default: the PP-OCRv4 text *detector* shipped inside `rapidocr-onnxruntime`
+(pipeline.models.text_regions, shared with clip_score's `mask_text`), with the longer
+side scaled to `detector_side` (default 512) to bound the cost.  Images go
+through the detector one at a time (`batch_size` only sets how many
+RunInference hands over at once): at their own aspect ratios nothing is
+padded, and on CPU a stacked batch is no faster per image.  The session
 runs on one thread (one worker process per core; onnxruntime's default
 thread pool doubled the CPU time per image).  The side stays 512: the
 detector costs ~60 ms of one core there, and smaller sides lose recall on
@@ -72,16 +69,13 @@ from pipeline.models.common import (
     decode_rgb,
     existing_file,
     mlp_from_state_dict,
-    shared_onnx_session,
-    packaged_file,
     read_state_dict,
     tag_or_drop,
 )
-from pipeline.core.params import ParamError
+from pipeline.models.text_regions import TextDetector, check_side, detector_file
 from pipeline.core.registry import register
 from pipeline.core.records import Sample, Verdict
 
-DETECTOR_FILE = ("models", "ch_PP-OCRv4_det_infer.onnx")
 CLASSIFIER_INPUT_SIDE = 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,8 +97,7 @@ class WatermarkFilter(Filter):
         classifier_watermark_class: int = 0  # its output index for "watermark" (LAION: 0)
 
         def __post_init__(self):
-            if self.detector_side < 32 or self.detector_side % 32:
-                raise ParamError(f"watermark.detector_side must be a multiple of 32, got {self.detector_side}")
+            check_side(self.detector_side, "watermark.detector_side")
 
     def check(self) -> None:
         self._model_file()
@@ -127,7 +120,7 @@ class WatermarkFilter(Filter):
     def _model_file(self) -> Path:
         if self.params.classifier_path:
             return existing_file(self.params.classifier_path, "watermark classifier")
-        return packaged_file("rapidocr_onnxruntime", *DETECTOR_FILE)
+        return detector_file()
 
     def score(self, batch: list[Sample]) -> None:
         images = [decode_rgb(sample.image) for sample in batch]
@@ -163,30 +156,15 @@ class TextBox:
 
 class TextDetectorScorer:
     def __init__(self, model_path, side: int):
-        from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
-
-        self._session = shared_onnx_session(model_path)
-        self._input_name = self._session.get_inputs()[0].name
-        self._side = side
-        # rapidocr's defaults (its config.yaml), so boxes match what RapidOCR finds.
-        self._postprocess = DBPostProcess(
-            thresh=0.3, box_thresh=0.5, max_candidates=1000, unclip_ratio=1.6, score_mode="fast", use_dilation=True
-        )
+        self._detector = TextDetector(model_path, side)
 
     def scores(self, images) -> list[float]:
         return [watermark_score(self.text_boxes(image)) for image in images]
 
     def text_boxes(self, image) -> list[TextBox]:
-        (probability_map,) = self._session.run(None, {self._input_name: self._detector_input(image)})
-        polygons, confidences = self._postprocess(probability_map, (image.height, image.width))
+        polygons, confidences = self._detector.regions(image)
         gray = np.asarray(image.convert("L"), np.float32)
         return [_text_box(gray, polygon, confidence) for polygon, confidence in zip(polygons, confidences)]
-
-    def _detector_input(self, image) -> np.ndarray:
-        scale = self._side / max(image.size)
-        width, height = (max(32, round(side * scale / 32) * 32) for side in image.size)
-        pixels = np.asarray(image.resize((width, height), resample=_bilinear()), np.float32)
-        return ((pixels / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None]
 
 
 def _text_box(gray: np.ndarray, polygon: np.ndarray, confidence: float) -> TextBox:

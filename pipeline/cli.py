@@ -30,6 +30,7 @@ which Beam would try to download), with one worker process per core.
 
 Output (DIR):
   shards/00000.tar + shards/00000.parquet   WebDataset shard + its metadata
+  shards/00000.npz                          with embeddings_file: npz, its embeddings (DataComp's layout)
   rejects/00000.parquet                     every dropped row: stage, reason, scores
   report/audit.json                         counts: input = kept + rejected, score distributions
   report/audit.html                         the same as one self-contained page with plots

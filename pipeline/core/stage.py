@@ -94,6 +94,11 @@ class Stage:
         if context is not None:
             self.context = context
 
+    def npz_arrays(self) -> dict[str, str]:
+        """Fields holding embeddings that go to the `.npz` beside each shard, and their array names
+        (pipeline.engine.embedding_files); {}: every field stays in the Parquet."""
+        return {}
+
     def check(self) -> None:
         """Cheap pre-flight check run before the pipeline starts (e.g. model files exist).
 

@@ -3,7 +3,9 @@
 `open_dataset(folder)` checks the whole dataset before anything may change it
 (a takedown): `_SUCCESS` present, no half-written temporary files, every tar
 with its parquet and every parquet with its tar (WebDataset), each tar holding
-exactly the samples its parquet lists, and `report/audit.json` adding up both
+exactly the samples its parquet lists, each embeddings `.npz` (DataComp's
+layout, pipeline.engine.embedding_files) beside a parquet and holding one row per
+sample of it, in its order, and `report/audit.json` adding up both
 in itself (`input == kept + rejected`) and against the files (kept = the shard
 rows, rejected per stage and reason = the rejects rows).  Every problem found
 is named in one `DatasetError`.
@@ -20,6 +22,7 @@ import json
 import os
 import shutil
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +32,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from pipeline.engine import audit
+from pipeline.engine import audit, embedding_files
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 AUDIT_PATH = "report/audit.json"
@@ -48,6 +51,7 @@ class Shard:
     metadata_path: str  # shards/<name>.parquet (also the image table in the parquet format)
     tar_path: str | None  # shards/<name>.tar for webdataset
     rows: int
+    npz_path: str | None = None  # shards/<name>.npz when the run stored embeddings there
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Dataset:
 def open_dataset(folder: str) -> Dataset:
     """The dataset at `folder`, checked whole; DatasetError naming every problem otherwise."""
     folder = folder.rstrip("/")
-    parquets, tars = _names(folder, "parquet"), _names(folder, "tar")
+    parquets, tars, npzs = _names(folder, "parquet"), _names(folder, "tar"), _names(folder, "npz")
     if not parquets and not tars:
         raise DatasetError(f"{folder}: no shards/*.parquet: not a dataset written by `curate run`")
     problems = _unfinished_work(folder)
@@ -71,9 +75,10 @@ def open_dataset(folder: str) -> Dataset:
     if fmt == "webdataset":
         problems += [f"shards/{name}.tar has no shards/{name}.parquet" for name in sorted(set(tars) - set(parquets))]
         problems += [f"shards/{name}.parquet has no shards/{name}.tar" for name in sorted(set(parquets) - set(tars))]
+    problems += [f"shards/{name}.npz has no shards/{name}.parquet" for name in sorted(set(npzs) - set(parquets))]
     shards = []
     for name in sorted(set(parquets) & set(tars) if fmt == "webdataset" else parquets):
-        shard, shard_problems = _check_shard(folder, name, fmt)
+        shard, shard_problems = _check_shard(folder, name, fmt, name in npzs)
         shards.append(shard)
         problems += shard_problems
     result = None
@@ -111,29 +116,43 @@ def _format(folder: str, tars: dict[str, str]) -> str:
         return "webdataset" if tars else "parquet"
 
 
-def _check_shard(folder: str, name: str, fmt: str) -> tuple[Shard, list[str]]:
+def _check_shard(folder: str, name: str, fmt: str, has_npz: bool) -> tuple[Shard, list[str]]:
     metadata_path = f"{folder}/shards/{name}.parquet"
     tar_path = f"{folder}/shards/{name}.tar" if fmt == "webdataset" else None
+    npz_path = f"{folder}/shards/{name}.npz" if has_npz else None
     try:
         keys = read_parquet(metadata_path, columns=["key"]).column("key").to_pylist()
     except (OSError, ValueError, KeyError, pa.ArrowException) as err:
-        return Shard(name, metadata_path, tar_path, 0), [f"shards/{name}.parquet cannot be read: {err}"]
-    shard = Shard(name, metadata_path, tar_path, len(keys))
+        return Shard(name, metadata_path, tar_path, 0, npz_path), [f"shards/{name}.parquet cannot be read: {err}"]
+    shard = Shard(name, metadata_path, tar_path, len(keys), npz_path)
+    problems = _npz_problems(npz_path, name, keys) if npz_path else []
     if tar_path is None:
-        return shard, []
+        return shard, problems
     try:
         samples = tar_samples(tar_path)
     except (OSError, tarfile.TarError) as err:
-        return shard, [f"shards/{name}.tar cannot be read: {err}"]
+        return shard, problems + [f"shards/{name}.tar cannot be read: {err}"]
     missing, extra = sorted(set(keys) - set(samples)), sorted(set(samples) - set(keys))
     no_image = sorted(key for key, extensions in samples.items() if not set(extensions) & set(IMAGE_EXTENSIONS))
     twice = sorted(key for key, extensions in samples.items() if len(extensions) != len(set(extensions)))
     if missing or extra or no_image or twice or len(keys) != len(set(keys)):
-        return shard, [f"shards/{name}.tar holds {len(samples)} samples ({len(no_image)} without an image, "
-                       f"{len(twice)} with a member twice) "
-                       f"but shards/{name}.parquet has {len(keys)} rows (first missing from the tar: "
-                       f"{missing[:3]}, first not in the parquet: {extra[:3]})"]
-    return shard, []
+        problems.append(f"shards/{name}.tar holds {len(samples)} samples ({len(no_image)} without an image, "
+                        f"{len(twice)} with a member twice) "
+                        f"but shards/{name}.parquet has {len(keys)} rows (first missing from the tar: "
+                        f"{missing[:3]}, first not in the parquet: {extra[:3]})")
+    return shard, problems
+
+
+def _npz_problems(path: str, name: str, keys: list[str]) -> list[str]:
+    try:
+        return embedding_files.problems(name, read_npz(path), keys)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # numpy: ValueError for a damaged member
+        return [f"shards/{name}.npz cannot be read: {err}"]
+
+
+def read_npz(path: str) -> dict:
+    with open_file(path) as handle:
+        return embedding_files.read_npz(handle.read())
 
 
 def tar_samples(path: str) -> dict[str, list[str]]:

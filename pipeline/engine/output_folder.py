@@ -47,7 +47,7 @@ _SHARD = r"[0-9][0-9_-]*"  # shard names are numbers; separators allowed for num
 LAYOUT = re.compile(
     "|".join(
         [
-            rf"shards/{_SHARD}(\.tar|\.parquet|_stats\.json)",
+            rf"shards/{_SHARD}(\.tar|\.parquet|\.npz|_stats\.json)",
             rf"rejects/{_SHARD}\.parquet",
             r"report/(audit\.json|audit\.html|optout\.json|takedown-[^/]+\.json)",
             r"recipe\.json",

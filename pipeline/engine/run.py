@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.core.stage import DatasetStage
-from pipeline.engine import audit, runners, malloc
+from pipeline.engine import audit, embedding_files, malloc, runners
 from pipeline.engine.recipe import Recipe
 from pipeline.engine.stored_images import RestoreImages, StripImages
 from pipeline.core.records import REJECTED
@@ -131,7 +131,8 @@ class _Flow:
 
 def _write_and_finalize(pipeline, recipe: Recipe, output_dir: str, flow: _Flow, input_rows, input_files) -> None:
     rejects = flow.rejects | "AllRejects" >> beam.Flatten()
-    summaries = (flow.samples, rejects) | "Write" >> WriteOutputs(recipe.output, output_dir)
+    npz_arrays = embedding_files.npz_arrays_of(flow.stages)
+    summaries = (flow.samples, rejects) | "Write" >> WriteOutputs(recipe.output, output_dir, npz_arrays)
     stage_reports = flow.reports | "AllStageReports" >> beam.Flatten(pipeline=pipeline)
     _ = (
         summaries

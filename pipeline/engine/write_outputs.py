@@ -16,7 +16,9 @@ stats files add up to the run's input.
 
 Every shard is written with the run's one schema (pipeline.engine.shard_schema),
 decided by a global combine before any shard is written; a sample whose value
-the schema cannot hold becomes a reject of stage `write`.
+the schema cannot hold becomes a reject of stage `write`.  Embedding fields
+the stages send to `.npz` (`npz_arrays`) get no column: they go to
+`shards/{j}.npz` (pipeline.engine.embedding_files).
 """
 from __future__ import annotations
 
@@ -99,8 +101,8 @@ def shard_stats(covered: list[int], blocks: dict[int, dict[str, int]]) -> dict:
 
 
 class _WriteShard(beam.DoFn):
-    def __init__(self, output: OutputParams, output_dir: str):
-        self._output, self._output_dir = output, output_dir
+    def __init__(self, output: OutputParams, output_dir: str, npz_arrays: dict[str, str]):
+        self._output, self._output_dir, self._npz_arrays = output, output_dir, npz_arrays
         self._written = Metrics.counter("write", "samples")
 
     def process(self, element, schema, plan):
@@ -109,7 +111,7 @@ class _WriteShard(beam.DoFn):
         number, stats = plan[block]
         output, output_dir = self._output, self._output_dir
         load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
-        write_shard(output, output_dir, number, samples, load_images, schema)
+        write_shard(output, output_dir, number, samples, load_images, schema, self._npz_arrays)
         name = shard_name(number, output.shard_digits)
         write_json(f"{output_dir}/shards/{name}_stats.json", stats)
         self._written.inc(len(samples))
@@ -140,9 +142,9 @@ class WriteOutputs(beam.PTransform):
     the writer reads those back a download task at a time (pipeline.engine.stored_images).
     """
 
-    def __init__(self, output: OutputParams, output_dir: str):
+    def __init__(self, output: OutputParams, output_dir: str, npz_arrays: dict[str, str] | None = None):
         super().__init__()
-        self._output, self._output_dir = output, output_dir
+        self._output, self._output_dir, self._npz_arrays = output, output_dir, npz_arrays or {}
 
     def expand(self, inputs):
         samples, rejects = inputs
@@ -150,7 +152,7 @@ class WriteOutputs(beam.PTransform):
         samples = samples | "StripImages" >> beam.Map(stored_images.strip)
         schema = (
             samples
-            | "ObserveTypes" >> beam.Map(observed_types, output_format)
+            | "ObserveTypes" >> beam.Map(observed_types, output_format, self._npz_arrays)
             | "MergeTypes" >> beam.CombineGlobally(shard_schema.ColumnTypes())
             | "DecideSchema" >> beam.Map(shard_schema.decide)
         )
@@ -172,7 +174,8 @@ class WriteOutputs(beam.PTransform):
             | "KeySamplesByBlock" >> beam.Map(lambda s: (s.shard_id, s))
             | "GroupSamples" >> beam.GroupByKey()
             | "WriteShards" >> beam.ParDo(
-                _WriteShard(self._output, self._output_dir), schema_side, beam.pvalue.AsSingleton(plan)
+                _WriteShard(self._output, self._output_dir, self._npz_arrays), schema_side,
+                beam.pvalue.AsSingleton(plan)
             )
         )
         rejected = (

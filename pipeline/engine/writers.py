@@ -12,6 +12,10 @@ Layouts (img2dataset's, which training code already reads):
   `shards/00000.parquet` beside it with one metadata row per sample.
 * `parquet`: `shards/00000.parquet` with the metadata columns plus the image
   bytes in a binary column named after the format (`jpg`, `png`, `webp`).
+
+Either way, embeddings a stage sends to `.npz` (`npz_arrays`: field -> array
+name) leave the metadata and go to `shards/00000.npz` in DataComp's layout
+(pipeline.engine.embedding_files), written before the Parquet and the tar.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.engine import shard_schema
+from pipeline.engine import embedding_files, shard_schema
 from pipeline.core.records import REJECTS_SCHEMA, Reject, Sample
 
 
@@ -80,20 +84,26 @@ def write_json(path: str, value: Any) -> None:
     out.commit()
 
 
-def write_parquet_atomically(path: str, table: pa.Table) -> str:
+def write_atomically(path: str, write: Callable[[Any], None]) -> str:
+    """`write(handle)` into a temporary file, renamed to `path` once written whole."""
     out = AtomicFile(path)
     try:
-        pq.write_table(table, out.handle, compression="zstd")
+        write(out.handle)
     except BaseException:
         out.abort()
         raise
     return out.commit()
 
 
+def write_parquet_atomically(path: str, table: pa.Table) -> str:
+    return write_atomically(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+
+
 def json_metadata(metadata: dict[str, Any], schema: pa.Schema) -> bytes:
-    """A sample's `.json`: its metadata without the embeddings (those live in the Parquet, as float16)."""
-    embeddings = {f.name for f in schema if shard_schema.is_embedding_type(f.type)}
-    kept = {name: value for name, value in metadata.items() if name not in embeddings}
+    """A sample's `.json`: its metadata without the embeddings (those live in the Parquet, as float16, or in
+    the `.npz`: then the schema has no column for them)."""
+    columns = {f.name for f in schema if not shard_schema.is_embedding_type(f.type)}
+    kept = {name: value for name, value in metadata.items() if name in columns}
     return json.dumps(kept, sort_keys=True, default=str).encode("utf-8")
 
 
@@ -156,34 +166,48 @@ def write_shard(
     samples: list[Sample],
     load_images: Callable[[Iterable[Sample]], Iterable[Sample]] = iter,
     schema: pa.Schema | None = None,
+    npz_arrays: dict[str, str] | None = None,
 ) -> list[str]:
     """Write one shard's samples in key order; returns the final paths.
 
     `schema` is the run's (pipeline.engine.shard_schema); without one, the schema of
     these samples alone.  `load_images` gets the samples in key order and
     yields them with their image bytes, for samples shuffled without them.
+    `npz_arrays` (field -> array name) sends those fields to the shard's `.npz`.
     """
     samples = sorted(samples, key=lambda s: s.key)
-    schema = schema or schema_of(samples, params.format)
-    writer = WRITERS[params.format](output_dir, shard_name(shard_number, params.shard_digits), schema)
+    schema = schema or schema_of(samples, params.format, npz_arrays)
+    name = shard_name(shard_number, params.shard_digits)
+    writer = WRITERS[params.format](output_dir, name, schema)
+    arrays = embedding_files.ShardArrays(npz_arrays) if npz_arrays else None
     for sample in load_images(samples):
         writer.write(sample)
-    return writer.close()
+        if arrays is not None:
+            arrays.add(sample.key, sample.fields)
+    # The .npz appears first: a visible Parquet or tar always has its embeddings beside it.
+    npz_paths = []
+    if arrays is not None:
+        npz_path = f"{output_dir}/shards/{name}.npz"
+        npz_paths.append(write_atomically(npz_path, lambda handle: embedding_files.write_npz(handle, arrays.arrays())))
+    return npz_paths + writer.close()
 
 
-def observed_types(sample: Sample, output_format: str) -> dict[str, set[pa.DataType]]:
-    """What this sample's shard row needs of the run's schema."""
+def observed_types(sample: Sample, output_format: str, npz_arrays: dict[str, str] | None = None
+                   ) -> dict[str, set[pa.DataType]]:
+    """What this sample's shard row needs of the run's schema (fields going to the `.npz` need nothing)."""
     observed = shard_schema.observe_sample(sample.metadata())
+    for field in npz_arrays or ():
+        observed.pop(field, None)
     if output_format == "parquet" and sample.image_format:
         observed[sample.image_format] = {pa.binary()}  # the image column, even while the bytes are stripped
     return observed
 
 
-def schema_of(samples: Iterable[Sample], output_format: str) -> pa.Schema:
+def schema_of(samples: Iterable[Sample], output_format: str, npz_arrays: dict[str, str] | None = None) -> pa.Schema:
     types = shard_schema.ColumnTypes()
     accumulator = types.create_accumulator()
     for sample in samples:
-        accumulator = types.add_input(accumulator, observed_types(sample, output_format))
+        accumulator = types.add_input(accumulator, observed_types(sample, output_format, npz_arrays))
     return shard_schema.decide(accumulator)
 
 

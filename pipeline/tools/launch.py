@@ -26,7 +26,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
-from pipeline.engine import audit, checkpoint, runners, output_folder
+from pipeline.engine import audit, checkpoint, embedding_files, output_folder, runners
 from pipeline.engine import run as run_module
 from pipeline.core.errors import JobError
 from pipeline.engine.recipe import Recipe
@@ -103,13 +103,18 @@ def check_stages(recipe: Recipe, local: bool) -> None:
     On a remote runner the workers may see files this machine does not (models
     baked into the worker image), so a failed check is only a warning there.
     """
-    for stage in recipe.build_stages():
+    stages = recipe.build_stages()
+    for stage in stages:
         try:
             stage.check()
         except (ValueError, FileNotFoundError, ImportError) as err:
             if local:
                 raise JobError(f"stage '{stage.name}': {err}") from None
             logging.warning("stage '%s': %s (not checked further: the workers may see other files)", stage.name, err)
+    try:
+        embedding_files.npz_arrays_of(stages)  # two stages writing one .npz array
+    except embedding_files.EmbeddingArraysError as err:
+        raise JobError(str(err)) from None
 
 
 def resolve_inputs(

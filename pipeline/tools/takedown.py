@@ -19,6 +19,9 @@
    files are renamed into place with `_SUCCESS` removed meanwhile.  A crash
    after the commit is finished by running the takedown again.
 
+A shard's embeddings `.npz` (pipeline.engine.embedding_files) loses the same rows,
+so it keeps one row per remaining sample, in order.
+
 Shards are found by listing the files and keys are read from them: a shard's
 file name is never derived from a key.  A shard left empty stays as an empty
 shard (an empty tar and a parquet with no rows), so shard numbers keep no gap
@@ -53,11 +56,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.engine import audit
+from pipeline.engine import audit, embedding_files
 from pipeline.media.optout.reasons import RULE_FIELD
 from pipeline.media.optout.rule_list import OptOutListError, load_optout_list
 from pipeline.engine.built_dataset import (AUDIT_PATH, IMAGE_EXTENSIONS, Dataset, DatasetError, Shard, is_local,
-                                    link_or_copy, match, open_dataset, open_file, parquet_columns, read_parquet)
+                                    link_or_copy, match, open_dataset, open_file, parquet_columns, read_npz,
+                                    read_parquet)
 from pipeline.engine.output_lock import OutputLockedError, lock_output_folder
 from pipeline.core.records import METADATA_COLUMNS, REJECTS_SCHEMA, Reject
 from pipeline.tools.staged_switch import StagedSwitch, StalePlanError, recover
@@ -81,7 +85,8 @@ refused and nothing changes.  New files are staged in .takedown-staging/ and
 switched in at the end; if that is interrupted, run the same command again.
 
 Writes (in the dataset, or in --output):
-  shards/...                          affected shards rewritten, others untouched (or hard-linked)
+  shards/...                          affected shards rewritten (tar, parquet, embeddings .npz), others
+                                      untouched (or hard-linked)
   rejects/<shard>.parquet             removed rows appended: stage takedown, reason optout_list
   report/audit.json                   counts moved: input = kept + rejected
   report/takedown-<UTC time>.json     the removal manifest: key, url, shard, rule, time
@@ -245,8 +250,10 @@ def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher
 def _stage_copies(source: str, switch: StagedSwitch) -> None:
     """With --output: every file the takedown does not rewrite is linked (or copied) over."""
     changed = {*switch.moves, AUDIT_PATH}  # the audit is written new
-    files = [*match(f"{source}/shards/*.tar"), *match(f"{source}/shards/*.parquet"),
-             *match(f"{source}/rejects/*.parquet"), *match(f"{source}/report/*"), *match(f"{source}/recipe.json")]
+    shard_files = [path for kind in ("*.tar", "*.parquet", "*.npz", "*_stats.json")
+                   for path in match(f"{source}/shards/{kind}")]
+    files = [*shard_files, *match(f"{source}/rejects/*.parquet"), *match(f"{source}/report/*"),
+             *match(f"{source}/recipe.json")]
     for path in files:
         relative = path[len(source) + 1:]
         if relative not in changed:
@@ -306,6 +313,10 @@ def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str]
     names = [f"shards/{shard.name}.parquet"] + ([f"shards/{shard.name}.tar"] if shard.tar_path else [])
     if shard.tar_path is not None:
         _filter_tar(shard.tar_path, switch.stage(names[1]), removed)
+    if shard.npz_path is not None:  # the embeddings keep one row per remaining sample, in order
+        arrays = embedding_files.without_keys(read_npz(shard.npz_path), removed)
+        with FileSystems.create(switch.stage(f"shards/{shard.name}.npz")) as handle:
+            embedding_files.write_npz(handle, arrays)
     table = read_parquet(shard.metadata_path)
     kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(removed), pa.string()))))
     _write_parquet(switch.stage(names[0]), kept)

@@ -108,3 +108,24 @@ def test_threshold_and_undecodable_image(tmp_path, tiny_clip):
     assert {v.reason for v in verdicts[:4] if not v.keep} == {"low_aesthetic_score"}
     assert verdicts[-1].reason == "undecodable_image"
     assert all(Aesthetic(tiny_params(tiny_clip, tmp_path / "head.pth")).keep(s).keep for s in samples)
+
+
+def test_stores_the_embeddings_it_computed_not_the_ones_it_reused(tmp_path, tiny_clip):
+    save_linear_head(tmp_path / "head.pth", [EMBED_DIM, 1])
+    stage = Aesthetic(tiny_params(tiny_clip, tmp_path / "head.pth", store_embeddings=True))
+    stage.setup()
+    reused, computed = image_sample(0), image_sample(1)
+    reused.fields["clip_image_embedding"] = [1.0] + [0.0] * (EMBED_DIM - 1)
+    stage.score([reused, computed])
+    assert reused.fields["aesthetic_image_embedding"] is None  # it is clip_score's, stored there
+    clip = ClipScore(ClipScore.Params(model=tiny_clip.model, pretrained=tiny_clip.pretrained,
+                                      model_config=tiny_clip.model_config, store_embeddings=True))
+    clip.setup()
+    again = image_sample(1)
+    clip.score([again])
+    assert computed.fields["aesthetic_image_embedding"] == again.fields["clip_image_embedding"]
+    unstored = image_sample(1)
+    off = Aesthetic(tiny_params(tiny_clip, tmp_path / "head.pth"))
+    off.setup()
+    off.score([unstored])
+    assert "aesthetic_image_embedding" not in unstored.fields  # off by default

@@ -224,4 +224,4 @@ def test_stages_set_up_in_one_process_share_one_detector_session():
     first, second = WatermarkFilter(), WatermarkFilter(WatermarkFilter.Params(detector_side=256))
     first.setup()
     second.setup()
-    assert first._scorer._session is second._scorer._session
+    assert first._scorer._detector._session is second._scorer._detector._session
