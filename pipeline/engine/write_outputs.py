@@ -28,7 +28,8 @@ from apache_beam.metrics import Metrics
 from pipeline.engine import shard_schema, stored_images
 from pipeline.core.records import Sample
 from pipeline.engine.transforms import REJECTED
-from pipeline.engine.writers import OutputParams, observed_types, shard_name, write_json, write_rejects, write_shard
+from pipeline.core import layout
+from pipeline.engine.writers import OutputParams, observed_types, write_json, write_rejects, write_shard
 
 KEPT = "kept"
 # The download step's reasons that img2dataset counts as failed_to_resize (its resizer decodes).
@@ -110,8 +111,8 @@ class _WriteShard(beam.DoFn):
         output, output_dir = self._output, self._output_dir
         load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
         write_shard(output, output_dir, number, samples, load_images, schema)
-        name = shard_name(number, output.shard_digits)
-        write_json(f"{output_dir}/shards/{name}_stats.json", stats)
+        name = layout.shard_name(number, output.shard_digits)
+        write_json(layout.OutputLayout(output_dir).shard_stats(name), stats)
         self._written.inc(len(samples))
         yield {KEPT: len(samples), "shards": 1}
 
