@@ -30,19 +30,20 @@ import json
 import math
 import random
 import sys
-import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from filters.bias_audit import PERCEIVED_FIELD, TermsError, load_terms, split_labels
-from pipeline.engine.audit import SUCCESS_FILE, write_json
+from pipeline.core import layout
+from pipeline.core.layout import OutputLayout
+from pipeline.engine import built_dataset
+from pipeline.engine.audit import write_json
 from pipeline.media.optout_rules import OPTOUT_REASONS, optout_report
 from pipeline.tools.report_format import (
     KEPT,
@@ -59,12 +60,10 @@ from pipeline.engine.writers import AtomicFile
 HISTOGRAM_BINS = 30
 RESERVOIR_SIZE = 20_000  # values per measure kept by the first pass to find a long tail
 TAIL_QUANTILE = 0.995
-BATCH_ROWS = 8192
 OPTOUT_TOP_DOMAINS = 100  # in optout.json; audit.json and the page show TOP_DOMAINS
 DOMAIN_CAPACITY = 200_000  # distinct domains remembered exactly; beyond, counts become lower bounds
 EXAMPLES_PER_REASON = 5
 THUMBNAILS = 12
-IMAGE_COLUMNS = ("jpg", "png", "webp")
 
 # Recipe parameters drawn as markers on a measure's histogram: (stage, parameter).
 THRESHOLD_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -116,37 +115,9 @@ class Row:
         return self.stage or KEPT
 
 
-def list_files(pattern: str) -> list[str]:
-    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
-
-
-def _is_scalar(arrow_type: pa.DataType) -> bool:
-    """Columns worth reading: not image bytes, not embeddings or other nested values."""
-    nested = pa.types.is_nested(arrow_type)
-    binary = pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
-    return not nested and not binary
-
-
-def _parquet_batches(path: str, problems: list[str], columns: Callable[[pa.Schema], list[str]] | None = None):
-    """Batches of row dicts from one Parquet file; a broken file is noted in `problems`, not raised."""
-    try:
-        with FileSystems.open(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            selected = columns(parquet.schema_arrow) if columns else None
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=selected):
-                yield batch.to_pylist()
-    except (OSError, pa.ArrowException) as err:
-        problems.append(f"{path}: unreadable, skipped ({err})")
-
-
-def _scalar_columns(schema: pa.Schema) -> list[str]:
-    return [f.name for f in schema if _is_scalar(f.type)]
-
-
 def kept_rows(output_dir: str, problems: list[str]) -> Iterator[list[Row]]:
-    for path in list_files(f"{output_dir}/shards/*.parquet"):
-        for batch in _parquet_batches(path, problems, _scalar_columns):
-            yield [_kept_row(values) for values in batch]
+    for batch in built_dataset.kept_batches(output_dir, problems, built_dataset.scalar_columns):
+        yield [_kept_row(values) for values in batch]
 
 
 def _kept_row(values: dict[str, Any]) -> Row:
@@ -154,9 +125,8 @@ def _kept_row(values: dict[str, Any]) -> Row:
 
 
 def rejected_rows(output_dir: str, problems: list[str]) -> Iterator[list[Row]]:
-    for path in list_files(f"{output_dir}/rejects/*.parquet"):
-        for batch in _parquet_batches(path, problems):
-            yield [_rejected_row(values) for values in batch]
+    for batch in built_dataset.reject_batches(output_dir, problems):
+        yield [_rejected_row(values) for values in batch]
 
 
 def _rejected_row(values: dict[str, Any]) -> Row:
@@ -474,7 +444,7 @@ class Aggregates:
 
 
 def read_audit_file(output_dir: str) -> dict[str, Any]:
-    path = f"{output_dir}/report/audit.json"
+    path = OutputLayout(output_dir).audit
     if not FileSystems.exists(path):
         raise ReportError(f"{path} does not exist: is {output_dir} the output folder of a finished `curate run`?")
     try:
@@ -532,9 +502,8 @@ def optout_rows(output_dir: str, problems: list[str]) -> Iterator[dict[str, Any]
     def columns(schema: pa.Schema) -> list[str]:
         return [name for name in ("stage", "reason", "url", "fields") if name in schema.names]
 
-    for path in list_files(f"{output_dir}/rejects/*.parquet"):
-        for batch in _parquet_batches(path, problems, columns):
-            yield from (row for row in batch if row.get("reason") in OPTOUT_REASONS)
+    for batch in built_dataset.reject_batches(output_dir, problems, columns):
+        yield from (row for row in batch if row.get("reason") in OPTOUT_REASONS)
 
 
 def bias_terms_for(recipe: dict[str, Any]):
@@ -576,44 +545,14 @@ def thumbnail_uri(data: bytes) -> str | None:
 
 def kept_thumbnails(output_dir: str, limit: int, problems: list[str]) -> list[Thumbnail]:
     """Thumbnails of the first kept samples: from the first tar shards, else from Parquet image columns."""
-    tars = list_files(f"{output_dir}/shards/*.tar")
-    source = _tar_samples(tars, problems) if tars else _parquet_samples(output_dir, problems)
     thumbnails = []
-    for key, caption, data in source:
-        uri = thumbnail_uri(data)
+    for stored in built_dataset.kept_images(output_dir, problems):
+        uri = thumbnail_uri(stored.image)
         if uri:
-            thumbnails.append(Thumbnail(key, caption, uri))
+            thumbnails.append(Thumbnail(stored.key, stored.caption, uri))
         if len(thumbnails) >= limit:
             break
     return thumbnails
-
-
-def _tar_samples(paths: list[str], problems: list[str]) -> Iterator[tuple[str, str | None, bytes]]:
-    """(key, caption, image bytes), reading each tar as a stream (members come as key.jpg, key.txt, key.json)."""
-    for path in paths:
-        images: dict[str, bytes] = {}
-        try:
-            with FileSystems.open(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-                for member in tar:
-                    key, _, extension = member.name.rpartition(".")
-                    if extension in IMAGE_COLUMNS:
-                        images[key] = tar.extractfile(member).read()
-                    elif extension == "txt" and key in images:
-                        yield key, tar.extractfile(member).read().decode("utf-8", "replace"), images.pop(key)
-        except (OSError, tarfile.TarError) as err:
-            problems.append(f"{path}: unreadable tar, no thumbnails from it ({err})")
-
-
-def _parquet_samples(output_dir: str, problems: list[str]) -> Iterator[tuple[str, str | None, bytes]]:
-    def image_columns(schema: pa.Schema) -> list[str]:
-        return [name for name in ("key", "caption", *IMAGE_COLUMNS) if name in schema.names]
-
-    for path in list_files(f"{output_dir}/shards/*.parquet"):
-        for batch in _parquet_batches(path, problems, image_columns):
-            for values in batch:
-                data = next((values[c] for c in IMAGE_COLUMNS if values.get(c)), None)
-                if data:
-                    yield str(values.get("key")), values.get("caption"), data
 
 
 # ---------------------------------------------------------------- entry points
@@ -648,13 +587,13 @@ def build_report(output_dir: str) -> Report:
         "bias": aggregates.bias.to_json(terms_note),
         "report": {
             "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "html": "report/audit.html",
+            "html": layout.AUDIT_HTML,
             "problems": problems,
         },
     }
     _check_rows_match_counts(enriched, problems)
     thumbnails = kept_thumbnails(output_dir, THUMBNAILS, problems)
-    complete = FileSystems.exists(f"{output_dir}/{SUCCESS_FILE}")
+    complete = FileSystems.exists(OutputLayout(output_dir).success)
     return Report(enriched, optout, aggregates.examples, thumbnails, problems, complete)
 
 
@@ -672,7 +611,7 @@ def write_reports(output_dir: str) -> list[str]:
     """Write report/audit.json (enriched), report/optout.json and report/audit.html; returns their paths."""
     output_dir = output_dir.rstrip("/")
     report = build_report(output_dir)
-    paths = [f"{output_dir}/report/{name}" for name in ("audit.json", "optout.json", "audit.html")]
+    paths = [OutputLayout(output_dir).path(name) for name in (layout.AUDIT, layout.OPTOUT, layout.AUDIT_HTML)]
     write_json(paths[0], report.audit)
     write_json(paths[1], report.optout)
     page = AtomicFile(paths[2])
