@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.core.stage import DatasetStage, SampleStage, Stage
 from pipeline.engine import checkpoint
+from pipeline.engine.stored_images import ImageStore
 from pipeline.ingest import readers
 from pipeline.ingest.crawl import CrawlParams, Tally
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
@@ -347,7 +348,7 @@ class _DownloadTask(beam.DoFn):
             self._failed.inc()
         else:
             self._done.inc()
-            result.image_ref = task  # its image can be read back from this task's checkpoint
+            ImageStore.put(result, task)  # its image can be read back from this task's checkpoint
         self._progress.tick()
         return saved.add(result)
 

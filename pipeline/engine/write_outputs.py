@@ -25,7 +25,8 @@ import bisect
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.engine import shard_schema, stored_images
+from pipeline.engine import shard_schema
+from pipeline.engine.stored_images import ImageStore
 from pipeline.core.records import Sample
 from pipeline.engine.transforms import REJECTED
 from pipeline.core import layout
@@ -109,7 +110,7 @@ class _WriteShard(beam.DoFn):
         samples = list(samples)
         number, stats = plan[block]
         output, output_dir = self._output, self._output_dir
-        load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
+        load_images = ImageStore(output, output_dir).restore
         write_shard(output, output_dir, number, samples, load_images, schema)
         name = layout.shard_name(number, output.shard_digits)
         write_json(layout.OutputLayout(output_dir).shard_stats(name), stats)
@@ -148,7 +149,7 @@ class WriteOutputs(beam.PTransform):
     def expand(self, inputs):
         samples, rejects = inputs
         output_format = self._output.format
-        samples = samples | "StripImages" >> beam.Map(stored_images.strip)
+        samples = samples | "StripImages" >> beam.Map(ImageStore.strip)
         schema = (
             samples
             | "ObserveTypes" >> beam.Map(observed_types, output_format)
