@@ -41,7 +41,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from filters.bias_audit import PERCEIVED_FIELD, TermsError, load_terms, split_labels
 from pipeline.core import layout
-from pipeline.core.layout import OutputLayout
 from pipeline.engine import built_dataset
 from pipeline.engine.audit import write_json
 from pipeline.media.optout_rules import OPTOUT_REASONS, optout_report
@@ -444,7 +443,7 @@ class Aggregates:
 
 
 def read_audit_file(output_dir: str) -> dict[str, Any]:
-    path = OutputLayout(output_dir).audit
+    path = layout.OutputLayout(output_dir).audit
     if not FileSystems.exists(path):
         raise ReportError(f"{path} does not exist: is {output_dir} the output folder of a finished `curate run`?")
     try:
@@ -593,7 +592,7 @@ def build_report(output_dir: str) -> Report:
     }
     _check_rows_match_counts(enriched, problems)
     thumbnails = kept_thumbnails(output_dir, THUMBNAILS, problems)
-    complete = FileSystems.exists(OutputLayout(output_dir).success)
+    complete = FileSystems.exists(layout.OutputLayout(output_dir).success)
     return Report(enriched, optout, aggregates.examples, thumbnails, problems, complete)
 
 
@@ -611,7 +610,7 @@ def write_reports(output_dir: str) -> list[str]:
     """Write report/audit.json (enriched), report/optout.json and report/audit.html; returns their paths."""
     output_dir = output_dir.rstrip("/")
     report = build_report(output_dir)
-    paths = [OutputLayout(output_dir).path(name) for name in (layout.AUDIT, layout.OPTOUT, layout.AUDIT_HTML)]
+    paths = [layout.OutputLayout(output_dir).path(name) for name in (layout.AUDIT, layout.OPTOUT, layout.AUDIT_HTML)]
     write_json(paths[0], report.audit)
     write_json(paths[1], report.optout)
     page = AtomicFile(paths[2])
