@@ -203,7 +203,7 @@ class FaceBlur(Mapper):
         except ImageRejected as err:
             sample.fields["face_blur_error"] = err.reason
             return
-        sample.image = encoded
+        sample.replace_image(encoded)
         sample.fields["faces_blurred"] = blurred
 
 

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.core import layout
 from pipeline.engine import checkpoint
 from pipeline.core.records import Reject, Sample
 from pipeline.engine.writers import OutputParams
@@ -37,7 +38,7 @@ def test_records_read_back_as_written(tmp_path):
 ])
 def test_a_checkpoint_of_another_shape_is_logged_and_redone(tmp_path, caplog, table):
     path = checkpoint.task_path(OUTPUT, str(tmp_path), (0, 0))
-    (tmp_path / checkpoint.WORK_DIR).mkdir()
+    (tmp_path / layout.WORK).mkdir()
     pq.write_table(table, path)
     with caplog.at_level(logging.WARNING):
         assert checkpoint.load(OUTPUT, str(tmp_path), (0, 0)) == {}
@@ -47,7 +48,7 @@ def test_a_checkpoint_of_another_shape_is_logged_and_redone(tmp_path, caplog, ta
 def test_a_row_with_an_unknown_kind_or_bad_json_is_redone(tmp_path):
     from pipeline.engine.checkpoint_records import RECORD_SCHEMA, to_row
 
-    (tmp_path / checkpoint.WORK_DIR).mkdir()
+    (tmp_path / layout.WORK).mkdir()
     for damage in ({"kind": "evil"}, {"fields": "{not json"}, {"extra": "[1, 2]"}, {"key": None}):
         row = {**to_row(records()[0]), **damage}
         path = checkpoint.task_path(OUTPUT, str(tmp_path), (0, 0))

@@ -17,7 +17,7 @@ from filters.clip_score import ClipScore
 from pipeline.models.embedding_output import array_prefix
 from pipeline.engine import audit, embedding_files
 from pipeline.engine.built_dataset import DatasetError, open_dataset
-from pipeline.engine.output_folder import in_layout
+from pipeline.core.layout import in_layout
 from pipeline.core.params import ParamError, build
 from pipeline.core.records import Sample
 from pipeline.tools.takedown import takedown

@@ -15,7 +15,7 @@ from pipeline.cli import main
 from pipeline.demo.localweb import LocalWeb
 from pipeline.core.registry import register
 from pipeline.core.records import KEEP, Sample, drop
-from pipeline.engine.stored_images import MissingStoredImage, restore, strip
+from pipeline.engine.stored_images import ImageStore, MissingStoredImage
 from pipeline.engine.writers import OutputParams
 
 OUTPUT = OutputParams(samples_per_shard=100)
@@ -31,12 +31,22 @@ def test_a_new_image_forgets_the_stored_one_and_a_restored_one_does_not():
     sample = stored_sample("00000000", b"saved")
     assert dataclasses.replace(sample, image=None).image_ref == (0, 0)
     assert pickle.loads(pickle.dumps(sample)).image_ref == (0, 0)
-    stripped = strip(sample)
+    stripped = ImageStore.strip(sample)
     stripped.restore_image(b"saved")
     assert stripped.image_ref == (0, 0)
-    sample.image = b"blurred"  # a stage edited the pixels: the checkpoint no longer has them
+    sample.replace_image(b"blurred")  # a stage edited the pixels: the checkpoint no longer has them
     assert sample.image_ref is None
-    assert strip(sample).image == b"blurred"
+    assert ImageStore.strip(sample).image == b"blurred"
+
+
+def test_assigning_a_stored_image_is_refused_so_an_edit_cannot_be_lost_in_a_shuffle():
+    sample = stored_sample("00000000", b"saved")
+    with pytest.raises(AttributeError, match="replace_image"):
+        sample.image = b"blurred"
+    assert (sample.image, sample.image_ref) == (b"saved", (0, 0))
+    fresh = Sample(key="00000001", shard_id=0, url="u", image=b"a")
+    fresh.image = b"b"  # not a stored image: nothing to lose
+    assert fresh.image == b"b"
 
 
 def test_strip_then_restore_gives_the_saved_bytes_back(tmp_path):
@@ -46,16 +56,16 @@ def test_strip_then_restore_gives_the_saved_bytes_back(tmp_path):
         for sample in saved:
             task.add(sample)
     unsaved = Sample(key=OUTPUT.key(0, 5), shard_id=0, url="u", image=b"edited")
-    stripped = [strip(s) for s in saved] + [unsaved]
+    stripped = [ImageStore.strip(s) for s in saved] + [unsaved]
     assert [s.image for s in stripped] == [None, None, None, b"edited"]
-    restored = list(restore(stripped, OUTPUT, out))
+    restored = list(ImageStore(OUTPUT, out).restore(stripped))
     assert [s.image for s in restored] == [b"image 0", b"image 1", b"image 2", b"edited"]
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
-    lost = strip(stored_sample(OUTPUT.key(0, 1), b"bytes", task=(0, 7)))
+    lost = ImageStore.strip(stored_sample(OUTPUT.key(0, 1), b"bytes", task=(0, 7)))
     with pytest.raises(MissingStoredImage, match=f"{OUTPUT.key(0, 1)} .*00000-00007.ckpt.parquet"):
-        list(restore([lost], OUTPUT, str(tmp_path)))
+        list(ImageStore(OUTPUT, str(tmp_path)).restore([lost]))
 
 
 # ---------------------------------------------------------------- in a pipeline
@@ -158,9 +168,9 @@ def test_only_stripped_samples_go_through_the_restoring_shuffle(tmp_path):
         for sample in saved:
             task.add(sample)
     edited = stored_sample(OUTPUT.key(0, 2), b"old")
-    edited.image = b"blurred"  # no longer the stored image
+    edited.replace_image(b"blurred")  # no longer the stored image
     never_downloaded = Sample(key=OUTPUT.key(0, 3), shard_id=0, url="u")
-    inputs = [strip(s) for s in saved] + [edited, never_downloaded]
+    inputs = [ImageStore.strip(s) for s in saved] + [edited, never_downloaded]
 
     pipeline = beam.Pipeline(runner=FnApiRunner())
     images = (

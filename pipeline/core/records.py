@@ -67,17 +67,26 @@ class Sample(_CompactPickle):
     fields: dict[str, Any] = field(default_factory=dict)  # scores and fields added by stages
     # The download task whose checkpoint holds this sample's image bytes, while
     # `image` is still the image saved there: shuffles then carry the sample
-    # without its bytes (pipeline.engine.stored_images).  Setting a new `image`
-    # clears it, so an edited image (face_blur) travels with the sample.
+    # without its bytes (pipeline.engine.stored_images.ImageStore).  A stage that
+    # changes the image calls `replace_image`, which forgets it, so the edited
+    # image (face_blur) travels with the sample.
     image_ref: tuple[int, int] | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "image" and value is not None:
-            object.__setattr__(self, "image_ref", None)
+        # Assigning `image` would leave `image_ref` naming the old bytes, and the
+        # shuffle would silently bring the unedited image back: refused.
+        if name == "image" and self.__dict__.get("image_ref") is not None:
+            raise AttributeError(f"sample {self.key}: its image is a stored one; change it with "
+                                 "sample.replace_image(data)")
         object.__setattr__(self, name, value)
 
+    def replace_image(self, data: bytes) -> None:
+        """A new image (e.g. blurred): the stored one no longer applies, so the bytes travel with the sample."""
+        object.__setattr__(self, "image_ref", None)
+        object.__setattr__(self, "image", data)
+
     def restore_image(self, data: bytes) -> None:
-        """Puts the saved image bytes back without forgetting where they came from."""
+        """Puts the stored image bytes back without forgetting where they came from."""
         object.__setattr__(self, "image", data)
 
     def metadata(self) -> dict[str, Any]:

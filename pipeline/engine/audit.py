@@ -14,9 +14,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.core import layout
 from pipeline.engine.writers import write_json
-
-SUCCESS_FILE = "_SUCCESS"
 
 
 class AccountingError(RuntimeError):
@@ -100,11 +99,12 @@ def finalize(
     """Write the audit, check the invariant, then mark the output complete."""
     audit = build_audit(input_rows, counts, stage_reports, order, recipe, inputs)
     audit["shards"] = shard_listing(output_dir, counts.get("shards", 0), counts.get("kept", 0), recipe["output"])
-    if not FileSystems.exists(f"{output_dir}/shards"):
-        FileSystems.mkdirs(f"{output_dir}/shards")  # a run that kept nothing still has its (empty) shards folder
-    write_json(f"{output_dir}/report/audit.json", audit)
+    paths = layout.OutputLayout(output_dir)
+    if not FileSystems.exists(paths.shards):
+        FileSystems.mkdirs(paths.shards)  # a run that kept nothing still has its (empty) shards folder
+    write_json(paths.audit, audit)
     check_accounting(audit)
-    with FileSystems.create(f"{output_dir}/{SUCCESS_FILE}") as handle:
+    with FileSystems.create(paths.success) as handle:
         handle.write(b"")
     return audit
 
@@ -114,12 +114,13 @@ def shard_listing(output_dir: str, shards: int, samples: int, output: dict[str, 
     extension = "tar" if output["format"] == "webdataset" else "parquet"
     digits = len(f"{max(shards - 1, 0):0{output['shard_digits']}d}")
     last = f"{shards - 1:0{digits}d}"
-    pattern = f"{output_dir}/shards/{{{'0' * digits}..{last}}}.{extension}" if shards else None
+    braces = f"{{{'0' * digits}..{last}}}"
+    pattern = layout.OutputLayout(output_dir).shard(braces, extension) if shards else None
     return {"count": shards, "samples": samples, "pattern": pattern}
 
 
 def read_audit(output_dir: str) -> dict[str, Any]:
-    with FileSystems.open(f"{output_dir}/report/audit.json") as handle:
+    with FileSystems.open(layout.OutputLayout(output_dir).audit) as handle:
         return json.loads(handle.read())
 
 

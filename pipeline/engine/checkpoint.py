@@ -47,9 +47,9 @@ from pipeline import __version__
 from pipeline.engine.audit import write_json
 from pipeline.engine.checkpoint_records import RECORD_SCHEMA, MalformedCheckpoint, from_rows, to_row
 from pipeline.core.records import Reject, Sample
-from pipeline.engine.writers import AtomicFile, OutputParams, shard_name
+from pipeline.core import layout
+from pipeline.engine.writers import AtomicFile, OutputParams
 
-WORK_DIR = "_work"
 _FLUSH_EVERY = 64  # records per Parquet row group: bounded memory while writing
 _HASH_CHUNK = 1 << 20
 _IDENTITY_THREADS = 8
@@ -116,7 +116,7 @@ def _difference(previous: dict[str, Any], current: dict[str, Any]) -> str:
 
 def check_resumable(output_dir: str, manifest: dict[str, Any]) -> bool:
     """Whether the folder holds a work folder of this same run; ResumeError if it holds another run's."""
-    manifest_path = f"{output_dir}/{WORK_DIR}/manifest.json"
+    manifest_path = layout.OutputLayout(output_dir).work_manifest
     if not FileSystems.exists(manifest_path):
         return False
     with FileSystems.open(manifest_path) as handle:
@@ -127,7 +127,7 @@ def check_resumable(output_dir: str, manifest: dict[str, Any]) -> bool:
 def prepare(output_dir: str, manifest: dict[str, Any]) -> int:
     """Check or start the work folder; returns how many task checkpoints there are to reuse."""
     if not check_resumable(output_dir, manifest):
-        write_json(f"{output_dir}/{WORK_DIR}/manifest.json", manifest)
+        write_json(layout.OutputLayout(output_dir).work_manifest, manifest)
     return finished_tasks(output_dir)
 
 
@@ -141,7 +141,7 @@ def check_same_run(previous: dict[str, Any], manifest: dict[str, Any], output_di
 
 
 def finished_tasks(output_dir: str) -> int:
-    return len(FileSystems.match([f"{output_dir}/{WORK_DIR}/*.ckpt.parquet"])[0].metadata_list)
+    return len(FileSystems.match([layout.OutputLayout(output_dir).checkpoints_glob])[0].metadata_list)
 
 
 class ProgressReporter:
@@ -176,14 +176,14 @@ class ProgressReporter:
 
 
 def remove(output_dir: str) -> None:
-    path = f"{output_dir}/{WORK_DIR}"
+    path = layout.OutputLayout(output_dir).work
     if FileSystems.exists(path):
         FileSystems.delete([path])
 
 
 def task_path(output: OutputParams, output_dir: str, task: tuple[int, int]) -> str:
     shard_id, number = task
-    return f"{output_dir}/{WORK_DIR}/{shard_name(shard_id, output.shard_digits)}-{number:05d}.ckpt.parquet"
+    return layout.OutputLayout(output_dir).checkpoint(layout.shard_name(shard_id, output.shard_digits), number)
 
 
 def load(output: OutputParams, output_dir: str, task: tuple[int, int]) -> dict[str, Sample | Reject]:

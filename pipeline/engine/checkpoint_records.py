@@ -80,10 +80,8 @@ def _from_row(row: dict[str, Any]) -> Sample | Reject:
             return Reject(**common, stage=_required(row, "stage", str), reason=_required(row, "reason", str))
         if row["kind"] != SAMPLE:
             raise MalformedCheckpoint(f"unknown record kind {row['kind']!r}")
-        sample = Sample(**common, **{name: row[name] for name in ("image_format", *_INT_FIELDS, "sha256")})
-        sample.restore_image(row["image"])  # keeps image_ref, which setting `image` would clear
-        sample.image_ref = _image_ref(row["image_ref"])
-        return sample
+        return Sample(**common, **{name: row[name] for name in ("image", "image_format", *_INT_FIELDS, "sha256")},
+                      image_ref=_image_ref(row["image_ref"]))
     except json.JSONDecodeError as err:
         raise MalformedCheckpoint(f"row {row.get('key')!r}: {err}") from None
 

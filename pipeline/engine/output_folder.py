@@ -1,8 +1,8 @@
 """The output folder: whose files are whose, and one run at a time.
 
 curate deletes only files it writes itself.  Which those are is known from
-its layout (`LAYOUT`: shards, rejects, report files, recipe.json, _SUCCESS,
-the work folder, and the hidden temporary names of files being written), and
+its layout (`pipeline.core.layout`: shards, rejects, report files, recipe.json,
+_SUCCESS, the work folder, and the hidden temporary names of files being written), and
 a folder is known to be a curate output by the marker `_curate_output.json`,
 written before anything else.  So:
 
@@ -29,43 +29,19 @@ import datetime
 import json
 import logging
 import os
-import re
 import socket
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
-from pipeline.engine.audit import SUCCESS_FILE, write_json
+from pipeline.core import layout
+from pipeline.engine.audit import write_json
 from pipeline.core.errors import JobError
 from pipeline.engine.output_lock import OutputLockedError, lock_output_folder
 
-MARKER = "_curate_output.json"
-LOCK = "_curate.lock"
-_SHARD = r"[0-9][0-9_-]*"  # shard names are numbers; separators allowed for numbering schemes
-# Every file curate writes, relative to the output folder; nothing else is ever deleted.
-LAYOUT = re.compile(
-    "|".join(
-        [
-            rf"shards/{_SHARD}(\.tar|\.parquet|\.npz|_stats\.json)",
-            rf"rejects/{_SHARD}\.parquet",
-            r"report/(audit\.json|audit\.html|optout\.json|takedown-[^/]+\.json)",
-            r"recipe\.json",
-            re.escape(SUCCESS_FILE),
-            rf"_work/(manifest\.json|{_SHARD}\.ckpt\.parquet)",
-            r"(.+/)?\.[^/]+\.[0-9a-f]{32}\.tmp",  # pipeline.engine.writers.AtomicFile's temporary names
-        ]
-    )
-)
-_WORK_PREFIX = "_work/"
-
-
 class OutputFolderError(JobError):
     """The output folder cannot be used as asked; nothing in it was changed."""
-
-
-def in_layout(relative_path: str) -> bool:
-    return LAYOUT.fullmatch(relative_path) is not None
 
 
 def list_files(output_dir: str) -> list[str]:
@@ -82,13 +58,13 @@ def list_files(output_dir: str) -> list[str]:
 
 def check_claim(output_dir: str, overwrite: bool) -> list[str]:
     """The folder's files, if this run may use it; OutputFolderError (nothing touched) if not."""
-    files = [name for name in list_files(output_dir) if name != LOCK]  # the lock is this run's own, or refused later
-    ours = MARKER in files
-    if ours and SUCCESS_FILE in files and not overwrite:
+    files = [name for name in list_files(output_dir) if name != layout.LOCK]  # the lock is this run's own, or refused later
+    ours = layout.MARKER in files
+    if ours and layout.SUCCESS in files and not overwrite:
         raise OutputFolderError(f"{output_dir} already holds a finished run; pass --overwrite to replace it")
     if files and not ours and not overwrite:
         raise OutputFolderError(
-            f"{output_dir} is not empty and is not a curate output folder (no {MARKER}): it holds "
+            f"{output_dir} is not empty and is not a curate output folder (no {layout.MARKER}): it holds "
             f"{len(files)} file(s){_examples(files, 3)}; nothing was changed. Choose a new or empty folder, or pass "
             "--overwrite to remove only the files of curate's layout (shards/, rejects/, report/, recipe.json, "
             "_SUCCESS, _work/) from it; other files are never removed"
@@ -98,13 +74,13 @@ def check_claim(output_dir: str, overwrite: bool) -> list[str]:
 
 def claim(output_dir: str, files: list[str], overwrite: bool, say=print) -> None:
     """Mark the folder as curate's and remove the results this run writes again (see the module doc)."""
-    if MARKER not in files:
-        write_json(f"{output_dir}/{MARKER}", {"written_by": "curate", "version": __version__})
-    removable = [name for name in files if in_layout(name) and (overwrite or not name.startswith(_WORK_PREFIX))]
+    if layout.MARKER not in files:
+        write_json(layout.OutputLayout(output_dir).marker, {"written_by": "curate", "version": __version__})
+    removable = [name for name in files if layout.in_layout(name) and (overwrite or not layout.in_work_folder(name))]
     if removable:
         FileSystems.delete([f"{output_dir}/{name}" for name in removable])
     if overwrite and files:
-        kept = [name for name in files if not in_layout(name) and name != MARKER]
+        kept = [name for name in files if not layout.in_layout(name) and name != layout.MARKER]
         say(f"curate: --overwrite: removed {len(removable)} file(s) of curate's layout from {output_dir}"
             f"{_examples(removable)}" + (f"; kept {len(kept)} other file(s){_examples(kept)}" if kept else ""))
 
@@ -117,7 +93,7 @@ class OutputLock:
     """`DIR/_curate.lock` while a run writes to DIR (see the module doc for stale locks)."""
 
     def __init__(self, output_dir: str):
-        self.path = f"{output_dir}/{LOCK}"
+        self.path = layout.OutputLayout(output_dir).lock
         self._local = FileSystems.get_scheme(output_dir) is None
         self._holder = {
             "pid": os.getpid(), "host": socket.gethostname(), "token": uuid.uuid4().hex,

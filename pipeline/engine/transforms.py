@@ -25,6 +25,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.core.stage import DownloadHook, Stage, StageContext
 from pipeline.engine import checkpoint
+from pipeline.engine.stored_images import ImageStore
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
 from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_policy
 from pipeline.media.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
@@ -245,7 +246,7 @@ class _DownloadTask(beam.DoFn):
             self._failed.inc()
         else:
             self._done.inc()
-            result.image_ref = task  # its image can be read back from this task's checkpoint
+            ImageStore.put(result, task)  # its image can be read back from this task's checkpoint
         self._progress.tick()
         return saved.add(result)
 

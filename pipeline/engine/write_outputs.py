@@ -27,10 +27,12 @@ import bisect
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.engine import shard_schema, stored_images
+from pipeline.engine import shard_schema
+from pipeline.engine.stored_images import ImageStore
 from pipeline.core.records import Sample
+from pipeline.core import layout
 from pipeline.core.records import REJECTED
-from pipeline.engine.writers import OutputParams, observed_types, shard_name, write_json, write_rejects, write_shard
+from pipeline.engine.writers import OutputParams, observed_types, write_json, write_rejects, write_shard
 
 KEPT = "kept"
 # The download step's reasons that img2dataset counts as failed_to_resize (its resizer decodes).
@@ -110,10 +112,10 @@ class _WriteShard(beam.DoFn):
         samples = list(samples)
         number, stats = plan[block]
         output, output_dir = self._output, self._output_dir
-        load_images = lambda ordered: stored_images.restore(ordered, output, output_dir)  # noqa: E731
+        load_images = ImageStore(output, output_dir).restore
         write_shard(output, output_dir, number, samples, load_images, schema, self._npz_arrays)
-        name = shard_name(number, output.shard_digits)
-        write_json(f"{output_dir}/shards/{name}_stats.json", stats)
+        name = layout.shard_name(number, output.shard_digits)
+        write_json(layout.OutputLayout(output_dir).shard_stats(name), stats)
         self._written.inc(len(samples))
         yield {KEPT: len(samples), "shards": 1}
 
@@ -149,7 +151,7 @@ class WriteOutputs(beam.PTransform):
     def expand(self, inputs):
         samples, rejects = inputs
         output_format = self._output.format
-        samples = samples | "StripImages" >> beam.Map(stored_images.strip)
+        samples = samples | "StripImages" >> beam.Map(ImageStore.strip)
         schema = (
             samples
             | "ObserveTypes" >> beam.Map(observed_types, output_format, self._npz_arrays)

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.core import layout
+from pipeline.core.layout import shard_name
 from pipeline.engine import embedding_files, shard_schema
 from pipeline.core.records import REJECTS_SCHEMA, Reject, Sample
 
@@ -50,10 +52,6 @@ class OutputParams:
 
     def index_in_shard(self, key: str) -> int:
         return int(key[-self._index_digits:])
-
-
-def shard_name(shard_id: int, digits: int) -> str:
-    return f"{shard_id:0{digits}d}"
 
 
 class AtomicFile:
@@ -109,9 +107,10 @@ def json_metadata(metadata: dict[str, Any], schema: pa.Schema) -> bytes:
 
 class WebDatasetShardWriter:
     def __init__(self, output_dir: str, name: str, schema: pa.Schema):
-        self._tar_file = AtomicFile(f"{output_dir}/shards/{name}.tar")
+        paths = layout.OutputLayout(output_dir)
+        self._tar_file = AtomicFile(paths.shard(name, "tar"))
         self._tar = tarfile.open(fileobj=self._tar_file.handle, mode="w|", format=tarfile.USTAR_FORMAT)
-        self._parquet_path = f"{output_dir}/shards/{name}.parquet"
+        self._parquet_path = paths.shard(name, "parquet")
         self._schema = schema
         self._rows: list[dict[str, Any]] = []
 
@@ -145,7 +144,7 @@ class WebDatasetShardWriter:
 
 class ParquetShardWriter:
     def __init__(self, output_dir: str, name: str, schema: pa.Schema):
-        self._path = f"{output_dir}/shards/{name}.parquet"
+        self._path = layout.OutputLayout(output_dir).shard(name, "parquet")
         self._schema = schema
         self._rows: list[dict[str, Any]] = []
 
@@ -213,5 +212,5 @@ def schema_of(samples: Iterable[Sample], output_format: str, npz_arrays: dict[st
 
 def write_rejects(params: OutputParams, output_dir: str, shard_id: int, rejects: list[Reject]) -> str:
     rows = [r.row() for r in sorted(rejects, key=lambda r: r.key)]
-    path = f"{output_dir}/rejects/{shard_name(shard_id, params.shard_digits)}.parquet"
+    path = layout.OutputLayout(output_dir).rejects_file(shard_name(shard_id, params.shard_digits))
     return write_parquet_atomically(path, pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA))

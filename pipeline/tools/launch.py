@@ -26,6 +26,7 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions, TestOptions
 
+from pipeline.core import layout
 from pipeline.engine import audit, checkpoint, embedding_files, output_folder, runners
 from pipeline.engine import run as run_module
 from pipeline.core.errors import JobError
@@ -33,8 +34,8 @@ from pipeline.engine.recipe import Recipe
 from pipeline.engine.run import LOCAL_RUNNER_NAMES, InputSpec, RunOptions
 
 # Files a run writes, to tell whether an input glob would read them back.
-_OUTPUT_PROBES = ("recipe.json", "shards/00000.parquet", "shards/00000.tar", "rejects/00000.parquet",
-                  "report/audit.json", f"{checkpoint.WORK_DIR}/manifest.json", output_folder.MARKER)
+_OUTPUT_PROBES = (layout.RECIPE, layout.shard_file("00000", "parquet"), layout.shard_file("00000", "tar"),
+                  layout.rejects_file("00000"), layout.AUDIT, layout.WORK_MANIFEST, layout.MARKER)
 
 
 @dataclass
@@ -137,7 +138,7 @@ def check_output_outside_inputs(output_dir: str, inputs: InputSpec) -> None:
     """A run must not read its own (or a previous run's) output as input."""
     inside = [path for path in inputs.paths if path.startswith(f"{output_dir}/")]
     for pattern in inputs.patterns or inputs.paths:
-        probes = [f"{output_dir}/{name}" for name in _OUTPUT_PROBES]
+        probes = [layout.OutputLayout(output_dir).path(name) for name in _OUTPUT_PROBES]
         if pattern.rstrip("/") == output_dir or any(_glob_matches(pattern, probe) for probe in probes):
             inside.append(pattern)
     if inside:
@@ -173,8 +174,8 @@ def prepare_output(output_dir: str, overwrite: bool, recipe: Recipe, inputs: Inp
     except checkpoint.ResumeError as err:
         raise JobError(str(err)) from None
     if resumable:
-        say(f"curate: resuming: downloads of {resumable} finished task(s) are reused from {output_dir}/{checkpoint.WORK_DIR}")
-    audit.write_json(f"{output_dir}/recipe.json", recipe.to_dict())
+        say(f"curate: resuming: downloads of {resumable} finished task(s) are reused from {output_dir}/{layout.WORK}")
+    audit.write_json(layout.OutputLayout(output_dir).recipe, recipe.to_dict())
 
 
 def _execute(recipe, inputs, output_dir: str, options, save_pipeline: str | None, progress: bool = False) -> None:
@@ -219,6 +220,7 @@ def print_summary(result) -> None:
         print("curate: dry run: the job graph was built; nothing ran")
         return
     print(audit.summary_table(result.audit))
-    print(f"shards:  {result.output_dir}/shards/\nrejects: {result.output_dir}/rejects/")
+    paths = layout.OutputLayout(result.output_dir)
+    print(f"shards:  {paths.shards}/\nrejects: {paths.rejects}/")
     if result.reports:
         print("report:  " + "  ".join(result.reports))

@@ -21,23 +21,19 @@ import io
 import json
 import math
 import random
-import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
+from pipeline.engine import built_dataset
 from pipeline.media.optout.reasons import OPTOUT_REASONS
 from pipeline.tools.report_format import KEPT, REJECTED, SPLITS, THUMBNAIL_PIXELS, finite_number
 
 HISTOGRAM_BINS = 30
 RESERVOIR_SIZE = 20_000  # values per measure kept by the first pass to find a long tail
 TAIL_QUANTILE = 0.995
-BATCH_ROWS = 8192
-IMAGE_COLUMNS = ("jpg", "png", "webp")
 
 # Recipe parameters drawn as markers on a measure's histogram: (stage, parameter).
 THRESHOLD_PARAMS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -85,37 +81,9 @@ class Row:
         return self.stage or KEPT
 
 
-def list_files(pattern: str) -> list[str]:
-    return sorted(metadata.path for metadata in FileSystems.match([pattern])[0].metadata_list)
-
-
-def _is_scalar(arrow_type: pa.DataType) -> bool:
-    """Columns worth reading: not image bytes, not embeddings or other nested values."""
-    nested = pa.types.is_nested(arrow_type)
-    binary = pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
-    return not nested and not binary
-
-
-def _parquet_batches(path: str, problems: list[str], columns: Callable[[pa.Schema], list[str]] | None = None):
-    """Batches of row dicts from one Parquet file; a broken file is noted in `problems`, not raised."""
-    try:
-        with FileSystems.open(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            selected = columns(parquet.schema_arrow) if columns else None
-            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=selected):
-                yield batch.to_pylist()
-    except (OSError, pa.ArrowException) as err:
-        problems.append(f"{path}: unreadable, skipped ({err})")
-
-
-def _scalar_columns(schema: pa.Schema) -> list[str]:
-    return [f.name for f in schema if _is_scalar(f.type)]
-
-
 def kept_rows(output_dir: str, problems: list[str]) -> Iterator[list[Row]]:
-    for path in list_files(f"{output_dir}/shards/*.parquet"):
-        for batch in _parquet_batches(path, problems, _scalar_columns):
-            yield [_kept_row(values) for values in batch]
+    for batch in built_dataset.kept_batches(output_dir, problems, built_dataset.scalar_columns):
+        yield [_kept_row(values) for values in batch]
 
 
 def _kept_row(values: dict[str, Any]) -> Row:
@@ -123,9 +91,8 @@ def _kept_row(values: dict[str, Any]) -> Row:
 
 
 def rejected_rows(output_dir: str, problems: list[str]) -> Iterator[list[Row]]:
-    for path in list_files(f"{output_dir}/rejects/*.parquet"):
-        for batch in _parquet_batches(path, problems):
-            yield [_rejected_row(values) for values in batch]
+    for batch in built_dataset.reject_batches(output_dir, problems):
+        yield [_rejected_row(values) for values in batch]
 
 
 def _rejected_row(values: dict[str, Any]) -> Row:
@@ -312,9 +279,8 @@ def optout_rows(output_dir: str, problems: list[str]) -> Iterator[dict[str, Any]
     def columns(schema: pa.Schema) -> list[str]:
         return [name for name in ("stage", "reason", "url", "fields") if name in schema.names]
 
-    for path in list_files(f"{output_dir}/rejects/*.parquet"):
-        for batch in _parquet_batches(path, problems, columns):
-            yield from (row for row in batch if row.get("reason") in OPTOUT_REASONS)
+    for batch in built_dataset.reject_batches(output_dir, problems, columns):
+        yield from (row for row in batch if row.get("reason") in OPTOUT_REASONS)
 
 
 # ---------------------------------------------------------------- thumbnails
@@ -343,41 +309,11 @@ def thumbnail_uri(data: bytes) -> str | None:
 
 def kept_thumbnails(output_dir: str, limit: int, problems: list[str]) -> list[Thumbnail]:
     """Thumbnails of the first kept samples: from the first tar shards, else from Parquet image columns."""
-    tars = list_files(f"{output_dir}/shards/*.tar")
-    source = _tar_samples(tars, problems) if tars else _parquet_samples(output_dir, problems)
     thumbnails = []
-    for key, caption, data in source:
-        uri = thumbnail_uri(data)
+    for stored in built_dataset.kept_images(output_dir, problems):
+        uri = thumbnail_uri(stored.image)
         if uri:
-            thumbnails.append(Thumbnail(key, caption, uri))
+            thumbnails.append(Thumbnail(stored.key, stored.caption, uri))
         if len(thumbnails) >= limit:
             break
     return thumbnails
-
-
-def _tar_samples(paths: list[str], problems: list[str]) -> Iterator[tuple[str, str | None, bytes]]:
-    """(key, caption, image bytes), reading each tar as a stream (members come as key.jpg, key.txt, key.json)."""
-    for path in paths:
-        images: dict[str, bytes] = {}
-        try:
-            with FileSystems.open(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-                for member in tar:
-                    key, _, extension = member.name.rpartition(".")
-                    if extension in IMAGE_COLUMNS:
-                        images[key] = tar.extractfile(member).read()
-                    elif extension == "txt" and key in images:
-                        yield key, tar.extractfile(member).read().decode("utf-8", "replace"), images.pop(key)
-        except (OSError, tarfile.TarError) as err:
-            problems.append(f"{path}: unreadable tar, no thumbnails from it ({err})")
-
-
-def _parquet_samples(output_dir: str, problems: list[str]) -> Iterator[tuple[str, str | None, bytes]]:
-    def image_columns(schema: pa.Schema) -> list[str]:
-        return [name for name in ("key", "caption", *IMAGE_COLUMNS) if name in schema.names]
-
-    for path in list_files(f"{output_dir}/shards/*.parquet"):
-        for batch in _parquet_batches(path, problems, image_columns):
-            for values in batch:
-                data = next((values[c] for c in IMAGE_COLUMNS if values.get(c)), None)
-                if data:
-                    yield str(values.get("key")), values.get("caption"), data

@@ -29,7 +29,8 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.media.bias_terms import TermsError, load_terms
-from pipeline.engine.audit import SUCCESS_FILE, write_json
+from pipeline.core import layout
+from pipeline.engine.audit import write_json
 from pipeline.engine.writers import AtomicFile
 from pipeline.tools.report import (
     CAPTION_MEASURES,
@@ -57,7 +58,7 @@ class ReportError(ValueError):
 
 
 def read_audit_file(output_dir: str) -> dict[str, Any]:
-    path = f"{output_dir}/report/audit.json"
+    path = layout.OutputLayout(output_dir).audit
     if not FileSystems.exists(path):
         raise ReportError(f"{path} does not exist: is {output_dir} the output folder of a finished `curate run`?")
     try:
@@ -152,13 +153,13 @@ def build_report(output_dir: str) -> Report:
         "bias": aggregates.bias.to_json(terms_note),
         "report": {
             "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "html": "report/audit.html",
+            "html": layout.AUDIT_HTML,
             "problems": problems,
         },
     }
     _check_rows_match_counts(enriched, problems)
     thumbnails = kept_thumbnails(output_dir, THUMBNAILS, problems)
-    complete = FileSystems.exists(f"{output_dir}/{SUCCESS_FILE}")
+    complete = FileSystems.exists(layout.OutputLayout(output_dir).success)
     return Report(enriched, optout, aggregates.examples, thumbnails, problems, complete)
 
 
@@ -176,7 +177,7 @@ def write_reports(output_dir: str) -> list[str]:
     """Write report/audit.json (enriched), report/optout.json and report/audit.html; returns their paths."""
     output_dir = output_dir.rstrip("/")
     report = build_report(output_dir)
-    paths = [f"{output_dir}/report/{name}" for name in ("audit.json", "optout.json", "audit.html")]
+    paths = [layout.OutputLayout(output_dir).path(name) for name in (layout.AUDIT, layout.OPTOUT, layout.AUDIT_HTML)]
     write_json(paths[0], report.audit)
     write_json(paths[1], report.optout)
     page = AtomicFile(paths[2])

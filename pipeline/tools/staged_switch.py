@@ -36,10 +36,9 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.core import layout
 from pipeline.engine import audit
-from pipeline.engine.built_dataset import AUDIT_PATH, STAGING_DIR, delete_folder, folder_exists, is_local, open_file
-
-PLAN_FILE = "plan.json"
+from pipeline.engine.built_dataset import delete_folder, folder_exists, is_local, open_file
 
 
 class StalePlanError(Exception):
@@ -51,7 +50,8 @@ class StagedSwitch:
 
     def __init__(self, folder: str):
         self.folder = folder.rstrip("/")
-        self.staging = f"{self.folder}/{STAGING_DIR}"
+        self.paths = layout.OutputLayout(self.folder)
+        self.staging, self.plan_path = self.paths.staging, self.paths.path(layout.STAGING_PLAN)
         self.moves: list[str] = []
 
     def stage(self, relative: str) -> str:
@@ -63,11 +63,11 @@ class StagedSwitch:
         """Write the plan: from here on, the new dataset is what the folder holds (once switched)."""
         plan = {
             "moves": self.moves,
-            "audit_before": _digest(f"{self.folder}/{AUDIT_PATH}"),
-            "audit_after": _digest(f"{self.staging}/{AUDIT_PATH}"),
+            "audit_before": _digest(self.paths.audit),
+            "audit_after": _digest(f"{self.staging}/{layout.AUDIT}"),
             "committed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        audit.write_json(f"{self.staging}/{PLAN_FILE}", plan)
+        audit.write_json(self.plan_path, plan)
         return plan
 
     def discard(self) -> None:
@@ -76,7 +76,7 @@ class StagedSwitch:
 
     def switch(self, plan: dict[str, Any]) -> None:
         """Put the committed new files in place; idempotent, so a crash is finished by calling it again."""
-        success = f"{self.folder}/{audit.SUCCESS_FILE}"
+        success = self.paths.success
         if FileSystems.exists(success):
             FileSystems.delete([success])
         for relative in plan["moves"]:
@@ -93,16 +93,16 @@ def recover(folder: str) -> str | None:
     switch = StagedSwitch(folder)
     if not folder_exists(switch.staging):
         return None
-    plan_path = f"{switch.staging}/{PLAN_FILE}"
+    plan_path = switch.plan_path
     if not FileSystems.exists(plan_path):
         switch.discard()
         return f"removed {switch.staging}, left by a takedown that stopped before changing anything"
     with open_file(plan_path) as handle:
         plan = json.loads(handle.read())
-    current = _digest(f"{switch.folder}/{AUDIT_PATH}")
+    current = _digest(switch.paths.audit)
     if current not in (plan["audit_before"], plan["audit_after"]):
         raise StalePlanError(
-            f"{plan_path}: an interrupted takedown of {plan['committed_at']}, but {AUDIT_PATH} was rewritten "
+            f"{plan_path}: an interrupted takedown of {plan['committed_at']}, but {layout.AUDIT} was rewritten "
             f"since (by `curate run --overwrite`?): delete {switch.staging} and run the takedown again")
     switch.switch(plan)
     return f"finished the takedown committed at {plan['committed_at']} and interrupted while switching files"

@@ -56,12 +56,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.core import layout
+from pipeline.core.layout import IMAGE_EXTENSIONS, OutputLayout
 from pipeline.engine import audit, embedding_files
 from pipeline.media.optout.reasons import RULE_FIELD
 from pipeline.media.optout.rule_list import OptOutListError, load_optout_list
-from pipeline.engine.built_dataset import (AUDIT_PATH, IMAGE_EXTENSIONS, Dataset, DatasetError, Shard, is_local,
-                                    link_or_copy, match, open_dataset, open_file, parquet_columns, read_npz,
-                                    read_parquet)
+from pipeline.engine.built_dataset import (Dataset, DatasetError, Shard, is_local, link_or_copy, match, member_key,
+                                           metadata_rows, open_dataset, open_file, read_npz, read_parquet,
+                                           shard_images)
 from pipeline.engine.output_lock import OutputLockedError, lock_output_folder
 from pipeline.core.records import METADATA_COLUMNS, REJECTS_SCHEMA, Reject
 from pipeline.tools.staged_switch import StagedSwitch, StalePlanError, recover
@@ -218,7 +220,8 @@ def _locked(source: str, target: str) -> Iterator[None]:
 def _check_output_folder(source: str, target: str) -> None:
     if is_local(source, target) and os.path.realpath(target).startswith(os.path.realpath(source) + os.sep):
         raise TakedownError(f"--output {target} is inside the dataset {source}; choose a folder outside it")
-    if match(f"{target}/shards/*") or match(f"{target}/report/*") or FileSystems.exists(f"{target}/{audit.SUCCESS_FILE}"):
+    paths = OutputLayout(target)
+    if match(f"{paths.shards}/*") or match(f"{paths.report}/*") or FileSystems.exists(paths.success):
         raise TakedownError(f"{target} already holds a dataset; choose an empty --output folder")
 
 
@@ -236,26 +239,26 @@ def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher
         progress(f"takedown: shard {shard.name} ({number}/{len(built.shards)}): {state}")
     if switch.folder != built.path:
         _stage_copies(built.path, switch)
-    manifest = f"report/{_manifest_name(built.path)}"  # with --output, the source's manifests are copied over
+    manifest = _manifest_name(built.path)  # with --output, the source's manifests are copied over
     result.manifest_path = f"{switch.folder}/{manifest}"
     summary = {**about_list, "removed": len(result.removals), "shards_rewritten": result.rewritten,
                "started_at": started}
     _write_manifest(switch.stage(manifest), built.path, switch.folder, result, summary)
     new_audit = _updated_audit(built.audit, len(result.removals), matcher.reason,
                                {**summary, "manifest": manifest.rpartition("/")[2]})
-    audit.write_json(switch.stage(AUDIT_PATH), new_audit)
+    audit.write_json(switch.stage(layout.AUDIT), new_audit)
     return result
 
 
 def _stage_copies(source: str, switch: StagedSwitch) -> None:
     """With --output: every file the takedown does not rewrite is linked (or copied) over."""
-    changed = {*switch.moves, AUDIT_PATH}  # the audit is written new
-    shard_files = [path for kind in ("*.tar", "*.parquet", "*.npz", "*_stats.json")
-                   for path in match(f"{source}/shards/{kind}")]
-    files = [*shard_files, *match(f"{source}/rejects/*.parquet"), *match(f"{source}/report/*"),
-             *match(f"{source}/recipe.json")]
+    changed = {*switch.moves, layout.AUDIT}  # the audit is written new
+    paths = OutputLayout(source)
+    files = [*match(paths.shards_glob("tar")), *match(paths.shards_glob("parquet")), *match(paths.shards_glob("npz")),
+             *match(paths.path(layout.shard_stats_file("*"))), *match(paths.rejects_glob), *match(f"{paths.report}/*"),
+             *match(paths.recipe)]
     for path in files:
-        relative = path[len(source) + 1:]
+        relative = paths.relative(path)
         if relative not in changed:
             link_or_copy(path, switch.stage(relative))
 
@@ -266,15 +269,15 @@ def _stage_copies(source: str, switch: StagedSwitch) -> None:
 def _stage_shard(shard: Shard, built: Dataset, switch: StagedSwitch, matcher: SampleMatcher,
                  when: str) -> list[Removal]:
     """Stage the shard without its matched samples (and their rejects); [] and nothing staged if none match."""
-    columns = [name for name in parquet_columns(shard.metadata_path) if name not in IMAGE_EXTENSIONS]
-    rows = read_parquet(shard.metadata_path, columns=columns).to_pylist()
+    rows = metadata_rows(shard)
     matched = _matches(shard, rows, matcher)
     if not matched:
         return []
     removed_rows = [row for row in rows if row["key"] in matched]
     rejects = [_reject_of(row, matched[row["key"]], matcher.reason) for row in removed_rows]
     _stage_rejects(built.path, switch, shard.name, rejects)
-    _stage_rewritten_shard(shard, switch, set(matched), matcher.reason)
+    _stage_rewritten_shard(shard, switch, set(matched))
+    _stage_stats(built.path, shard, switch, len(matched), matcher.reason)
     return [Removal(row["key"], row["url"], shard.name, matched[row["key"]], when) for row in removed_rows]
 
 
@@ -283,34 +286,16 @@ def _matches(shard: Shard, rows: list[dict[str, Any]], matcher: SampleMatcher) -
     matched = {row["key"]: rule for row in rows if (rule := matcher.match_row(row)) is not None}
     unmatched = {row["key"]: row for row in rows if row["key"] not in matched}
     if matcher.needs_images and unmatched:
-        for key, image in _shard_images(shard, set(unmatched)):
-            rule = matcher.match_image(unmatched[key], image)
+        for stored in shard_images(shard, set(unmatched)):
+            rule = matcher.match_image(unmatched[stored.key], stored.image)
             if rule is not None:
-                matched[key] = rule
+                matched[stored.key] = rule
     return matched
 
 
-def _shard_images(shard: Shard, keys: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(key, stored image bytes) for `keys`, streamed from the tar or read from the parquet's image column."""
-    if shard.tar_path is not None:
-        with open_file(shard.tar_path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            for member in tar:
-                key, _, extension = member.name.rpartition("/")[2].partition(".")
-                if key in keys and extension in IMAGE_EXTENSIONS:
-                    yield key, tar.extractfile(member).read()
-        return
-    columns = [name for name in parquet_columns(shard.metadata_path) if name in IMAGE_EXTENSIONS]
-    with open_file(shard.metadata_path) as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=256, columns=["key", *columns]):
-            for row in batch.to_pylist():
-                image = next((row[name] for name in columns if row[name]), None)
-                if row["key"] in keys and image:
-                    yield row["key"], image
-
-
-def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str], reason: str) -> None:
+def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str]) -> None:
     """The shard without `removed`; an emptied shard stays as an empty one, so shard numbers keep no gap."""
-    names = [f"shards/{shard.name}.parquet"] + ([f"shards/{shard.name}.tar"] if shard.tar_path else [])
+    names = [layout.shard_file(shard.name, extension) for extension in ("parquet", "tar")[:1 + bool(shard.tar_path)]]
     if shard.tar_path is not None:
         _filter_tar(shard.tar_path, switch.stage(names[1]), removed)
     if shard.npz_path is not None:  # the embeddings keep one row per remaining sample, in order
@@ -320,13 +305,12 @@ def _stage_rewritten_shard(shard: Shard, switch: StagedSwitch, removed: set[str]
     table = read_parquet(shard.metadata_path)
     kept = table.filter(pc.invert(pc.is_in(table.column("key"), pa.array(sorted(removed), pa.string()))))
     _write_parquet(switch.stage(names[0]), kept)
-    _stage_stats(shard, switch, len(removed), reason)
 
 
-def _stage_stats(shard: Shard, switch: StagedSwitch, removed: int, reason: str) -> None:
+def _stage_stats(dataset: str, shard: Shard, switch: StagedSwitch, removed: int, reason: str) -> None:
     """The shard's img2dataset `_stats.json` with the removed samples moved from success to the takedown."""
-    relative = f"shards/{shard.name}_stats.json"
-    path = shard.metadata_path.rpartition("/")[0] + f"/{shard.name}_stats.json"
+    relative = layout.shard_stats_file(shard.name)
+    path = OutputLayout(dataset).path(relative)
     if not FileSystems.exists(path):
         return
     with open_file(path) as handle:
@@ -345,7 +329,7 @@ def _filter_tar(source_path: str, target_path: str, removed: set[str]) -> None:
             FileSystems.create(target_path) as out, \
             tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as target_tar:
         for member in source_tar:
-            if member.name.rpartition("/")[2].partition(".")[0] in removed:
+            if member_key(member.name)[0] in removed:
                 continue
             target_tar.addfile(member, source_tar.extractfile(member) if member.isfile() else None)
 
@@ -376,13 +360,13 @@ def _reject_of(row: dict[str, Any], rule: str, reason: str) -> Reject:
 
 def _stage_rejects(dataset: str, switch: StagedSwitch, shard_name: str, rejects: list[Reject]) -> None:
     """The shard's rejects file with `rejects` added, staged (the name of the shard's file, not of its keys)."""
-    relative = f"rejects/{shard_name}.parquet"
+    relative = layout.rejects_file(shard_name)
     path = f"{dataset}/{relative}"
     existing = read_parquet(path).to_pylist() if FileSystems.exists(path) else []
     twice = {row["key"] for row in existing} & {reject.key for reject in rejects}
     if twice:
         raise DatasetError(f"{dataset} was not changed: {relative} already rejects {sorted(twice)[:3]}, "
-                           f"which shards/{shard_name}.parquet also holds")
+                           f"which {layout.shard_file(shard_name, 'parquet')} also holds")
     rows = sorted(existing + [reject.row() for reject in rejects], key=lambda row: row["key"])
     _write_parquet(switch.stage(relative), pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA))
 
@@ -412,11 +396,12 @@ def _updated_audit(before: dict[str, Any], removed: int, reason: str, takedown_s
 
 
 def _manifest_name(dataset: str) -> str:
+    """The removal manifest's path relative to the dataset: report/takedown-<UTC time>.json."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    name, number = f"takedown-{stamp}.json", 1
-    while FileSystems.exists(f"{dataset}/report/{name}"):  # two takedowns within one second
+    name, number = layout.takedown_manifest(stamp), 1
+    while FileSystems.exists(OutputLayout(dataset).path(name)):  # two takedowns within one second
         number += 1
-        name = f"takedown-{stamp}-{number}.json"
+        name = layout.takedown_manifest(f"{stamp}-{number}")
     return name
 
 
