@@ -26,7 +26,8 @@ shard (an empty tar and a parquet with no rows), so shard numbers keep no gap
 and the audit's brace pattern still names every file.
 
 Accounting: the removed rows are appended to `rejects/<shard>.parquet` (stage
-`takedown`, reason `optout_list`, the matched rule in `fields.optout_rule`),
+`takedown`, reason `optout_list`, the matched rule in `fields.optout_rule`;
+with hash lists reason `hashlist` and `fields.hashlist_name/_kind/_distance`),
 and `report/audit.json`'s kept and rejected counts move by the rows removed, so
 `input == kept + rejected` keeps holding.  A removal manifest
 `report/takedown-<UTC time>.json` lists what was removed (key, url, shard,
