@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,20 +126,30 @@ def load_hash_lists(items: tuple[str, ...], max_distance: int) -> HashLists:
     return HashLists(exact, index, pdq_names)
 
 
-def pdq_of_bytes(data: bytes, max_pixels: int) -> tuple[str, int] | None:
-    """(PDQ hex, quality) of an encoded image, or None when it cannot be decoded."""
-    import pdqhash
-
+def decode_for_pdq(data: bytes, max_pixels: int) -> Any:
+    """The encoded image upright, shorter side at most PDQ_SIDE (a PIL image), or None when it cannot be decoded."""
     from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
 
     scaled = ResizeParams(image_size=PDQ_SIDE, resize_mode="keep_ratio", resize_only_if_bigger=True,
                           encode_format="png", encode_quality=0, max_pixels=max_pixels)
     try:
-        pixels = process_image(data, scaled).pixels
+        return process_image(data, scaled).pixels
     except ImageRejected:
         return None
+
+
+def pdq_of_pixels(pixels: Any) -> tuple[str, int]:
+    """(PDQ hex, quality) of a decoded PIL image."""
+    import pdqhash
+
     bits, quality = pdqhash.compute(np.asarray(pixels.convert("RGB")))
     return np.packbits(bits.astype(np.uint8)).tobytes().hex(), int(quality)
+
+
+def pdq_of_bytes(data: bytes, max_pixels: int) -> tuple[str, int] | None:
+    """(PDQ hex, quality) of an encoded image, or None when it cannot be decoded."""
+    pixels = decode_for_pdq(data, max_pixels)
+    return None if pixels is None else pdq_of_pixels(pixels)
 
 
 def hash_fields(data: bytes, max_pixels: int) -> dict[str, Any]:

@@ -4,7 +4,7 @@
     curate stages            # every registered stage and its parameters
     curate demo --output DIR # the bundled sample, end to end, on a loopback server
     curate report DIR        # regenerate report/audit.json, optout.json and audit.html
-    curate takedown ...      # remove opted-out samples from a built dataset
+    curate takedown ...      # remove opted-out (or hash-listed) samples from a built dataset
 
 Options `curate run` does not know are Beam pipeline options (`--runner`,
 `--direct_num_workers`, `--project`, ...), passed through unchanged.

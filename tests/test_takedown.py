@@ -32,7 +32,7 @@ SHARDS = {
 EXPECTED_RULE_KINDS = {"domain": 3, "prefix": 1, "url": 1, "sha256": 1, "phash": 1}
 
 
-def build_dataset(out, fmt):
+def build_dataset(out, fmt, resize=ResizeParams(image_size=64)):
     """A dataset as `curate run` writes it (same writers), plus the originals by URL."""
     output = OutputParams(format=fmt, samples_per_shard=PER_SHARD)
     originals, kept, rejected = {}, 0, 0
@@ -40,7 +40,7 @@ def build_dataset(out, fmt):
         samples = []
         for index, (url, _) in enumerate(rows):
             original = picture((300, 200), seed=shard_id * 10 + index)
-            stored = process_image(original, ResizeParams(image_size=64))
+            stored = process_image(original, resize)
             originals[url] = original
             samples.append(Sample(
                 key=f"{shard_id:05d}{index}", shard_id=shard_id, url=url, caption=f"caption of {url}",
@@ -474,7 +474,7 @@ def test_the_matching_is_pluggable(dataset):
     from pipeline.tools import takedown as module
 
     class KeyList:
-        reason, needs_images = "key_list", False
+        reason, needs_images, withheld = "key_list", False, frozenset()
 
         def match_row(self, row):
             return "key:000011" if row["key"] == "000011" else None
@@ -482,10 +482,18 @@ def test_the_matching_is_pluggable(dataset):
         def match_image(self, row, image):
             raise AssertionError("needs_images is False")
 
+        def reject_fields(self, rule):
+            return {"key_rule": rule}
+
+        def about(self):
+            return {"list": "keys"}
+
     result = module.takedown(str(out), str(listed), matcher=KeyList(), progress=lambda line: None)
     assert [removal.key for removal in result.removals] == ["000011"]
     assert "000011" not in {row["key"] for row in shard_rows(out)}
     assert assert_accounting(out)["counts"]["rejected_by_stage"]["takedown"] == {"key_list": 1}
+    assert [json.loads(row["fields"])["key_rule"] for row in reject_rows(out) if row["stage"] == "takedown"] == [
+        "key:000011"]
 
 
 def test_takedown_keeps_shard_numbers_contiguous_and_stats_true(dataset):

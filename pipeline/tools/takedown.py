@@ -1,7 +1,8 @@
-"""`curate takedown`: remove opted-out samples from a dataset that is already built.
+"""`curate takedown`: remove opted-out (or hash-listed) samples from a dataset that is already built.
 
     curate takedown --dataset out/ --optout optout.txt --in-place
     curate takedown --dataset out/ --optout optout.txt --output out-v2/
+    curate takedown --dataset out/ --hashlist known_bad=bad.txt --in-place   (pipeline/tools/takedown_hashlist.py)
 
 1. Check: the whole dataset is checked before anything is written
    (pipeline/engine/built_dataset.py: `_SUCCESS`, no temporary files, every tar with
@@ -28,15 +29,16 @@ shard (an empty tar and a parquet with no rows), so shard numbers keep no gap
 and the audit's brace pattern still names every file.
 
 Accounting: the removed rows are appended to `rejects/<shard>.parquet` (stage
-`takedown`, reason `optout_list`, the matched rule in `fields.optout_rule`),
+`takedown`, reason `optout_list`, the matched rule in `fields.optout_rule`;
+with hash lists reason `hashlist` and `fields.hashlist_name/_kind/_distance`),
 and `report/audit.json`'s kept and rejected counts move by the rows removed, so
 `input == kept + rejected` keeps holding.  A removal manifest
 `report/takedown-<UTC time>.json` lists what was removed (key, url, shard,
 rule, time).  A second run with the same list finds nothing more to remove.
 
 What decides a removal is a `SampleMatcher` (one metadata row, and the stored
-image if it needs one, in; the rule that matched or None out), so other lists
-(hash lists) can plug in beside the opt-out list.
+image if it needs one, in; the rule that matched or None out): the opt-out
+list's, or known-bad hash lists' (`--hashlist`).
 """
 from __future__ import annotations
 
@@ -56,10 +58,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from filters.hashlist import HashListError
 from pipeline.core import layout
 from pipeline.core.layout import IMAGE_EXTENSIONS, OutputLayout
 from pipeline.engine import audit, embedding_files
-from pipeline.media.optout.reasons import RULE_FIELD
 from pipeline.media.optout.rule_list import OptOutListError, load_optout_list
 from pipeline.engine.built_dataset import (Dataset, DatasetError, Shard, is_local, link_or_copy, match, member_key,
                                            metadata_rows, open_dataset, open_file, read_npz, read_parquet,
@@ -67,6 +69,9 @@ from pipeline.engine.built_dataset import (Dataset, DatasetError, Shard, is_loca
 from pipeline.engine.output_lock import OutputLockedError, lock_output_folder
 from pipeline.core.records import METADATA_COLUMNS, REJECTS_SCHEMA, Reject
 from pipeline.tools.staged_switch import StagedSwitch, StalePlanError, recover
+from pipeline.core.params import ParamError
+from pipeline.tools.takedown_hashlist import EPILOG as HASHLIST_EPILOG
+from pipeline.tools.takedown_hashlist import add_hashlist_arguments, matcher_of_args
 from pipeline.tools.takedown_match import OptOutListMatcher, SampleMatcher
 
 STAGE = "takedown"
@@ -89,11 +94,12 @@ switched in at the end; if that is interrupted, run the same command again.
 Writes (in the dataset, or in --output):
   shards/...                          affected shards rewritten (tar, parquet, embeddings .npz), others
                                       untouched (or hard-linked)
-  rejects/<shard>.parquet             removed rows appended: stage takedown, reason optout_list
+  rejects/<shard>.parquet             removed rows appended: stage takedown, reason optout_list (or hashlist)
   report/audit.json                   counts moved: input = kept + rejected
   report/takedown-<UTC time>.json     the removal manifest: key, url, shard, rule, time
 Running it again with the same list removes nothing more.
-"""
+
+""" + HASHLIST_EPILOG
 
 
 class TakedownError(Exception):
@@ -101,7 +107,7 @@ class TakedownError(Exception):
 
 
 USER_ERRORS = (TakedownError, DatasetError, OutputLockedError, StalePlanError, OptOutListError,
-               audit.AccountingError)
+               audit.AccountingError, HashListError, ParamError)
 
 
 # ------------------------------------------------------------ command line
@@ -111,15 +117,17 @@ def add_takedown_command(subparsers) -> None:
     """Add `curate takedown` to the CLI's subparsers."""
     parser = subparsers.add_parser(
         "takedown",
-        help="remove opted-out samples from a built dataset",
-        description="Remove the samples an opt-out list matches from a dataset that is already built "
+        help="remove opted-out or hash-listed samples from a built dataset",
+        description="Remove the samples an opt-out list (or known-bad hash lists) match from a dataset that is already built "
         "(WebDataset tar+parquet or Parquet shards), rewriting only the affected shards, "
         "and record the removals in the rejects, the audit and a removal manifest.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dataset", required=True, help="the dataset folder (the --output of `curate run`)")
-    parser.add_argument("--optout", required=True, help="opt-out list: text (kind:value lines), .csv or .parquet")
+    lists = parser.add_mutually_exclusive_group(required=True)
+    lists.add_argument("--optout", help="opt-out list: text (kind:value lines), .csv or .parquet")
+    add_hashlist_arguments(parser, lists)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--output", help="write the cleaned dataset here (unaffected shards are hard-linked when possible)")
     where.add_argument("--in-place", action="store_true", help="rewrite the affected shards of --dataset itself")
@@ -132,7 +140,8 @@ def add_takedown_command(subparsers) -> None:
 
 def _cmd_takedown(args, beam_args: list[str]) -> int:
     try:
-        result = takedown(args.dataset, args.optout, None if args.in_place else args.output, args.phash_distance)
+        result = takedown(args.dataset, args.optout, None if args.in_place else args.output, args.phash_distance,
+                          matcher=matcher_of_args(args))
     except USER_ERRORS as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
@@ -166,17 +175,19 @@ class TakedownResult:
 
 def takedown(
     dataset: str,
-    optout_path: str,
+    optout_path: str | None = None,
     output: str | None = None,
     phash_distance: int = 4,
     progress: Callable[[str], None] = print,
     matcher: SampleMatcher | None = None,
 ) -> TakedownResult:
-    """Remove what `optout_path` (or `matcher`) matches from `dataset`, in place or into `output`."""
+    """Remove what `optout_path` (or, instead, `matcher`) matches from `dataset`, in place or into `output`."""
     source = dataset.rstrip("/")
     target = (output or dataset).rstrip("/")
-    optout_list = load_optout_list(optout_path)
-    matcher = matcher or OptOutListMatcher(optout_list, phash_distance)
+    if matcher is None:
+        if optout_path is None:
+            raise TakedownError("nothing to match: give an opt-out list or hash lists")
+        matcher = OptOutListMatcher(load_optout_list(optout_path), phash_distance, optout_path)
     with _locked(source, target):
         recovered = recover(target)
         if recovered:
@@ -186,8 +197,7 @@ def takedown(
             _check_output_folder(source, target)
         switch = StagedSwitch(target)
         try:
-            result = _stage_takedown(built, switch, matcher, {"list": optout_path, "list_rules": optout_list.counts()},
-                                     progress)
+            result = _stage_takedown(built, switch, matcher, progress)
             plan = switch.commit()
         except BaseException:
             switch.discard()
@@ -225,7 +235,7 @@ def _check_output_folder(source: str, target: str) -> None:
         raise TakedownError(f"{target} already holds a dataset; choose an empty --output folder")
 
 
-def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher, about_list: dict[str, Any],
+def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher,
                     progress: Callable[[str], None]) -> TakedownResult:
     """Write the new files into the staging folder; returns what they remove."""
     started = _utc_now()
@@ -241,7 +251,7 @@ def _stage_takedown(built: Dataset, switch: StagedSwitch, matcher: SampleMatcher
         _stage_copies(built.path, switch)
     manifest = _manifest_name(built.path)  # with --output, the source's manifests are copied over
     result.manifest_path = f"{switch.folder}/{manifest}"
-    summary = {**about_list, "removed": len(result.removals), "shards_rewritten": result.rewritten,
+    summary = {**matcher.about(), "removed": len(result.removals), "shards_rewritten": result.rewritten,
                "started_at": started}
     _write_manifest(switch.stage(manifest), built.path, switch.folder, result, summary)
     new_audit = _updated_audit(built.audit, len(result.removals), matcher.reason,
@@ -274,7 +284,7 @@ def _stage_shard(shard: Shard, built: Dataset, switch: StagedSwitch, matcher: Sa
     if not matched:
         return []
     removed_rows = [row for row in rows if row["key"] in matched]
-    rejects = [_reject_of(row, matched[row["key"]], matcher.reason) for row in removed_rows]
+    rejects = [_reject_of(row, matched[row["key"]], matcher) for row in removed_rows]
     _stage_rejects(built.path, switch, shard.name, rejects)
     _stage_rewritten_shard(shard, switch, set(matched))
     _stage_stats(built.path, shard, switch, len(matched), matcher.reason)
@@ -342,18 +352,20 @@ def _write_parquet(path: str, table: pa.Table) -> None:
 # ------------------------------------------------------------ accounting
 
 
-def _reject_of(row: dict[str, Any], rule: str, reason: str) -> Reject:
+def _reject_of(row: dict[str, Any], rule: str, matcher: SampleMatcher) -> Reject:
     """A metadata row as a reject; input columns and scores cannot be told apart
-    once flattened into the metadata, so all extra columns go to `extra`."""
-    basics = set(METADATA_COLUMNS) | set(IMAGE_EXTENSIONS) | {"status", "error_message"}
+    once flattened into the metadata, so all extra columns go to `extra` (but
+    what the matcher withholds: a hash list's hashes are not repeated)."""
+    basics = set(METADATA_COLUMNS) | set(IMAGE_EXTENSIONS) | {"status", "error_message"} | matcher.withheld
+    shown = [name for name in _IMAGE_FIELDS if name not in matcher.withheld and row.get(name) is not None]
     return Reject(
         key=row["key"],
         shard_id=int(row.get("shard_id") or 0),
         url=row.get("url") or "",
         caption=row.get("caption"),
         stage=STAGE,
-        reason=reason,
-        fields={**{name: row[name] for name in _IMAGE_FIELDS if row.get(name) is not None}, RULE_FIELD: rule},
+        reason=matcher.reason,
+        fields={**{name: row[name] for name in shown}, **matcher.reject_fields(rule)},
         extra={name: value for name, value in row.items() if name not in basics},
     )
 

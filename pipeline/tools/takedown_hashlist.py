@@ -1,40 +1,68 @@
-"""A `SampleMatcher` for `curate takedown` from known-bad hash lists (the `hashlist` stage's lists).
+"""`curate takedown --hashlist`: remove the samples known-bad hash lists (the `hashlist` stage's lists) match.
 
 Per metadata row: the row's `sha256`, and its `md5` and `pdq`/`pdq_quality`
 when the dataset was built with the `hashlist` stage (computed from the
 original download).  Rows without a PDQ get one from the stored image
-(`match_image`): that image is the resized output, so with `center_crop` it
-can sit farther from the original's hash than a download would.
+(`match_image`), with the white bars of `border` resizing cut off first (as
+the opt-out list's phash does): PDQ survives re-encoding and scaling, not
+padding.  With `center_crop` the stored image lost part of the picture and
+can sit farther from the listed hash than the download would.
 
-The rule text names the list, the kind and the distance, never the hash, so
-neither the rejects nor the removal manifest repeat a list's contents.
+The rule text (`pdq:NAME (distance D)`) names the kind, the list and the
+distance, never the hash; a removal's reject carries `hashlist_name`,
+`hashlist_kind` and `hashlist_distance`, and leaves out the row's `md5`,
+`pdq` and `sha256`, so neither the rejects nor the removal manifest repeat a
+list's contents.  List format, distance and quality floor are the stage's
+(`filters/hashlist.py`).
 
-    from pipeline.tools.takedown import takedown
-    takedown("out/", "empty-optout.txt", matcher=HashListMatcher.of(("bad.txt",)))  # in place
-
-(`curate takedown --hashlist` is not wired yet: pipeline/tools/takedown.py's
-command line takes only `--optout`.)
+    curate takedown --dataset out/ --hashlist iwf=lists/iwf.txt --hashlist c3p=lists/c3p.csv --in-place
+    takedown("out/", matcher=HashListMatcher.of(("bad.txt",)))  # from Python
 """
 from __future__ import annotations
 
+import collections
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from filters.hashlist import HashLists, load_hash_lists, pdq_of_bytes
+from filters.hashlist import HashList, HashLists, decode_for_pdq, load_hash_lists, pdq_of_pixels
+from pipeline.media.optout.phash import unpadded
 
 REASON = "hashlist"
 MAX_PIXELS = 89_478_485
+_DEFAULTS = HashList.Params()
+_RULE = re.compile(r"(?P<kind>md5|sha256|pdq):(?P<name>.*) \(distance (?P<distance>\d+)\)")
+
+EPILOG = f"""\
+Hash lists (--hashlist NAME=PATH, repeatable; NAME defaults to the file's stem):
+the `hashlist` stage's list files, one hash per line ('#' comments):
+  md5:<32 hex>   or bare 32 hex       the original downloaded bytes (what published lists give)
+  sha256:<64 hex>                     the original downloaded bytes
+  pdq:<64 hex>   or bare 64 hex       Meta's PDQ, within --pdq-distance bits (default {_DEFAULTS.max_distance})
+Anything after the hash on a line is ignored.  A row matches on its md5, sha256
+and pdq columns; a row without a pdq (built without the hashlist stage) is
+hashed from its stored image, border padding cut off.  Rows whose PDQ quality
+is below --pdq-min-quality (default {_DEFAULTS.min_quality}) never match by PDQ.
+Removals get reason `hashlist`, with hashlist_name, hashlist_kind and
+hashlist_distance in the reject's fields; no hash is written to the rejects,
+the audit or the manifest.  --optout and --hashlist go in two takedowns.
+"""
 
 
 @dataclass
 class HashListMatcher:
     lists: HashLists
-    min_quality: int = 50
+    min_quality: int = _DEFAULTS.min_quality
+    items: tuple[str, ...] = ()  # the NAME=PATH items the lists were read from, for the audit
     reason: str = REASON
+    withheld: frozenset[str] = frozenset({"md5", "pdq", "sha256"})
 
     @classmethod
-    def of(cls, paths: tuple[str, ...], max_distance: int = 31, min_quality: int = 50) -> "HashListMatcher":
-        return cls(load_hash_lists(tuple(paths), max_distance), min_quality)
+    def of(cls, items: tuple[str, ...], max_distance: int = _DEFAULTS.max_distance,
+           min_quality: int = _DEFAULTS.min_quality) -> "HashListMatcher":
+        """Lists read now, from the files as they are (not the stage's per-process cache: a list may have been updated)."""
+        params = HashList.Params(lists=tuple(items), max_distance=max_distance, min_quality=min_quality)  # checks ranges
+        return cls(load_hash_lists.__wrapped__(params.lists, params.max_distance), params.min_quality, params.lists)
 
     @property
     def needs_images(self) -> bool:
@@ -46,14 +74,48 @@ class HashListMatcher:
     def match_image(self, row: dict[str, Any], image: bytes) -> str | None:
         if row.get("pdq"):
             return None  # already compared in match_row, from the original download
-        pdq = pdq_of_bytes(image, MAX_PIXELS)
-        if pdq is None:
+        pixels = decode_for_pdq(image, MAX_PIXELS)
+        if pixels is None:
             return None  # an undecodable stored image cannot be compared
-        return self._rule({"pdq": pdq[0], "pdq_quality": pdq[1]}, row)
+        pdq, quality = pdq_of_pixels(unpadded(pixels, (row.get("original_width"), row.get("original_height"))))
+        return self._rule({"pdq": pdq, "pdq_quality": quality}, row)
 
     def _rule(self, fields: dict[str, Any], row: dict[str, Any]) -> str | None:
         found = self.lists.match(fields, row.get("sha256"), self.min_quality)
         if found is None:
             return None
         kind, name, distance = found
-        return f"{name} ({kind}, distance {distance})"
+        return f"{kind}:{name} (distance {distance})"
+
+    def reject_fields(self, rule: str) -> dict[str, Any]:
+        parts = _RULE.fullmatch(rule)
+        return {"hashlist_name": parts["name"], "hashlist_kind": parts["kind"],
+                "hashlist_distance": int(parts["distance"])}
+
+    def about(self) -> dict[str, Any]:
+        entries: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        for kind, names in self.lists.exact.items():
+            for name in names.values():
+                entries[name][kind] += 1
+        for name in self.lists.pdq_names:
+            entries[name]["pdq"] += 1
+        return {"hashlists": list(self.items), "hashlist_entries": {name: dict(c) for name, c in entries.items()},
+                "pdq_max_distance": self.lists.pdq.max_distance, "pdq_min_quality": self.min_quality}
+
+
+def add_hashlist_arguments(parser, lists) -> None:
+    """--hashlist into the `lists` group (one of --optout, --hashlist), and its PDQ options."""
+    lists.add_argument("--hashlist", action="append", metavar="NAME=PATH",
+                       help="a known-bad hash list (the hashlist stage's format; repeatable)")
+    parser.add_argument("--pdq-distance", type=int, default=_DEFAULTS.max_distance, metavar="BITS",
+                        help=f"max Hamming distance (of 256 bits) for PDQ matches (default: {_DEFAULTS.max_distance}, "
+                        "as the hashlist stage)")
+    parser.add_argument("--pdq-min-quality", type=int, default=_DEFAULTS.min_quality, metavar="Q",
+                        help=f"rows whose PDQ quality is below Q never match by PDQ (default: {_DEFAULTS.min_quality})")
+
+
+def matcher_of_args(args) -> HashListMatcher | None:
+    """The hash-list matcher the command line asks for, or None (an opt-out list takedown)."""
+    if not args.hashlist:
+        return None
+    return HashListMatcher.of(tuple(args.hashlist), args.pdq_distance, args.pdq_min_quality)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.media.optout.phash import phash_of_image
-from pipeline.media.optout.reasons import REASON_LIST
+from pipeline.media.optout.reasons import REASON_LIST, RULE_FIELD
 from pipeline.media.optout.rule_list import OptOutList
 
 
@@ -21,10 +21,17 @@ class SampleMatcher(Protocol):
 
     reason: str  # the reject reason of its removals
     needs_images: bool  # match_image is called (with the stored image) for rows match_row kept
+    withheld: frozenset[str]  # metadata columns a removal's reject must not repeat (a list's hashes)
 
     def match_row(self, row: dict[str, Any]) -> str | None: ...
 
     def match_image(self, row: dict[str, Any], image: bytes) -> str | None: ...
+
+    def reject_fields(self, rule: str) -> dict[str, Any]:
+        """The reject's fields naming the rule that matched."""
+
+    def about(self) -> dict[str, Any]:
+        """What the audit and the removal manifest say about the list (never its entries' hashes)."""
 
 
 @dataclass
@@ -33,7 +40,9 @@ class OptOutListMatcher:
 
     optout_list: OptOutList
     phash_distance: int = 4
+    path: str = ""  # where the list was read from, for the audit
     reason: str = REASON_LIST
+    withheld: frozenset[str] = frozenset()
 
     @property
     def needs_images(self) -> bool:
@@ -50,3 +59,9 @@ class OptOutListMatcher:
             return None  # an undecodable stored image cannot be compared
         match = self.optout_list.match_phash(phash, self.phash_distance)
         return f"{match.rule} (distance {match.distance})" if match else None
+
+    def reject_fields(self, rule: str) -> dict[str, Any]:
+        return {RULE_FIELD: rule}
+
+    def about(self) -> dict[str, Any]:
+        return {"list": self.path, "list_rules": self.optout_list.counts()}

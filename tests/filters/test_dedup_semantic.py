@@ -86,3 +86,25 @@ def test_hard_keeps_the_one_farther_from_the_centroid(keep):
         farther = b if nearer == a else a
         expected_loser = nearer if keep == "hard" else farther
         assert f"{expected_loser:06d}" in losers
+
+
+def test_scale_benchmark_plants_pairs_at_the_stated_similarity():
+    from benchmarks.semdedup_scale import PoolSpec, generate
+
+    spec = PoolSpec(samples=3000, dim=64, topics=5, pairs=500, min_similarity=0.9, dtype="float32")
+    pool = generate(spec)
+    rows = np.flatnonzero(pool.partner >= 0)
+    assert len(rows) == 2 * spec.pairs and np.array_equal(pool.partner[pool.partner[rows]], rows)
+    cosine = np.sum(pool.vectors[rows] * pool.vectors[pool.partner[rows]], axis=1)
+    assert cosine.min() >= 0.9 - 1e-5 and cosine.max() < 1.0
+    bases = pool.vectors[pool.partner < 0][:300]
+    unrelated = bases @ bases.T - np.eye(len(bases)) * 2
+    assert unrelated.max() < 0.8  # unpaired samples are far below any planted pair
+
+
+@pytest.mark.slow
+def test_scale_benchmark_checks_hold_on_a_small_pool(capsys):
+    from benchmarks.semdedup_scale import main
+
+    assert main(["--samples", "4000", "--pairs", "800", "--topics", "8", "--clusters", "8", "--eps", "0.02", "0.1"]) == 0
+    assert "checks: all hold" in capsys.readouterr().out

@@ -155,9 +155,9 @@ def test_takedown_matcher_matches_rows_and_stored_images_without_naming_hashes(t
     path = write_list(tmp_path, "known_bad", ["md5:" + "1" * 32, "pdq:" + listed["pdq"]])
     matcher = HashListMatcher.of((path,))
     assert matcher.needs_images and matcher.reason == "hashlist"
-    assert matcher.match_row({"md5": "1" * 32, "sha256": "2" * 64}) == "known_bad (md5, distance 0)"
+    assert matcher.match_row({"md5": "1" * 32, "sha256": "2" * 64}) == "md5:known_bad (distance 0)"
     assert matcher.match_row({"sha256": "2" * 64}) is None
     rule = matcher.match_image({"sha256": "2" * 64}, copies["resize0.75"])
-    assert rule.startswith("known_bad (pdq, distance ") and listed["pdq"] not in rule
+    assert rule.startswith("pdq:known_bad (distance ") and listed["pdq"] not in rule
     assert matcher.match_image({"pdq": "0" * 64, "pdq_quality": 100}, copies["jpeg95"]) is None  # row already had one
     assert matcher.match_image({}, b"not an image") is None

@@ -24,10 +24,13 @@ def phash_of_image(data: bytes, original_size: tuple[int | None, int | None] | N
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (128, 128))  # pHash looks at 32x32: a reduced JPEG decode is plenty
         img = img.convert("RGB")
+    return int(str(imagehash.phash(unpadded(img, original_size))), 16)
+
+
+def unpadded(img, original_size: tuple[int | None, int | None] | None):
+    """A stored PIL image without the white bars `border` resizing added (unchanged if it has none)."""
     box = _padded_content_box(img, original_size)
-    if box is not None:
-        img = img.crop(box)
-    return int(str(imagehash.phash(img)), 16)
+    return img if box is None else img.crop(box)
 
 
 _WHITE_ENOUGH = 245  # mean grey level of a padding bar after JPEG artefacts
