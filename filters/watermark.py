@@ -177,6 +177,10 @@ class TextDetectorScorer:
 
     def text_boxes(self, image) -> list[TextBox]:
         (probability_map,) = self._session.run(None, {self._input_name: self._detector_input(image)})
+        return self.boxes_from_map(probability_map, image)
+
+    def boxes_from_map(self, probability_map: np.ndarray, image) -> list[TextBox]:
+        """The post-processing: DB boxes from the detector's output, then each box's cues."""
         polygons, confidences = self._postprocess(probability_map, (image.height, image.width))
         gray = np.asarray(image.convert("L"), np.float32)
         return [_text_box(gray, polygon, confidence) for polygon, confidence in zip(polygons, confidences)]
