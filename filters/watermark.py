@@ -11,7 +11,8 @@ thread pool doubled the CPU time per image).  The side stays 512: the
 detector costs ~60 ms of one core there, and smaller sides lose recall on
 `benchmarks/watermark_eval.py` (see benchmarks/README.md, "ONNX stages on
 CPU"); onnxruntime's `quantize_dynamic` cannot quantize this model (a Conv
-whose weight is not an initializer).
+whose weight is not an initializer), and static int8 (after folding) was
+5-10% faster but lost recall.
 
 The score, with every term in [0, 1]:
 
@@ -162,7 +163,13 @@ class TextDetectorScorer:
         return [watermark_score(self.text_boxes(image)) for image in images]
 
     def text_boxes(self, image) -> list[TextBox]:
-        polygons, confidences = self._detector.regions(image)
+        return self._boxes(image, *self._detector.regions(image))
+
+    def boxes_from_map(self, probability_map: np.ndarray, image) -> list[TextBox]:
+        """The post-processing: DB boxes from the detector's output, then each box's cues."""
+        return self._boxes(image, *self._detector.regions_from_map(probability_map, image))
+
+    def _boxes(self, image, polygons, confidences) -> list[TextBox]:
         gray = np.asarray(image.convert("L"), np.float32)
         return [_text_box(gray, polygon, confidence) for polygon, confidence in zip(polygons, confidences)]
 
