@@ -23,7 +23,6 @@ import datetime
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -36,7 +35,6 @@ from pipeline.tools.report import (
     CAPTION_MEASURES,
     IMAGE_MEASURES,
     Range,
-    Thumbnail,
     all_rows,
     kept_thumbnails,
     optout_rows,
@@ -47,7 +45,7 @@ from pipeline.tools.report import (
 from pipeline.tools.report_format import KEPT, REJECTED, SPLITS, TOP_DOMAINS
 from pipeline.tools.report_html import render_html
 from pipeline.tools.report_optout import optout_report
-from pipeline.tools.report_tallies import Aggregates, Example
+from pipeline.tools.report_tallies import Aggregates, Report
 
 OPTOUT_TOP_DOMAINS = 100  # in optout.json; audit.json and the page show TOP_DOMAINS
 THUMBNAILS = 12
@@ -122,16 +120,6 @@ def bias_terms_for(recipe: dict[str, Any]):
             return terms, f"bundled list {terms.source}; the recipe's terms_path could not be used: {err}"
     terms = load_terms()
     return terms, f"bundled list {terms.source}"
-
-
-@dataclass
-class Report:
-    audit: dict[str, Any]
-    optout: dict[str, Any]
-    examples: dict[tuple[str, str], list[Example]]
-    thumbnails: list[Thumbnail]
-    problems: list[str] = field(default_factory=list)
-    complete: bool = True
 
 
 def build_report(output_dir: str) -> Report:

@@ -1,6 +1,6 @@
 """The audit page, `report/audit.html`: one self-contained HTML document.
 
-`render_html(report)` turns a `pipeline.tools.report_build.Report` (the enriched audit,
+`render_html(report)` turns a `pipeline.tools.report_tallies.Report` (the enriched audit,
 the opt-out counts, examples and thumbnails) into the page: a table of
 contents and one section per topic, each built by a `*_section` function
 listed in SECTIONS.  Charts come from `pipeline.tools.report_plots`; the page has
@@ -27,7 +27,7 @@ from pipeline.tools.report_format import (
 from pipeline.tools.report_plots import COLORS, Bar, svg_bars, svg_histogram
 
 if TYPE_CHECKING:
-    from pipeline.tools.report_build import Report
+    from pipeline.tools.report_tallies import Report
 
 TOP_LANGUAGES = 15
 MEASURE_TITLES = {

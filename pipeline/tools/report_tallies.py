@@ -7,12 +7,12 @@ the bias tallies and the examples of each reject reason.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.media.bias_terms import PERCEIVED_FIELD, split_labels
-from pipeline.tools.report import Range, Row, histogram_for, is_score_field, measures
+from pipeline.tools.report import Range, Row, Thumbnail, histogram_for, is_score_field, measures
 from pipeline.tools.report_format import SPLITS, short_text
 
 DOMAIN_CAPACITY = 200_000  # distinct domains remembered exactly; beyond, counts become lower bounds
@@ -147,3 +147,14 @@ class Aggregates:
         if len(examples) < EXAMPLES_PER_REASON:
             examples.append(example_of(row))
 
+
+@dataclass
+class Report:
+    """Everything the page and the JSON files show (built by pipeline.tools.report_build.build_report)."""
+
+    audit: dict[str, Any]
+    optout: dict[str, Any]
+    examples: dict[tuple[str, str], list[Example]]
+    thumbnails: list[Thumbnail]
+    problems: list[str] = field(default_factory=list)
+    complete: bool = True
