@@ -30,7 +30,7 @@ if __package__ in (None, ""):
 
 from benchmarks.dedup_eval import SIZES, detail, encode, layout  # noqa: E402
 from pipeline.media.hash_index import HASH_BYTES, PdqIndex, hashes_from_hex  # noqa: E402
-from filters.hashlist import hash_fields  # noqa: E402
+from pipeline.media.hash_lists import hash_fields  # noqa: E402
 
 MAX_PIXELS = 89_478_485
 QUALITIES = (50, 65, 80, 95)

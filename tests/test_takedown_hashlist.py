@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from filters.hashlist import hash_fields
+from pipeline.media.hash_lists import hash_fields
 from pipeline.media.imaging import ResizeParams
 from tests.test_takedown import assert_accounting, build_dataset, reject_rows, shard_rows, takedown, tree
 
@@ -127,7 +127,7 @@ def test_a_missing_list_or_bad_options_are_refused_before_anything_changes(datas
     listed = write_list(tmp_path / "ok.txt", ["ab" * 32])
     before = tree(tmp_path)
     assert takedown("--dataset", out, "--hashlist", listed, "--pdq-distance", "64", "--in-place") == 2
-    assert "max_distance must be within [0, 63]" in capsys.readouterr().err
+    assert "--pdq-distance must be within [0, 63]" in capsys.readouterr().err
     assert tree(tmp_path) == before
 
 

@@ -58,7 +58,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from filters.hashlist import HashListError
 from pipeline.core import layout
 from pipeline.core.layout import IMAGE_EXTENSIONS, OutputLayout
 from pipeline.engine import audit, embedding_files
@@ -70,6 +69,7 @@ from pipeline.engine.output_lock import OutputLockedError, lock_output_folder
 from pipeline.core.records import METADATA_COLUMNS, REJECTS_SCHEMA, Reject
 from pipeline.tools.staged_switch import StagedSwitch, StalePlanError, recover
 from pipeline.core.params import ParamError
+from pipeline.media.hash_lists import HashListError
 from pipeline.tools.takedown_hashlist import EPILOG as HASHLIST_EPILOG
 from pipeline.tools.takedown_hashlist import add_hashlist_arguments, matcher_of_args
 from pipeline.tools.takedown_match import OptOutListMatcher, SampleMatcher

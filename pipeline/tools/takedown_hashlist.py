@@ -25,12 +25,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from filters.hashlist import HashList, HashLists, decode_for_pdq, load_hash_lists, pdq_of_pixels
+from pipeline.media.hash_lists import (DEFAULT_MAX_DISTANCE, DEFAULT_MIN_QUALITY, HashLists, check_pdq_options,
+                                       decode_for_pdq, load_hash_lists, pdq_of_pixels)
 from pipeline.media.optout.phash import unpadded
 
 REASON = "hashlist"
 MAX_PIXELS = 89_478_485
-_DEFAULTS = HashList.Params()
 _RULE = re.compile(r"(?P<kind>md5|sha256|pdq):(?P<name>.*) \(distance (?P<distance>\d+)\)")
 
 EPILOG = f"""\
@@ -38,11 +38,11 @@ Hash lists (--hashlist NAME=PATH, repeatable; NAME defaults to the file's stem):
 the `hashlist` stage's list files, one hash per line ('#' comments):
   md5:<32 hex>   or bare 32 hex       the original downloaded bytes (what published lists give)
   sha256:<64 hex>                     the original downloaded bytes
-  pdq:<64 hex>   or bare 64 hex       Meta's PDQ, within --pdq-distance bits (default {_DEFAULTS.max_distance})
+  pdq:<64 hex>   or bare 64 hex       Meta's PDQ, within --pdq-distance bits (default {DEFAULT_MAX_DISTANCE})
 Anything after the hash on a line is ignored.  A row matches on its md5, sha256
 and pdq columns; a row without a pdq (built without the hashlist stage) is
 hashed from its stored image, border padding cut off.  Rows whose PDQ quality
-is below --pdq-min-quality (default {_DEFAULTS.min_quality}) never match by PDQ.
+is below --pdq-min-quality (default {DEFAULT_MIN_QUALITY}) never match by PDQ.
 Removals get reason `hashlist`, with hashlist_name, hashlist_kind and
 hashlist_distance in the reject's fields; no hash is written to the rejects,
 the audit or the manifest.  --optout and --hashlist go in two takedowns.
@@ -52,17 +52,17 @@ the audit or the manifest.  --optout and --hashlist go in two takedowns.
 @dataclass
 class HashListMatcher:
     lists: HashLists
-    min_quality: int = _DEFAULTS.min_quality
+    min_quality: int = DEFAULT_MIN_QUALITY
     items: tuple[str, ...] = ()  # the NAME=PATH items the lists were read from, for the audit
     reason: str = REASON
     withheld: frozenset[str] = frozenset({"md5", "pdq", "sha256"})
 
     @classmethod
-    def of(cls, items: tuple[str, ...], max_distance: int = _DEFAULTS.max_distance,
-           min_quality: int = _DEFAULTS.min_quality) -> "HashListMatcher":
+    def of(cls, items: tuple[str, ...], max_distance: int = DEFAULT_MAX_DISTANCE,
+           min_quality: int = DEFAULT_MIN_QUALITY) -> "HashListMatcher":
         """Lists read now, from the files as they are (not the stage's per-process cache: a list may have been updated)."""
-        params = HashList.Params(lists=tuple(items), max_distance=max_distance, min_quality=min_quality)  # checks ranges
-        return cls(load_hash_lists.__wrapped__(params.lists, params.max_distance), params.min_quality, params.lists)
+        check_pdq_options("--pdq-distance", max_distance, "--pdq-min-quality", min_quality)
+        return cls(load_hash_lists.__wrapped__(tuple(items), max_distance), min_quality, tuple(items))
 
     @property
     def needs_images(self) -> bool:
@@ -107,11 +107,11 @@ def add_hashlist_arguments(parser, lists) -> None:
     """--hashlist into the `lists` group (one of --optout, --hashlist), and its PDQ options."""
     lists.add_argument("--hashlist", action="append", metavar="NAME=PATH",
                        help="a known-bad hash list (the hashlist stage's format; repeatable)")
-    parser.add_argument("--pdq-distance", type=int, default=_DEFAULTS.max_distance, metavar="BITS",
-                        help=f"max Hamming distance (of 256 bits) for PDQ matches (default: {_DEFAULTS.max_distance}, "
+    parser.add_argument("--pdq-distance", type=int, default=DEFAULT_MAX_DISTANCE, metavar="BITS",
+                        help=f"max Hamming distance (of 256 bits) for PDQ matches (default: {DEFAULT_MAX_DISTANCE}, "
                         "as the hashlist stage)")
-    parser.add_argument("--pdq-min-quality", type=int, default=_DEFAULTS.min_quality, metavar="Q",
-                        help=f"rows whose PDQ quality is below Q never match by PDQ (default: {_DEFAULTS.min_quality})")
+    parser.add_argument("--pdq-min-quality", type=int, default=DEFAULT_MIN_QUALITY, metavar="Q",
+                        help=f"rows whose PDQ quality is below Q never match by PDQ (default: {DEFAULT_MIN_QUALITY})")
 
 
 def matcher_of_args(args) -> HashListMatcher | None:

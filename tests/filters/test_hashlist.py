@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks.hashlist_eval import build, evaluate
 from pipeline.media.hash_index import HASH_BYTES, PdqIndex
-from filters.hashlist import HashList, HashListError, hash_fields, load_hash_lists
+from filters.hashlist import HashList
+from pipeline.media.hash_lists import HashListError, hash_fields, load_hash_lists
 from pipeline.core.registry import get_stage
 from pipeline.core.records import Sample
 from pipeline.core.stage import DownloadHook

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from filters.hashlist import hash_fields
+from pipeline.media.hash_lists import hash_fields
 from pipeline.demo.run_demo import run_demo
 from pipeline.demo.sample_web import generate_sample_web
 
