@@ -40,6 +40,16 @@ def test_the_contract_names_every_package_of_pipeline():
     assert (packages | modules) - layered == set()
 
 
+def test_the_wheel_lists_every_package():
+    """setuptools ships only the packages pyproject.toml lists: a new sub-package must be listed too."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("pipeline", "filters")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found - listed == set()
+
+
 @pytest.mark.parametrize("name", sorted(builtin_stages()))
 def test_every_stage_is_one_kind(name):
     stage_cls = builtin_stages()[name]
