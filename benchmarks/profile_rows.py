@@ -106,6 +106,8 @@ def waiting(frames: list[Frame]) -> bool:
         return True
     leaf = frames[-1]
     return leaf.function in _WAITING_FUNCTIONS or _WAITING_CALL.search(leaf.source) is not None
+
+
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*):(?P<line>\d+)\)$")
 
 
