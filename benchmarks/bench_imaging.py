@@ -1,10 +1,14 @@
 """Throughput of decode + resize + encode, single process: draft decode vs full decode.
 
-Generates photo-like JPEGs (640x480 .. 1024x768) in memory, then times
-`process_image` with and without JPEG draft decoding, and img2dataset's cv2
-Resizer when it is installed.  Not a test: run it by hand.
+Generates photo-like JPEGs (640x480 .. 1024x768) in memory, or reads the
+images of a folder (`--web`, e.g. throughput.py's generated web), then times
+`process_image` with and without JPEG draft decoding, a simplejpeg variant
+(libjpeg-turbo's TurboJPEG API, which scales by any M/8 where Pillow's draft
+has 1/2, 1/4, 1/8; the rest as curate does it, without its checks), and
+img2dataset's cv2 Resizer when it is installed.  Quality: PSNR of each candidate's output pixels against
+a full decode resized with LANCZOS.  Not a test: run it by hand.
 
-    python benchmarks/bench_imaging.py [--count 200] [--mode border] [--size 256]
+    python benchmarks/bench_imaging.py [--count 200] [--mode border] [--size 256] [--web DIR]
 """
 from __future__ import annotations
 
@@ -12,12 +16,16 @@ import argparse
 import io
 import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from pipeline.media.imaging import ResizeParams, _process_image
+import simplejpeg
+
+from pipeline.media import imaging
+from pipeline.media.imaging import ProcessedImage, ResizeParams, _process_image
 
 SIZES = ((640, 480), (800, 600), (1024, 768), (768, 1024), (960, 720))
 
@@ -50,6 +58,44 @@ def best_rates(candidates: dict[str, Callable[[bytes], object]], images: list[by
     return best
 
 
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    error = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if error == 0 else 10 * np.log10(255**2 / error)
+
+
+def quality(candidates: dict[str, Callable[[bytes], object]], images: list[bytes], params: ResizeParams) -> dict:
+    """Mean and lowest PSNR (dB) of each candidate's output pixels against full decode + LANCZOS."""
+    downscale, imaging._DOWNSCALE_FILTER = imaging._DOWNSCALE_FILTER, Image.Resampling.LANCZOS
+    try:
+        references = [_process_image(data, params, use_draft=False).pixels for data in images]
+    finally:
+        imaging._DOWNSCALE_FILTER = downscale
+    figures = {}
+    for name, process in candidates.items():
+        values = [min(psnr(process(data).pixels, ref), 99.0) for data, ref in zip(images, references)]
+        figures[name] = (float(np.mean(values)), float(np.min(values)))
+    return figures
+
+
+def simplejpeg_process(data: bytes, params: ResizeParams) -> ProcessedImage:
+    """A JPEG decoded by simplejpeg at the smallest M/8 scale covering the target, then resized, padded and
+    encoded as curate does (no EXIF orientation: the generated images have none); other formats as curate."""
+    if data[:2] != b"\xff\xd8":
+        return _process_image(data, params)
+    (height, width, _, _) = simplejpeg.decode_jpeg_header(data)
+    plan = imaging.plan_resize(width, height, params)
+    (min_width, min_height) = plan.scaled_size or (0, 0)
+    pixels = Image.fromarray(simplejpeg.decode_jpeg(data, "RGB", fastdct=False, fastupsample=False,
+                                                    min_height=min_height, min_width=min_width, strict=False))
+    result = imaging._apply_plan(pixels, plan, (width, height))
+    return ProcessedImage(imaging.encode_image(result, params), params.encode_format, *result.size, width, height,
+                          result)
+
+
+def read_web(folder: Path, count: int) -> list[bytes]:
+    return [path.read_bytes() for path in sorted(folder.glob("*.[jp][pn]g"))[:count]]
+
+
 def img2dataset_process(params: ResizeParams) -> Callable[[bytes], object] | None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no PyPI version check
     try:
@@ -72,24 +118,35 @@ def main() -> None:
     parser.add_argument("--mode", default="border", choices=["no", "keep_ratio", "center_crop", "border"])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--format", default="jpg", choices=["jpg", "png", "webp"])
+    parser.add_argument("--quality", type=int, default=95)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--web", type=Path, help="read the images of this folder (*.jpg, *.png) instead")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(0)
-    images = [photo_jpeg(SIZES[i % len(SIZES)], rng) for i in range(args.count)]
-    params = ResizeParams(image_size=args.size, resize_mode=args.mode, encode_format=args.format)
+    if args.web:
+        images = read_web(args.web, args.count)
+    else:
+        rng = np.random.default_rng(0)
+        images = [photo_jpeg(SIZES[i % len(SIZES)], rng) for i in range(args.count)]
+    params = ResizeParams(image_size=args.size, resize_mode=args.mode, encode_format=args.format,
+                          encode_quality=args.quality)
     mean_kb = sum(map(len, images)) / len(images) / 1024
-    print(f"{len(images)} JPEGs, mean {mean_kb:.0f} KiB, -> {args.mode} {args.size} {args.format}")
+    print(f"{len(images)} images, mean {mean_kb:.0f} KiB, -> {args.mode} {args.size} {args.format}")
 
-    candidates = {
-        "curate, draft decode": lambda data: _process_image(data, params, use_draft=True),
+    ours = {
+        "curate, draft decode (Pillow)": lambda data: _process_image(data, params, use_draft=True),
+        "simplejpeg DCT-scaled decode": lambda data: simplejpeg_process(data, params),
         "curate, full decode": lambda data: _process_image(data, params, use_draft=False),
     }
+    candidates = dict(ours)
     theirs = img2dataset_process(params)
     if theirs is not None:
         candidates["img2dataset Resizer (cv2)"] = theirs
+    psnr_db = quality(ours, images, params)
     for name, images_per_second in best_rates(candidates, images, args.repeats).items():
-        print(f"{name:28s} {images_per_second:7.1f} images/CPU-s")
+        mean_db, low_db = psnr_db.get(name, (float("nan"), float("nan")))
+        print(f"{name:36s} {images_per_second:7.1f} images/CPU-s  {1000 / images_per_second:6.2f} ms  "
+              f"PSNR vs full+LANCZOS mean {mean_db:5.1f} dB, lowest {low_db:5.1f} dB")
 
 
 if __name__ == "__main__":

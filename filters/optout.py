@@ -49,7 +49,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -243,7 +242,7 @@ class OptOut(Filter, DownloadHook):
             if rule is not None:
                 return _drop(sample, REASON_LIST, str(rule))
         if state.optout_list.has_sha256:
-            rule = state.optout_list.match_sha256(hashlib.sha256(response.data).hexdigest())
+            rule = state.optout_list.match_sha256(response.sha256)
             if rule is not None:
                 return _drop(sample, REASON_LIST, str(rule))
         return KEEP

@@ -32,6 +32,22 @@ def test_records_read_back_as_written(tmp_path):
     assert loaded["000000"].image_ref == (0, 0)
 
 
+def test_images_read_back_by_key_for_downloaded_rows_only(tmp_path):
+    with checkpoint.TaskCheckpoint(OUTPUT, str(tmp_path), (0, 0)) as saved:
+        for record in records():
+            saved.add(record)
+    assert checkpoint.load_images(OUTPUT, str(tmp_path), (0, 0)) == {"000000": b"\xff\xd8jpeg"}
+
+
+def test_images_of_a_checkpoint_of_another_shape_are_none(tmp_path, caplog):
+    path = checkpoint.task_path(OUTPUT, str(tmp_path), (0, 0))
+    (tmp_path / layout.WORK).mkdir()
+    pq.write_table(pa.table({"kind": ["sample"], "key": ["000000"], "image": ["not bytes"]}), path)
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint.load_images(OUTPUT, str(tmp_path), (0, 0)) == {}
+    assert "unreadable" in caplog.text
+
+
 @pytest.mark.parametrize("table", [
     pa.table({"key": ["000000"], "record": [b"\x80\x04K\x01."]}),  # the old pickled layout
     pa.table({"kind": ["evil"]}),

@@ -278,3 +278,21 @@ def test_extra_columns_whose_types_differ_across_rows_and_files_get_one_schema(w
     assert [row["note"] for row in rows] == [None, None, None, "written", None]
     assert {row["meta"] for row in rows} == {None, "{}"}
     assert glob.glob(f"{out}/rejects/*") == []
+
+
+@pytest.mark.parametrize("files, counted", [(1, False), (2, True)])
+def test_rows_of_one_input_file_are_keyed_without_waiting_for_a_count_of_the_files(tmp_path, files, counted):
+    """Keys need the rows of the files before a row's own; one file has none, so its rows need no
+    count (a side input that holds every row back until all are read)."""
+    import apache_beam as beam
+
+    from pipeline.engine.recipe import load_recipe
+    from pipeline.engine.run import InputSpec, build_pipeline
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages: []\n")
+    paths = tuple(str(tmp_path / f"urls{i}.txt") for i in range(files))
+    pipeline = beam.Pipeline()
+    build_pipeline(pipeline, load_recipe(recipe), InputSpec(paths), str(tmp_path / "o"))
+    names = [t.unique_name for t in pipeline.to_runner_api().components.transforms.values()]
+    assert any("CountPerFile" in name for name in names) == counted

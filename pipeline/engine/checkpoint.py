@@ -45,7 +45,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
 from pipeline.engine.audit import write_json
-from pipeline.engine.checkpoint_records import RECORD_SCHEMA, MalformedCheckpoint, from_rows, to_row
+from pipeline.engine.checkpoint_records import (IMAGE_COLUMNS, RECORD_SCHEMA, MalformedCheckpoint, from_rows,
+                                                images_by_key, to_row)
 from pipeline.core.records import Reject, Sample
 from pipeline.core import layout
 from pipeline.engine.writers import AtomicFile, OutputParams
@@ -198,6 +199,23 @@ def load(output: OutputParams, output_dir: str, task: tuple[int, int]) -> dict[s
     except (MalformedCheckpoint, pa.ArrowException, OSError, ValueError) as err:
         # A file the run did not write as expected (damaged, old format, forged): redo the task.
         logging.warning("checkpoint %s is unreadable (%s): its rows are downloaded again", path, err)
+        return {}
+
+
+def load_images(output: OutputParams, output_dir: str, task: tuple[int, int]) -> dict[str, bytes]:
+    """A task's saved image bytes by key (downloaded rows only); empty if it has no readable checkpoint.
+
+    Reads only the three columns it needs and builds no records: the shard
+    writer asks this for every kept row, and `load`'s full records (JSON
+    fields, dataclasses) cost more than the tar they go into.
+    """
+    path = task_path(output, output_dir, task)
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            table = pq.read_table(handle, columns=list(IMAGE_COLUMNS.names))
+        return images_by_key(table)
+    except (MalformedCheckpoint, pa.ArrowException, OSError, ValueError) as err:
+        logging.warning("checkpoint %s is unreadable (%s): its images cannot be read back", path, err)
         return {}
 
 

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from pipeline.core.records import REJECTS_SCHEMA, Reject, Sample
 
@@ -30,6 +31,10 @@ RECORD_SCHEMA = pa.schema(
         ("image_ref", pa.list_(pa.int64())),
     ]
 )
+
+
+# What the shard writer reads back: which rows hold an image, and the image.
+IMAGE_COLUMNS = pa.schema([RECORD_SCHEMA.field(name) for name in ("kind", "key", "image")])
 
 
 class MalformedCheckpoint(ValueError):
@@ -68,6 +73,15 @@ def from_rows(table: pa.Table) -> dict[str, Sample | Reject]:
         record = _from_row(row)
         records[record.key] = record
     return records
+
+
+def images_by_key(table: pa.Table) -> dict[str, bytes]:
+    """{key: image bytes} of the downloaded rows of a table of IMAGE_COLUMNS, without building records."""
+    if not table.schema.equals(IMAGE_COLUMNS):
+        raise MalformedCheckpoint(f"unexpected image columns {table.schema}")
+    downloaded = table.filter(pa.compute.equal(table["kind"], SAMPLE))
+    return {key: image for key, image in zip(downloaded["key"].to_pylist(), downloaded["image"].to_pylist())
+            if key is not None and image is not None}
 
 
 def _from_row(row: dict[str, Any]) -> Sample | Reject:

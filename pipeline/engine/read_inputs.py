@@ -76,16 +76,21 @@ class ReadAndKey(beam.PTransform):
             )
         )
         rows = read.rows
-        offsets = (
-            rows
-            | "FileOfRow" >> beam.Map(lambda r: r[0])
-            | "CountPerFile" >> beam.combiners.Count.PerElement()
-            | "AllCounts" >> beam.combiners.ToDict()
-            | "Offsets" >> beam.Map(_offsets)
+        if len(self._paths) == 1:
+            # One file starts at row 0: no count to wait for, so the rows go on to the download
+            # in the same fused stage instead of being held until every row is read.
+            offsets = {0: 0}
+        else:
+            offsets = beam.pvalue.AsSingleton(
+                rows
+                | "FileOfRow" >> beam.Map(lambda r: r[0])
+                | "CountPerFile" >> beam.combiners.Count.PerElement()
+                | "AllCounts" >> beam.combiners.ToDict()
+                | "Offsets" >> beam.Map(_offsets)
+            )
+        keyed = rows | "AssignKeys" >> beam.ParDo(_ToSample(self._output), offsets).with_outputs(
+            REJECTED, main="samples"
         )
-        keyed = rows | "AssignKeys" >> beam.ParDo(
-            _ToSample(self._output), beam.pvalue.AsSingleton(offsets)
-        ).with_outputs(REJECTED, main="samples")
         return {"samples": keyed.samples, REJECTED: keyed[REJECTED], INPUTS: read[INPUTS]}
 
 

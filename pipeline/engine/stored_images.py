@@ -71,15 +71,16 @@ class ImageStore:
         for sample in samples:
             if self.needs_restoring(sample):
                 if sample.image_ref != task:
-                    task, saved = sample.image_ref, checkpoint.load(self.output, self.output_dir, tuple(sample.image_ref))
-                record = saved.get(sample.key)
-                if not isinstance(record, Sample) or record.image is None:
+                    task = sample.image_ref
+                    saved = checkpoint.load_images(self.output, self.output_dir, tuple(sample.image_ref))
+                image = saved.get(sample.key)
+                if image is None:
                     raise MissingStoredImage(
                         f"the image of sample {sample.key} is missing from its download checkpoint "
                         f"{checkpoint.task_path(self.output, self.output_dir, tuple(task))}; was the output folder "
                         "changed while the run went on?"
                     )
-                sample.restore_image(record.image)
+                sample.restore_image(image)
             yield sample
 
 

@@ -8,7 +8,6 @@ shards and the rejects from every step, counted into the audit.
 from __future__ import annotations
 
 import gc
-import hashlib
 import logging
 import threading
 import time
@@ -91,7 +90,7 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
     sample.image, sample.image_format = image.data, image.format
     sample.width, sample.height = image.width, image.height
     sample.original_width, sample.original_height = image.original_width, image.original_height
-    sample.sha256 = hashlib.sha256(result.data).hexdigest()
+    sample.sha256 = result.sha256
     for stage in hooks.from_image:
         stage.fields_from_image(sample, image.pixels)
     return sample

@@ -37,6 +37,7 @@ is sent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -151,6 +152,11 @@ class FetchResult:
     @property
     def ok(self) -> bool:
         return self.reason is None
+
+    @functools.cached_property
+    def sha256(self) -> str | None:
+        """Hex SHA-256 of the body, hashed once however many steps ask (the sample's, opt-out lists)."""
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
 
 
 # --- address policy ------------------------------------------------------------
