@@ -19,7 +19,9 @@ Fault routes (everything else is served from the folder as static files):
   /_fault/redirect?to=URL        302 to URL (may be relative)
   /_fault/big?bytes=N            N bytes: a JPEG header + padding; add
                                  &length=no to omit Content-Length and end the
-                                 body by closing the connection
+                                 body by closing the connection, &length=M to
+                                 declare M bytes whatever is sent, or
+                                 &length=chunked to send it in 64 kB chunks
   /_fault/empty                  200 with an empty body
   /_fault/headers[/any/path]?Name=value&...
                                  a small JPEG sent with the given response
@@ -110,13 +112,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_unterminated(self, content_type: str, content_length: int | None):
+    def _send_unterminated(self, content_type: str, content_length: int | None, headers: dict | None = None):
         """Start a reply whose body ends when the connection closes."""
         self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         if content_length is not None:
             self.send_header("Content-Length", str(content_length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
 
@@ -162,13 +166,20 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self._reply(302, b"", "text/plain", {"Location": query["to"]})
 
     def _big(self, rest, query, hit):
-        size = int(query.get("bytes", 1_000_000))
-        send_length = query.get("length") != "no"
-        self._send_unterminated("image/jpeg", size if send_length else None)
+        size, length = int(query.get("bytes", 1_000_000)), query.get("length", "yes")
         block = 64 * 1024
         body = _padded_jpeg(size)
+        chunked = length == "chunked"
+        if chunked:
+            self._send_unterminated("image/jpeg", None, {"Transfer-Encoding": "chunked"})
+        else:
+            declared = {"yes": size, "no": None}[length] if length in ("yes", "no") else int(length)
+            self._send_unterminated("image/jpeg", declared)
         for start in range(0, size, block):
-            self.wfile.write(body[start : start + block])
+            data = body[start : start + block]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
     def _empty(self, rest, query, hit):
         self._reply(200, b"", "image/jpeg")

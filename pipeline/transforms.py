@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from filters.base import DatasetStage, SampleStage, Stage
 from pipeline import checkpoint, readers
+from pipeline.body_budget import BodyBudget, BodyHold
 from pipeline.crawl import CrawlParams, Tally
 from pipeline.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
 from pipeline.host_scheduler import HostScheduler, InFlightLimit, shared_policy
@@ -162,12 +163,14 @@ class DownloadHooks:
 
 
 def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample,
-                     on_fetch: Callable[[FetchResult], None] | None = None) -> Sample | Reject:
+                     on_fetch: Callable[[FetchResult], None] | None = None,
+                     hold: BodyHold | None = None) -> Sample | Reject:
     """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
     then the fields stages compute from the image while it is at hand.
 
     Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
     `on_fetch` is told the fetch's result (for the per-host politeness), if a fetch happens.
+    `hold` reserves the body's bytes in the worker's budget (pipeline.body_budget); the caller releases it.
     """
     if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
         sample.url = without_credentials(sample.url)  # nor kept in the rejects
@@ -176,7 +179,7 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
         verdict = stage.before_download(sample)
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
-    result = downloader.fetch(sample.url)
+    result = downloader.fetch(sample.url, hold=hold)
     if on_fetch is not None:
         on_fetch(result)
     if result.reason:
@@ -227,7 +230,8 @@ class _DownloadTask(beam.DoFn):
     are also written to the task's checkpoint, which a resumed run reuses row
     by row instead of downloading again (pipeline.checkpoint).  The number of
     rows in flight starts at `threads` and follows the worker's CPU
-    (`InFlightLimit`) up to `in_flight_ceiling`, so memory stays bounded.
+    (`InFlightLimit`) up to `in_flight_ceiling`; memory stays bounded by the
+    bodies' reservations in the worker's `BodyBudget`.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
@@ -248,6 +252,7 @@ class _DownloadTask(beam.DoFn):
         ceiling = in_flight_ceiling(self._download)
         self._limit = InFlightLimit(self._download.threads, ceiling)  # kept across bundles: it has learnt the CPU
         self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # threads start lazily
+        self._budget = BodyBudget(self._download.body_budget_bytes)
         self._times = _RowTimes()
         self._progress = _Progress("download", detail=self._progress_detail)
 
@@ -312,10 +317,12 @@ class _DownloadTask(beam.DoFn):
         """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
         started = time.monotonic()
         fetched: list[tuple[FetchResult, float]] = []  # the fetch's result and when it came
+        hold = self._budget.hold()
         try:
             return fetch_and_resize(self._downloader, self._resize, self._hooks, sample,
-                                    lambda result: fetched.append((result, time.monotonic())))
+                                    lambda result: fetched.append((result, time.monotonic())), hold)
         finally:
+            hold.release()  # decoded, resized and hashed: the body is no longer needed
             host = host_of(sample.url)
             fetched_at = fetched[0][1] if fetched else started
             self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
@@ -332,7 +339,7 @@ class _DownloadTask(beam.DoFn):
         total = network + processing or 1.0
         return (f"{self._scheduler.in_flight} in flight (limit {self._limit.value}), "
                 f"row time {network / total:.0%} network / {processing / total:.0%} decode+resize, "
-                f"worker CPU {self._limit.cpu_cores:.2f} cores")
+                f"worker CPU {self._limit.cpu_cores:.2f} cores, bodies held {self._budget.held / 1e6:.0f} MB")
 
     def _reuse(self, record: Sample | Reject) -> Sample | Reject:
         """A checkpointed result, with the fields that this run's stages compute from images."""
@@ -436,10 +443,9 @@ class _RowTimes:
 
 
 def in_flight_ceiling(download: DownloadParams) -> int:
-    """The most requests a worker may have in flight: `max_in_flight`, fewer if every body in flight
-    could be `max_bytes` long and `body_budget_bytes` would be passed; never fewer than `threads`."""
-    by_memory = download.body_budget_bytes // download.max_bytes
-    return max(download.threads, min(download.max_in_flight, by_memory))
+    """The most requests a worker may have in flight: `max_in_flight`, never fewer than `threads`.
+    Memory needs no cap here: each body reserves its own size in the worker's `BodyBudget`."""
+    return max(download.threads, download.max_in_flight)
 
 
 # ---------------------------------------------------------------- stages

@@ -7,11 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.download import DownloadParams
 from pipeline.host_scheduler import HostScheduler, InFlightLimit
 from pipeline.politeness import HostPolicy, PolitenessParams
 from pipeline.schema import Sample
-from pipeline.transforms import in_flight_ceiling
 
 
 class Clocks:
@@ -73,13 +71,6 @@ def test_a_saturated_cpu_cuts_the_limit_then_it_grows_slowly_and_never_below_the
 
 def test_a_start_above_the_ceiling_is_the_ceiling():
     assert limit_with(Clocks(), start=64, ceiling=16).value == 16
-
-
-def test_the_ceiling_keeps_bodies_in_flight_within_the_memory_budget():
-    assert in_flight_ceiling(DownloadParams()) == min(512, (4 << 30) // 20_000_000)
-    assert in_flight_ceiling(DownloadParams(max_bytes=1_000_000, body_budget_bytes=100_000_000)) == 100
-    assert in_flight_ceiling(DownloadParams(max_bytes=1_000_000, max_in_flight=64)) == 64
-    assert in_flight_ceiling(DownloadParams(threads=8, max_in_flight=4)) == 8  # a fixed limit of `threads`
 
 
 def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_the_cpu_idle():
