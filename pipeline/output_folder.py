@@ -52,7 +52,7 @@ LAYOUT = re.compile(
             r"report/(audit\.json|audit\.html|optout\.json|takedown-[^/]+\.json)",
             r"recipe\.json",
             re.escape(SUCCESS_FILE),
-            rf"_work/(manifest\.json|{_SHARD}\.ckpt\.parquet)",
+            rf"_work/(manifest\.json|{_SHARD}\.ckpt\.parquet|progress-[^/]+\.json)",
             r"(.+/)?\.[^/]+\.[0-9a-f]{32}\.tmp",  # pipeline.writers.AtomicFile's temporary names
         ]
     )

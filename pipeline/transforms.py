@@ -32,6 +32,7 @@ from pipeline.politeness import THROTTLE_STATUSES, host_of, host_report, merge_h
 from pipeline.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.schema import Reject, Sample
 from pipeline.textlines import FileTally
+from pipeline.worker_status import WorkerStatus
 from pipeline.writers import OutputParams
 
 REJECTED = "rejected"
@@ -255,6 +256,8 @@ class _DownloadTask(beam.DoFn):
         self._budget = BodyBudget(self._download.body_budget_bytes)
         self._times = _RowTimes()
         self._progress = _Progress("download", detail=self._progress_detail)
+        # For the launcher's progress line: this worker's log is not shown by the local runner.
+        self._status = WorkerStatus(f"{self._output_dir}/{checkpoint.WORK_DIR}", self._status_fields)
 
     def start_bundle(self):
         self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
@@ -289,6 +292,7 @@ class _DownloadTask(beam.DoFn):
             yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
         if self._hosts:
             yield beam.pvalue.TaggedOutput(HOST_TALLY, WindowedValue(self._hosts, MIN_TIMESTAMP, [GlobalWindow()]))
+        self._status.write()  # idle until the next bundle: nothing in flight
 
     def _count(self, host: str, **counts: float) -> None:
         with self._hosts_lock:
@@ -334,12 +338,21 @@ class _DownloadTask(beam.DoFn):
             elif host:
                 self._policy.release(host)
 
-    def _progress_detail(self) -> str:
+    def _status_fields(self) -> dict:
         network, processing = self._times.take()
-        total = network + processing or 1.0
-        return (f"{self._scheduler.in_flight} in flight (limit {self._limit.value}), "
-                f"row time {network / total:.0%} network / {processing / total:.0%} decode+resize, "
-                f"worker CPU {self._limit.cpu_cores:.2f} cores, bodies held {self._budget.held / 1e6:.0f} MB")
+        return {"in_flight": self._scheduler.in_flight, "limit": self._limit.value,
+                "network_s": round(network, 3), "processing_s": round(processing, 3),
+                "cpu_cores": round(self._limit.cpu_cores, 2), "bodies_held_bytes": self._budget.held}
+
+    def _progress_detail(self) -> str:
+        status = self._status.last  # the last few seconds
+        if not status:
+            return "no status yet"
+        total = status["network_s"] + status["processing_s"] or 1.0
+        return (f"{status['in_flight']} in flight (limit {status['limit']}), "
+                f"row time {status['network_s'] / total:.0%} network / {status['processing_s'] / total:.0%} "
+                f"decode+resize, worker CPU {status['cpu_cores']:.2f} cores, "
+                f"bodies held {status['bodies_held_bytes'] / 1e6:.0f} MB")
 
     def _reuse(self, record: Sample | Reject) -> Sample | Reject:
         """A checkpointed result, with the fields that this run's stages compute from images."""
@@ -355,6 +368,7 @@ class _DownloadTask(beam.DoFn):
             self._done.inc()
             result.image_ref = task  # its image can be read back from this task's checkpoint
         self._progress.tick()
+        self._status.tick()
         return saved.add(result)
 
     def teardown(self):
