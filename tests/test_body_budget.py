@@ -11,11 +11,8 @@ import pytest
 
 from pipeline.body_budget import UNDECLARED_START, BodyBudget
 from pipeline.download import Downloader, DownloadParams
-from pipeline.host_scheduler import HostScheduler, InFlightLimit
 from pipeline.localweb import LocalWeb
 from pipeline.params import ParamError
-from pipeline.politeness import HostPolicy, PolitenessParams
-from pipeline.schema import Sample
 from pipeline.transforms import in_flight_ceiling
 
 LOCAL = DownloadParams(timeout=2.0, retries=0, backoff=0.01, allow_private_network=True, deadline=5.0)
@@ -144,28 +141,6 @@ def test_the_in_flight_ceiling_is_no_longer_the_budget_over_max_bytes():
     assert in_flight_ceiling(DownloadParams(max_bytes=1_000_000, body_budget_bytes=100_000_000)) == 512
     assert in_flight_ceiling(DownloadParams(max_in_flight=64)) == 64
     assert in_flight_ceiling(DownloadParams(threads=8, max_in_flight=4)) == 8  # a fixed limit of `threads`
-
-
-def test_the_scheduler_keeps_more_than_214_small_requests_in_flight_with_the_default_params():
-    """A far-away web and an idle CPU: the limit climbs to max_in_flight, past the old 4 GiB // 20 MB."""
-    limit = InFlightLimit(32, in_flight_ceiling(DownloadParams()), window=0.1, cpu_clock=lambda: 0.0)
-    policy = HostPolicy(PolitenessParams(per_host_rate=0, per_host_connections=1000))
-    in_flight, peak, lock = [0], [0], threading.Lock()
-
-    def far_away_fetch(sample: Sample) -> Sample:
-        with lock:
-            in_flight[0] += 1
-            peak[0] = max(peak[0], in_flight[0])
-        time.sleep(0.3)
-        with lock:
-            in_flight[0] -= 1
-        return sample
-
-    rows = [Sample(key=f"{i:05d}", shard_id=0, url=f"http://h{i % 64}/{i}.jpg") for i in range(3000)]
-    with ThreadPoolExecutor(limit._ceiling) as pool:
-        results = list(HostScheduler(policy, pool, far_away_fetch, limit, throttle_retries=0, deadline=30).run(rows))
-    assert len(results) == len(rows)
-    assert peak[0] > 214
 
 
 def test_a_budget_smaller_than_max_bytes_is_refused():

@@ -7,9 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from pipeline.download import DownloadParams
 from pipeline.host_scheduler import HostScheduler, InFlightLimit
 from pipeline.politeness import HostPolicy, PolitenessParams
 from pipeline.schema import Sample
+from pipeline.transforms import in_flight_ceiling
 
 
 class Clocks:
@@ -73,9 +75,8 @@ def test_a_start_above_the_ceiling_is_the_ceiling():
     assert limit_with(Clocks(), start=64, ceiling=16).value == 16
 
 
-def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_the_cpu_idle():
-    """Rows that wait 50 ms each on the network and cost no CPU: more of them go in flight than `threads`."""
-    limit = InFlightLimit(4, 64, window=0.2, cpu_clock=lambda: 0.0)
+def far_away_rows(limit: InFlightLimit, rows: int, hosts: int, seconds: float) -> tuple[list, list, int]:
+    """Runs rows that wait `seconds` each on the network and cost no CPU: (rows, results, most in flight)."""
     policy = HostPolicy(PolitenessParams(per_host_rate=0, per_host_connections=1000))
     in_flight, peak, lock = [0], [0], threading.Lock()
 
@@ -83,16 +84,31 @@ def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_th
         with lock:
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
-        time.sleep(0.05)
+        time.sleep(seconds)
         with lock:
             in_flight[0] -= 1
         return sample
 
-    rows = [Sample(key=f"{i:05d}", shard_id=0, url=f"http://h{i % 8}/{i}.jpg") for i in range(1500)]
-    with ThreadPoolExecutor(64) as pool:
-        results = list(HostScheduler(policy, pool, slow_fetch, limit, throttle_retries=0, deadline=30).run(rows))
+    samples = [Sample(key=f"{i:05d}", shard_id=0, url=f"http://h{i % hosts}/{i}.jpg") for i in range(rows)]
+    with ThreadPoolExecutor(limit._ceiling) as pool:
+        results = list(HostScheduler(policy, pool, slow_fetch, limit, throttle_retries=0, deadline=30).run(samples))
+    return samples, results, peak[0]
+
+
+def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_the_cpu_idle():
+    """More rows go in flight than `threads`."""
+    limit = InFlightLimit(4, 64, window=0.2, cpu_clock=lambda: 0.0)
+    rows, results, peak = far_away_rows(limit, 1500, hosts=8, seconds=0.05)
     assert sorted(r.key for r in results) == [r.key for r in rows]
-    assert limit.value == 64 and peak[0] > 32
+    assert limit.value == 64 and peak > 32
+
+
+def test_more_than_214_small_requests_go_in_flight_with_the_default_params():
+    """The ceiling is max_in_flight, no longer body_budget_bytes // max_bytes = 4 GiB // 20 MB = 214: each body
+    reserves its own size (pipeline.body_budget)."""
+    limit = InFlightLimit(32, in_flight_ceiling(DownloadParams()), window=0.1, cpu_clock=lambda: 0.0)
+    rows, results, peak = far_away_rows(limit, 3000, hosts=64, seconds=0.3)
+    assert len(results) == len(rows) and peak > 214
 
 
 def test_the_progress_line_tells_requests_in_flight_and_where_row_time_goes(caplog):

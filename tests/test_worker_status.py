@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import checkpoint, worker_status
+from pipeline import checkpoint
 from pipeline.cli import main
 from pipeline.localweb import LocalWeb
 from pipeline.output_folder import in_layout
