@@ -320,16 +320,19 @@ class _DownloadTask(beam.DoFn):
     def _polite_fetch(self, sample: Sample) -> Sample | Reject:
         """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
         started = time.monotonic()
-        fetched: list[tuple[FetchResult, float]] = []  # the fetch's result and when it came
+        fetched: list[tuple[FetchResult, float, float]] = []  # the fetch's result, when it came, thread CPU then
         hold = self._budget.hold()
         try:
             return fetch_and_resize(self._downloader, self._resize, self._hooks, sample,
-                                    lambda result: fetched.append((result, time.monotonic())), hold)
+                                    lambda result: fetched.append((result, time.monotonic(), time.thread_time())),
+                                    hold)
         finally:
             hold.release()  # decoded, resized and hashed: the body is no longer needed
             host = host_of(sample.url)
             fetched_at = fetched[0][1] if fetched else started
             self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
+            if fetched:  # did decode+resize wait for a CPU? (InFlightLimit)
+                self._limit.row_processed(time.monotonic() - fetched_at, time.thread_time() - fetched[0][2])
             if host and fetched:
                 result = fetched[0][0]
                 self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
@@ -342,7 +345,8 @@ class _DownloadTask(beam.DoFn):
         network, processing = self._times.take()
         return {"in_flight": self._scheduler.in_flight, "limit": self._limit.value,
                 "network_s": round(network, 3), "processing_s": round(processing, 3),
-                "cpu_cores": round(self._limit.cpu_cores, 2), "bodies_held_bytes": self._budget.held}
+                "cpu_cores": round(self._limit.cpu_cores, 2), "cpu_contention": round(self._limit.contention, 2),
+                "bodies_held_bytes": self._budget.held}
 
     def _progress_detail(self) -> str:
         status = self._status.last  # the last few seconds
@@ -351,7 +355,8 @@ class _DownloadTask(beam.DoFn):
         total = status["network_s"] + status["processing_s"] or 1.0
         return (f"{status['in_flight']} in flight (limit {status['limit']}), "
                 f"row time {status['network_s'] / total:.0%} network / {status['processing_s'] / total:.0%} "
-                f"decode+resize, worker CPU {status['cpu_cores']:.2f} cores, "
+                f"decode+resize (taking {status['cpu_contention']:.1f}x its CPU time), "
+                f"worker CPU {status['cpu_cores']:.2f} cores, "
                 f"bodies held {status['bodies_held_bytes'] / 1e6:.0f} MB")
 
     def _reuse(self, record: Sample | Reject) -> Sample | Reject:

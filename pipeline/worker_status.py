@@ -3,7 +3,7 @@
 Beam's local runner shows a worker's log only in its own log file, and its
 metrics only at the end.  So each download worker writes a small JSON status
 (rows done, rows/s lately, requests in flight and the limit, where row time
-goes, CPU used, body bytes held) to `OUTPUT/_work/progress-<host>-<pid>.json`
+goes, how long decode+resize took per CPU second, CPU used, body bytes held) to `OUTPUT/_work/progress-<host>-<pid>.json`
 every few seconds, replacing it atomically, and the launching process merges
 the files it finds into one line (pipeline.checkpoint.ProgressReporter).  Only
 for a local output folder: workers of a remote runner write nothing here (the
@@ -98,4 +98,7 @@ def summary(statuses: list[dict], now: float | None = None) -> str:
     if network + processing > 0:
         share = network / (network + processing)
         line += f", row time {share:.0%} network / {1 - share:.0%} decode+resize"
+    contention = [status["cpu_contention"] for status in active if status.get("cpu_contention")]
+    if contention:  # 2 or more: rows take turns for the CPU, more in flight cannot help
+        line += f" (taking {sum(contention) / len(contention):.1f}x its CPU time)"
     return line

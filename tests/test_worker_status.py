@@ -45,11 +45,12 @@ def test_the_launcher_merges_the_workers_statuses_into_one_line(tmp_path):
                                             ("c", 30, 9.0, 5, now - 60)]:  # c: its bundle ended a minute ago
         (tmp_path / f"progress-{name}.json").write_text(json.dumps(
             {"rows": rows, "rows_per_s": rate, "in_flight": in_flight, "limit": 128, "network_s": 9.0,
-             "processing_s": 1.0, "cpu_cores": 0.5, "bodies_held_bytes": 2_000_000, "at": at}))
+             "processing_s": 1.0, "cpu_cores": 0.5, "cpu_contention": 1.2, "bodies_held_bytes": 2_000_000,
+             "at": at}))
     (tmp_path / "progress-broken.json").write_text("{")
     line = summary(read_statuses(str(tmp_path)), now=now)
     assert line == ("download: 2/3 worker(s) active, 280 rows, 90 rows/s lately, 200 in flight (limit 256), "
-                    "CPU 1.0 cores, bodies 4 MB, row time 90% network / 10% decode+resize")
+                    "CPU 1.0 cores, bodies 4 MB, row time 90% network / 10% decode+resize (taking 1.2x its CPU time)")
     assert len(read_statuses(str(tmp_path), since=now - 1.5)) == 1  # an interrupted run's are not counted
     assert summary([]) == ""
 
