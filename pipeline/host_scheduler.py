@@ -57,20 +57,23 @@ class _Row:
 
 
 class InFlightLimit:
-    """How many requests a worker keeps in flight: AIMD on whether rows wait for a CPU.
+    """How many requests a worker keeps in flight: AIMD on whether rows queue for the CPU.
 
     Every `window` seconds (a quarter of it while still doubling, to reach a
-    far-away web's need within a couple of seconds) it looks at the rows whose
-    decode+resize ended in the window: their wall time per CPU second
-    (`contention`, from `row_processed`).  About 1 means a row had a CPU as
-    soon as its body came; `CONTENDED` (2) means rows took turns for the CPU:
-    the CPU is the bottleneck and more in flight cannot help, so the limit is
-    cut by a tenth (never below `start`).  Else, if rows waited for a free
-    slot, it grows (doubling until the first cut, then by an eighth, at least a
-    quarter of `start`).  Unlike the process's CPU time against a fixed share
-    of a core, this needs no guess of how many cores the worker can have
-    (other processes, the GIL, decoders that release it), and the limit
-    settles where the CPU is busy, not 10% below it.  Too few in flight
+    far-away web's need within a couple of seconds) it looks at the decode+resize
+    of the rows that ended in the window (`row_processed`): how many were at it
+    at once on average (`decoding`) and their wall time per CPU second
+    (`contention`).  Both high (`QUEUED`, `CONTENDED`) means the worker's rows
+    queue for the CPU: it is the bottleneck and more in flight cannot help, so
+    the limit is cut by a tenth (never below `start`).  Else, if rows waited
+    for a free slot, it grows (doubling until the first cut, then by an eighth,
+    at least a quarter of `start`).  Contention alone would also count waits for
+    other processes' work, and a worker waiting on the network between such
+    rows still gains from more in flight; rows at it at once alone would also
+    count decoders running side by side on several cores.  Unlike the process's
+    CPU time against a fixed share of a core, this needs no guess of how many
+    cores the worker can have, and the limit settles where the CPU is busy,
+    not 10% below it.  Too few in flight
     costs rows/s (the latency shows again) while a few too many cost only
     some memory (bounded by pipeline.body_budget), so cuts are gentle and
     growth quick.  `cpu_cores` (the process's CPU per wall second) is shown in
@@ -80,7 +83,8 @@ class InFlightLimit:
     GROWTH_AFTER_CUT = 0.125  # of the limit, per window
     LEAST_GROWTH = 0.25  # of `start`
     CUT = 0.9
-    CONTENDED = 2.0  # decode+resize wall seconds per CPU second at which rows wait for the CPU
+    QUEUED = 2.0  # rows in decode+resize at once, on average
+    CONTENDED = 1.5  # decode+resize wall seconds per CPU second
 
     def __init__(self, start: int, ceiling: int, window: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, cpu_clock: Callable[[], float] = time.process_time):
@@ -92,7 +96,7 @@ class InFlightLimit:
         self._processing = [0.0, 0.0]  # wall and CPU seconds of decode+resize in this window
         self._lock = threading.Lock()
         self.cpu_cores = 0.0  # the last window's CPU use, for the progress log
-        self.contention = 0.0  # the last window's, for the progress log
+        self.decoding = self.contention = 0.0  # the last window's, for the progress log
 
     def rows_waited(self) -> None:
         """Rows were queued while every slot was taken."""
@@ -114,8 +118,9 @@ class InFlightLimit:
         with self._lock:
             processing_wall, processing_cpu = self._processing
             self._processing = [0.0, 0.0]
+        self.decoding = processing_wall / wall
         self.contention = processing_wall / processing_cpu if processing_cpu > 0 else 0.0
-        if self.contention >= self.CONTENDED:
+        if self.decoding >= self.QUEUED and self.contention >= self.CONTENDED:
             self.value = max(self._start, int(self.value * self.CUT))
             self._doubling = False
         elif self._waited:

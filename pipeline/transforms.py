@@ -331,7 +331,7 @@ class _DownloadTask(beam.DoFn):
             host = host_of(sample.url)
             fetched_at = fetched[0][1] if fetched else started
             self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
-            if fetched:  # did decode+resize wait for a CPU? (InFlightLimit)
+            if fetched:  # did rows queue for the CPU? (InFlightLimit)
                 self._limit.row_processed(time.monotonic() - fetched_at, time.thread_time() - fetched[0][2])
             if host and fetched:
                 result = fetched[0][0]

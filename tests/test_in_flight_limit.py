@@ -30,11 +30,11 @@ def limit_with(clocks: Clocks, start: int = 32, ceiling: int = 512) -> InFlightL
 
 
 def window(limit: InFlightLimit, clocks: Clocks, contention: float, waited: bool = True, seconds: float = 1.0,
-           cores: float = 0.5) -> int:
-    """One window in which rows' decode+resize took `contention` x their CPU time."""
+           cores: float = 0.5, decoding: float = 3.0) -> int:
+    """One window with `decoding` rows in decode+resize at once, which took `contention` x their CPU time."""
     if waited:
         limit.rows_waited()
-    limit.row_processed(wall=0.01 * contention, cpu=0.01)
+    limit.row_processed(wall=decoding * seconds, cpu=decoding * seconds / contention)
     clocks.spend(seconds, cores)
     limit.update()
     return limit.value
@@ -53,6 +53,15 @@ def test_a_busy_cpu_that_rows_do_not_wait_for_is_no_reason_to_stop_growing():
     clocks = Clocks()
     limit = limit_with(clocks)
     assert [window(limit, clocks, 1.2, seconds=0.25, cores=0.95) for _ in range(3)] == [64, 128, 256]
+
+
+def test_rows_slowed_by_other_processes_while_the_worker_waits_on_the_network_still_grow_the_limit():
+    """A loaded machine: each row's decode takes 3x its CPU time, but they come one at a time (0.5 at once):
+    the worker is idle between them, and more in flight gives it more rows."""
+    clocks = Clocks()
+    limit = limit_with(clocks)
+    assert window(limit, clocks, 3.0, seconds=0.25, decoding=0.5) == 64
+    assert window(limit, clocks, 3.0, seconds=0.25, decoding=2.5) == 57  # now they queue: cut
 
 
 def test_does_not_grow_when_no_row_waited_for_a_slot():
@@ -74,7 +83,7 @@ def test_rows_taking_turns_for_the_cpu_cut_the_limit_then_it_grows_slowly_and_ne
     for _ in range(3):
         window(limit, clocks, 1.0, seconds=0.25)  # 256
     assert window(limit, clocks, 2.5) == 230  # a tenth off
-    assert window(limit, clocks, 1.5) == 258  # + an eighth, not doubling any more
+    assert window(limit, clocks, 1.2) == 258  # + an eighth, not doubling any more
     for _ in range(40):
         window(limit, clocks, 3.0)
     assert limit.value == 32
