@@ -292,7 +292,7 @@ class _DownloadTask(beam.DoFn):
             yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
         if self._hosts:
             yield beam.pvalue.TaggedOutput(HOST_TALLY, WindowedValue(self._hosts, MIN_TIMESTAMP, [GlobalWindow()]))
-        self._status.write()  # idle until the next bundle: nothing in flight
+        self._status.write(idle=True)  # until the next bundle
 
     def _count(self, host: str, **counts: float) -> None:
         with self._hosts_lock:

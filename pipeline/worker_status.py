@@ -23,7 +23,7 @@ from typing import Callable
 from apache_beam.io.filesystems import FileSystems
 
 PREFIX = "progress-"
-STALE_AFTER = 15.0  # seconds: a worker silent this long is idle (its bundle ended), not working
+STALE_AFTER = 15.0  # seconds: a worker silent this long is not downloading (gone, or stuck in a long row)
 
 
 class WorkerStatus:
@@ -44,12 +44,14 @@ class WorkerStatus:
         if self._clock() - self._since >= self._every:
             self.write()
 
-    def write(self) -> None:
-        """Takes the status now (`fields()` may reset what it measures) and writes it, if the output is local."""
+    def write(self, idle: bool = False) -> None:
+        """Takes the status now (`fields()` may reset what it measures) and writes it, if the output is local.
+        `idle`: the worker has no rows to download (its bundle ended)."""
         now = self._clock()
         rate = (self.rows - self._rows_since) / max(now - self._since, 1e-9)
         self._since, self._rows_since = now, self.rows
-        self.last = {"rows": self.rows, "rows_per_s": round(rate, 1), **self._fields(), "at": time.time()}
+        self.last = {"rows": self.rows, "rows_per_s": round(rate, 1), **self._fields(), "at": time.time(),
+                     "idle": idle}
         if self.path is not None:
             _write_atomically(self.path, json.dumps(self.last))
 
@@ -84,7 +86,7 @@ def summary(statuses: list[dict], now: float | None = None) -> str:
     if not statuses:
         return ""
     now = time.time() if now is None else now
-    active = [status for status in statuses if now - status.get("at", 0) < STALE_AFTER]
+    active = [status for status in statuses if now - status.get("at", 0) < STALE_AFTER and not status.get("idle")]
     rows = sum(status.get("rows", 0) for status in statuses)
     rate = sum(status.get("rows_per_s", 0.0) for status in active)
     in_flight = sum(status.get("in_flight", 0) for status in active)

@@ -41,17 +41,20 @@ def test_a_worker_writes_its_status_every_few_seconds_with_its_recent_rate(tmp_p
 
 def test_the_launcher_merges_the_workers_statuses_into_one_line(tmp_path):
     now = 1000.0
-    for name, rows, rate, in_flight, at in [("a", 100, 40.0, 90, now - 1), ("b", 150, 50.0, 110, now - 2),
-                                            ("c", 30, 9.0, 5, now - 60)]:  # c: its bundle ended a minute ago
+    for name, rows, rate, in_flight, at, idle in [
+        ("a", 100, 40.0, 90, now - 1, False), ("b", 150, 50.0, 110, now - 2, False),
+        ("c", 30, 9.0, 5, now - 60, False),  # silent for a minute
+        ("d", 20, 9.0, 0, now - 1, True),  # its bundle ended
+    ]:
         (tmp_path / f"progress-{name}.json").write_text(json.dumps(
-            {"rows": rows, "rows_per_s": rate, "in_flight": in_flight, "limit": 128, "network_s": 9.0,
+            {"rows": rows, "rows_per_s": rate, "in_flight": in_flight, "limit": 128, "network_s": 9.0, "idle": idle,
              "processing_s": 1.0, "cpu_cores": 0.5, "cpu_contention": 1.2, "bodies_held_bytes": 2_000_000,
              "at": at}))
     (tmp_path / "progress-broken.json").write_text("{")
     line = summary(read_statuses(str(tmp_path)), now=now)
-    assert line == ("download: 2/3 worker(s) active, 280 rows, 90 rows/s lately, 200 in flight (limit 256), "
+    assert line == ("download: 2/4 worker(s) active, 300 rows, 90 rows/s lately, 200 in flight (limit 256), "
                     "CPU 1.0 cores, bodies 4 MB, row time 90% network / 10% decode+resize (taking 1.2x its CPU time)")
-    assert len(read_statuses(str(tmp_path), since=now - 1.5)) == 1  # an interrupted run's are not counted
+    assert len(read_statuses(str(tmp_path), since=now - 1.5)) == 2  # an interrupted run's are not counted
     assert summary([]) == ""
 
 
