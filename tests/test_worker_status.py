@@ -73,5 +73,7 @@ def test_a_two_process_run_prints_the_workers_progress(tmp_path, monkeypatch, ca
     lines = [line for line in capsys.readouterr().err.splitlines() if "worker(s) active" in line]
     assert lines, f"no worker progress in {time.monotonic() - started:.0f} s"
     rows = [int(re.search(r"([\d,]+) rows,", line).group(1).replace(",", "")) for line in lines]
-    assert max(rows) > 0 and "in flight (limit" in lines[-1] and "network" in lines[-1]
+    assert max(rows) > 0
+    downloading = [line for line in lines if re.search(r"download: [1-9]\d*/2 worker\(s\) active", line)]
+    assert downloading and re.search(r"[1-9]\d* in flight \(limit", downloading[0]) and "network" in downloading[0]
     assert not list((tmp_path / "out").glob("_work")), "the status files go with _work/"
