@@ -164,7 +164,8 @@ class ProgressReporter:
         while not self._stop.wait(self._every):
             done = finished_tasks(self._output_dir)
             elapsed = int(time.monotonic() - start)
-            workers = worker_status.summary(worker_status.read_statuses(f"{self._output_dir}/{WORK_DIR}", since=started_at))
+            statuses = worker_status.read_statuses(f"{self._output_dir}/{WORK_DIR}", since=started_at)
+            workers = worker_status.summary(statuses)
             print(
                 f"curate: {elapsed // 60}m{elapsed % 60:02d}s: {done} download task(s) of up to "
                 f"{self._rows_per_task} rows finished" + (f"; {workers}" if workers else ""),

@@ -83,7 +83,7 @@ class DownloadParams:
     max_redirects: int = 5  # redirects followed per fetch, each checked by the SSRF guard
     max_bytes: int = 20_000_000  # larger responses are rejected as too_large
     threads: int = 32  # requests in flight per worker process at the start (and the least it lowers to)
-    # The in-flight limit grows from `threads` while the worker's CPU has headroom and rows wait
+    # The in-flight limit grows from `threads` while rows wait for a slot but do not queue for the CPU
     # (pipeline.host_scheduler.InFlightLimit), so network latency is not the bottleneck, up to this cap.
     # max_in_flight <= threads: a fixed limit of `threads`.
     max_in_flight: int = 512

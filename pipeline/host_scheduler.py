@@ -73,11 +73,11 @@ class InFlightLimit:
     count decoders running side by side on several cores.  Unlike the process's
     CPU time against a fixed share of a core, this needs no guess of how many
     cores the worker can have, and the limit settles where the CPU is busy,
-    not 10% below it.  Too few in flight
-    costs rows/s (the latency shows again) while a few too many cost only
-    some memory (bounded by pipeline.body_budget), so cuts are gentle and
-    growth quick.  `cpu_cores` (the process's CPU per wall second) is shown in
-    the progress line.
+    not 10% below it.  Too few in flight costs rows/s (the latency shows
+    again) while a few too many cost only some memory (bounded by
+    pipeline.body_budget), so cuts are gentle and growth quick; the first
+    windows, before any row is decoded, double it.  `cpu_cores` (the
+    process's CPU per wall second) is for the progress line.
     """
 
     GROWTH_AFTER_CUT = 0.125  # of the limit, per window
