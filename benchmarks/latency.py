@@ -163,7 +163,8 @@ def run_curate(urls: Path, work: Path, args) -> dict:
         "--direct_running_mode=multi_processing",
     ], log, {**os.environ, "PYTHONPATH": str(REPO)})
     kept = json.loads((out / "report" / "audit.json").read_text())["counts"]["kept"]
-    progress = [line.strip() for line in log.read_text().splitlines() if "download:" in line and "in flight" in line]
+    progress = [line.strip() for line in log.read_text().splitlines()
+                if re.search(r"download: [1-9]\d*/\d+ worker\(s\) active", line)]  # while downloading
     in_flight = [int(n) for line in progress for n in re.findall(r"(\d+) in flight", line)]
     return {"rows": kept, "seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak >> 20,
             "most_in_flight": max(in_flight, default=None), "last_progress": progress[-1:]}
