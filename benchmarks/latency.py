@@ -12,9 +12,11 @@ For each latency: curate with its defaults (a recipe with no stages; only
 its own (throughput.py's img2dataset_venv) with its defaults but for
 `--processes_count`, the output format and `--image_size` (curate's).
 Reported per run: rows written, wall seconds, rows/s over the wall time and
-over the server's span (first to last request: start-up excluded), peak RSS
-of the whole process tree, the load average, and curate's last worker
-progress line (requests in flight, network vs decode share, CPU).
+over the server's span (first to last request: start-up excluded), CPU
+seconds per row of the whole process tree (user + system: less distorted by
+other load on a shared machine than wall time), peak RSS of the whole process
+tree, the load average, and curate's last progress line (requests in flight,
+network vs decode share, CPU).
 
     .venv/bin/python benchmarks/latency.py --rows 2000
 """
@@ -24,6 +26,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -128,8 +132,9 @@ def _rss(pid: int) -> int:
         return 0
 
 
-def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int]:
-    start = time.monotonic()
+def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS and CPU seconds (of every process of the tree that was waited for)."""
+    start, cpu_before = time.monotonic(), _children_cpu()
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         rss = PeakRss(process.pid)
@@ -137,7 +142,12 @@ def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, in
     seconds, peak = time.monotonic() - start, rss.stop()
     if status != 0:
         sys.exit(f"{command[0]} failed (exit {status}); see {log}")
-    return seconds, peak
+    return seconds, peak, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_curate(urls: Path, work: Path, args) -> dict:
@@ -147,28 +157,31 @@ def run_curate(urls: Path, work: Path, args) -> dict:
     recipe.write_text("name: latency\nstages: []\n")  # curate's defaults: download.*, resize.*, output.*
     overrides = [item for pair in args.set for item in ("--set", pair)]
     log = work / "curate.log"
-    seconds, peak = timed([
+    seconds, peak, cpu = timed([
         sys.executable, "-m", "pipeline.cli", "run", "--recipe", str(recipe), "--input", str(urls), "--output",
         str(out), "--allow-private-network", *overrides, f"--direct_num_workers={args.processes}",
         "--direct_running_mode=multi_processing",
     ], log, {**os.environ, "PYTHONPATH": str(REPO)})
     kept = json.loads((out / "report" / "audit.json").read_text())["counts"]["kept"]
-    progress = [line.strip() for line in log.read_text().splitlines() if "download:" in line and "in flight" in line]
-    return {"rows": kept, "seconds": seconds, "peak_rss_mb": peak >> 20, "last_progress": progress[-1:]}
+    progress = [line.strip() for line in log.read_text().splitlines()
+                if re.search(r"download: [1-9]\d*/\d+ worker\(s\) active", line)]  # while downloading
+    in_flight = [int(n) for line in progress for n in re.findall(r"(\d+) in flight", line)]
+    return {"rows": kept, "seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak >> 20,
+            "most_in_flight": max(in_flight, default=None), "last_progress": progress[-1:]}
 
 
 def run_img2dataset(urls: Path, work: Path, args) -> dict:
     out = work / "out-img2dataset"
     shutil.rmtree(out, ignore_errors=True)
     command = img2dataset_venv(args.img2dataset_venv or work / "img2dataset-venv")
-    seconds, peak = timed([
+    seconds, peak, cpu = timed([
         str(command), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url", "--caption_col",
         "caption", "--output_format", "webdataset", "--output_folder", str(out), "--processes_count",
         str(args.processes), "--distributor", "multiprocessing", "--image_size", "256", "--enable_wandb", "False",
         *(["--thread_count", str(args.img2dataset_threads)] if args.img2dataset_threads else []),
     ], work / "img2dataset.log", {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     rows = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
-    return {"rows": rows, "seconds": seconds, "peak_rss_mb": peak >> 20}
+    return {"rows": rows, "seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak >> 20}
 
 
 def measure(tool: str, web: SlowWeb, delay: float, urls: Path, args) -> dict:
@@ -178,7 +191,8 @@ def measure(tool: str, web: SlowWeb, delay: float, urls: Path, args) -> dict:
     span = max(web.last - web.first + delay, 1e-9)  # the last request is answered `delay` after it arrives
     result.update(tool=tool, latency_ms=round(delay * 1000), load_before=round(load, 2),
                   load_after=round(os.getloadavg()[0], 2), rows_per_s=round(result["rows"] / result["seconds"], 1),
-                  server_span_rows_per_s=round(web.requests / span, 1), seconds=round(result["seconds"], 1))
+                  server_span_rows_per_s=round(web.requests / span, 1), seconds=round(result["seconds"], 1),
+                  cpu_ms_per_row=round(1000 * result.pop("cpu_s") / max(result["rows"], 1), 1))
     print(json.dumps(result), flush=True)
     return result
 

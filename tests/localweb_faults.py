@@ -14,7 +14,9 @@ status, truncated and headers routes) and adds:
   /_fault/redirect?to=URL        302 to URL (may be relative)
   /_fault/big?bytes=N            N bytes: a JPEG header + padding; add
                                  &length=no to omit Content-Length and end the
-                                 body by closing the connection
+                                 body by closing the connection, &length=M to
+                                 declare M bytes whatever is sent, or
+                                 &length=chunked to send it in 64 kB chunks
   /_fault/empty                  200 with an empty body
 
 `FaultyWeb.hits(path)` counts the requests seen for a path (without query), so
@@ -100,13 +102,20 @@ def _redirect(handler, rest, query):
 
 
 def _big(handler, rest, query):
-    size = int(query.get("bytes", 1_000_000))
-    send_length = query.get("length") != "no"
-    handler.send_unterminated("image/jpeg", size if send_length else None)
+    size, length = int(query.get("bytes", 1_000_000)), query.get("length", "yes")
     block = 64 * 1024
     body = _padded_jpeg(size)
+    chunked = length == "chunked"
+    if chunked:
+        handler.send_unterminated("image/jpeg", None, {"Transfer-Encoding": "chunked"})
+    else:
+        declared = {"yes": size, "no": None}[length] if length in ("yes", "no") else int(length)
+        handler.send_unterminated("image/jpeg", declared)
     for start in range(0, size, block):
-        handler.wfile.write(body[start : start + block])
+        data = body[start : start + block]
+        handler.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+    if chunked:
+        handler.wfile.write(b"0\r\n\r\n")
 
 
 def _empty(handler, rest, query):

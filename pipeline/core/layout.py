@@ -19,6 +19,7 @@ and `curate takedown` read and rewrite there):
     DIR/_SUCCESS                       SUCCESS: written last, when all of the above is complete
     DIR/_work/manifest.json            WORK_MANIFEST: what the download checkpoints depend on
     DIR/_work/00000-00000.ckpt.parquet checkpoint_file(shard, task): one download task's results
+    DIR/_work/progress-<host>-<pid>.json  PROGRESS_PREFIX: a download worker's status, for the progress line
     DIR/.takedown-staging/...          STAGING: a takedown's new files before its switch,
     DIR/.takedown-staging/plan.json    STAGING_PLAN: its commit point
 
@@ -47,6 +48,7 @@ AUDIT = f"{REPORT}/audit.json"
 OPTOUT = f"{REPORT}/optout.json"
 AUDIT_HTML = f"{REPORT}/audit.html"
 WORK_MANIFEST = f"{WORK}/manifest.json"
+PROGRESS_PREFIX = "progress-"  # _work/progress-<host>-<pid>.json (pipeline.engine.worker_status)
 STAGING = ".takedown-staging"
 STAGING_PLAN = f"{STAGING}/plan.json"
 # The image of a sample: a tar member `<key>.<extension>`, or a binary column of that name in a Parquet shard.
@@ -62,7 +64,7 @@ LAYOUT = re.compile(
             rf"{REPORT}/(audit\.json|audit\.html|optout\.json|takedown-[^/]+\.json)",
             re.escape(RECIPE),
             re.escape(SUCCESS),
-            rf"{WORK}/(manifest\.json|{_SHARD}\.ckpt\.parquet)",
+            rf"{WORK}/(manifest\.json|{_SHARD}\.ckpt\.parquet|{PROGRESS_PREFIX}[^/]+\.json)",
             r"(.+/)?\.[^/]+\.[0-9a-f]{32}\.tmp",  # pipeline.engine.writers.AtomicFile's temporary names
         ]
     )

@@ -79,13 +79,15 @@ class FaultHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def send_unterminated(self, content_type: str, content_length: int | None):
+    def send_unterminated(self, content_type: str, content_length: int | None, headers: dict | None = None):
         """Start a reply whose body ends when the connection closes."""
         self.close_connection = True
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         if content_length is not None:
             self.send_header("Content-Length", str(content_length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Connection", "close")
         self.end_headers()
 

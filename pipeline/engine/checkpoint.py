@@ -44,6 +44,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
+from pipeline.engine import worker_status
 from pipeline.engine.audit import write_json
 from pipeline.engine.checkpoint_records import (IMAGE_COLUMNS, RECORD_SCHEMA, MalformedCheckpoint, from_rows,
                                                 images_by_key, to_row)
@@ -145,25 +146,31 @@ def finished_tasks(output_dir: str) -> int:
     return len(FileSystems.match([layout.OutputLayout(output_dir).checkpoints_glob])[0].metadata_list)
 
 
+PROGRESS_EVERY = 10.0  # seconds between progress lines
+
+
 class ProgressReporter:
-    """Prints how many download tasks are finished, every `every` seconds, while a run goes on.
+    """Prints how many download tasks are finished, every `every` seconds, while a run goes on, and the
+    workers' merged status (rows/s, requests in flight, where row time goes: pipeline.engine.worker_status).
 
     Counting checkpoint files works the same whichever runner does the work.
     """
 
-    def __init__(self, output_dir: str, rows_per_task: int, every: float = 15.0):
-        self._output_dir, self._rows_per_task, self._every = output_dir, rows_per_task, every
+    def __init__(self, output_dir: str, rows_per_task: int, every: float | None = None):
+        self._output_dir, self._rows_per_task, self._every = output_dir, rows_per_task, every or PROGRESS_EVERY
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._report, daemon=True)
 
     def _report(self) -> None:
-        start = time.monotonic()
+        start, started_at = time.monotonic(), time.time()
         while not self._stop.wait(self._every):
             done = finished_tasks(self._output_dir)
             elapsed = int(time.monotonic() - start)
+            statuses = worker_status.read_statuses(layout.OutputLayout(self._output_dir).work, since=started_at)
+            workers = worker_status.summary(statuses)
             print(
                 f"curate: {elapsed // 60}m{elapsed % 60:02d}s: {done} download task(s) of up to "
-                f"{self._rows_per_task} rows finished",
+                f"{self._rows_per_task} rows finished" + (f"; {workers}" if workers else ""),
                 file=sys.stderr,
                 flush=True,
             )

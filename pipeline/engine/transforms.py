@@ -22,6 +22,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from pipeline.core import layout
 from pipeline.core.stage import DownloadHook, Stage, StageContext
 from pipeline.engine import checkpoint
 from pipeline.engine.stored_images import ImageStore
@@ -30,7 +31,9 @@ from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_p
 from pipeline.media.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
 from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
 from pipeline.core.records import REJECTED, Reject, Sample
+from pipeline.engine.worker_status import WorkerStatus
 from pipeline.engine.writers import OutputParams
+from pipeline.media.body_budget import BodyBudget, BodyHold
 
 HOST_TALLY = "host_tally"
 log = logging.getLogger("curate")
@@ -60,12 +63,14 @@ class DownloadHooks:
 
 
 def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample,
-                     on_fetch: Callable[[FetchResult], None] | None = None) -> Sample | Reject:
+                     on_fetch: Callable[[FetchResult], None] | None = None,
+                     hold: BodyHold | None = None) -> Sample | Reject:
     """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
     then the fields stages compute from the image while it is at hand.
 
     Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
     `on_fetch` is told the fetch's result (for the per-host politeness), if a fetch happens.
+    `hold` reserves the body's bytes in the worker's budget (pipeline.media.body_budget); the caller releases it.
     """
     if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
         sample.url = without_credentials(sample.url)  # nor kept in the rejects
@@ -74,7 +79,7 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
         verdict = stage.before_download(sample)
         if not verdict.keep:
             return sample.reject(stage.name, verdict.reason)
-    result = downloader.fetch(sample.url)
+    result = downloader.fetch(sample.url, hold=hold)
     if on_fetch is not None:
         on_fetch(result)
     if result.reason:
@@ -125,7 +130,8 @@ class _DownloadTask(beam.DoFn):
     are also written to the task's checkpoint, which a resumed run reuses row
     by row instead of downloading again (pipeline.engine.checkpoint).  The number of
     rows in flight starts at `threads` and follows the worker's CPU
-    (`InFlightLimit`) up to `in_flight_ceiling`, so memory stays bounded.
+    (`InFlightLimit`) up to `in_flight_ceiling`; memory stays bounded by the
+    bodies' reservations in the worker's `BodyBudget`.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
@@ -147,8 +153,11 @@ class _DownloadTask(beam.DoFn):
         ceiling = in_flight_ceiling(self._download)
         self._limit = InFlightLimit(self._download.threads, ceiling)  # kept across bundles: it has learnt the CPU
         self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # threads start lazily
+        self._budget = BodyBudget(self._download.body_budget_bytes)
         self._times = _RowTimes()
         self._progress = _Progress("download", detail=self._progress_detail)
+        # For the launcher's progress line: this worker's log is not shown by the local runner.
+        self._status = WorkerStatus(layout.OutputLayout(self._output_dir).work, self._status_fields)
 
     def start_bundle(self):
         self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
@@ -183,6 +192,7 @@ class _DownloadTask(beam.DoFn):
             yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()])
         if self._hosts:
             yield beam.pvalue.TaggedOutput(HOST_TALLY, WindowedValue(self._hosts, MIN_TIMESTAMP, [GlobalWindow()]))
+        self._status.write(idle=True)  # until the next bundle
 
     def _count(self, host: str, **counts: float) -> None:
         with self._hosts_lock:
@@ -210,14 +220,19 @@ class _DownloadTask(beam.DoFn):
     def _polite_fetch(self, sample: Sample) -> Sample | Reject:
         """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
         started = time.monotonic()
-        fetched: list[tuple[FetchResult, float]] = []  # the fetch's result and when it came
+        fetched: list[tuple[FetchResult, float, float]] = []  # the fetch's result, when it came, thread CPU then
+        hold = self._budget.hold()
         try:
             return fetch_and_resize(self._downloader, self._resize, self._hooks, sample,
-                                    lambda result: fetched.append((result, time.monotonic())))
+                                    lambda result: fetched.append((result, time.monotonic(), time.thread_time())),
+                                    hold)
         finally:
+            hold.release()  # decoded, resized and hashed: the body is no longer needed
             host = host_of(sample.url)
             fetched_at = fetched[0][1] if fetched else started
             self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
+            if fetched:  # did rows queue for the CPU? (InFlightLimit)
+                self._limit.row_processed(time.monotonic() - fetched_at, time.thread_time() - fetched[0][2])
             if host and fetched:
                 result = fetched[0][0]
                 self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
@@ -226,12 +241,23 @@ class _DownloadTask(beam.DoFn):
             elif host:
                 self._policy.release(host)
 
-    def _progress_detail(self) -> str:
+    def _status_fields(self) -> dict:
         network, processing = self._times.take()
-        total = network + processing or 1.0
-        return (f"{self._scheduler.in_flight} in flight (limit {self._limit.value}), "
-                f"row time {network / total:.0%} network / {processing / total:.0%} decode+resize, "
-                f"worker CPU {self._limit.cpu_cores:.2f} cores")
+        return {"in_flight": self._scheduler.in_flight, "limit": self._limit.value,
+                "network_s": round(network, 3), "processing_s": round(processing, 3),
+                "cpu_cores": round(self._limit.cpu_cores, 2), "cpu_contention": round(self._limit.contention, 2),
+                "bodies_held_bytes": self._budget.held}
+
+    def _progress_detail(self) -> str:
+        status = self._status.last  # the last few seconds
+        if not status:
+            return "no status yet"
+        total = status["network_s"] + status["processing_s"] or 1.0
+        return (f"{status['in_flight']} in flight (limit {status['limit']}), "
+                f"row time {status['network_s'] / total:.0%} network / {status['processing_s'] / total:.0%} "
+                f"decode+resize (taking {status['cpu_contention']:.1f}x its CPU time), "
+                f"worker CPU {status['cpu_cores']:.2f} cores, "
+                f"bodies held {status['bodies_held_bytes'] / 1e6:.0f} MB")
 
     def _reuse(self, record: Sample | Reject) -> Sample | Reject:
         """A checkpointed result, with the fields that this run's stages compute from images."""
@@ -247,6 +273,7 @@ class _DownloadTask(beam.DoFn):
             self._done.inc()
             ImageStore.put(result, task)  # its image can be read back from this task's checkpoint
         self._progress.tick()
+        self._status.tick()
         return saved.add(result)
 
     def teardown(self):
@@ -335,7 +362,6 @@ class _RowTimes:
 
 
 def in_flight_ceiling(download: DownloadParams) -> int:
-    """The most requests a worker may have in flight: `max_in_flight`, fewer if every body in flight
-    could be `max_bytes` long and `body_budget_bytes` would be passed; never fewer than `threads`."""
-    by_memory = download.body_budget_bytes // download.max_bytes
-    return max(download.threads, min(download.max_in_flight, by_memory))
+    """The most requests a worker may have in flight: `max_in_flight`, never fewer than `threads`.
+    Memory needs no cap here: each body reserves its own size in the worker's `BodyBudget`."""
+    return max(download.threads, download.max_in_flight)

@@ -20,6 +20,8 @@ is a success.  Reasons:
   connection_error     refused, reset, or cut before the response started
   too_many_redirects   more than `max_redirects` hops
   too_large            Content-Length or the streamed body exceeds `max_bytes`
+  body_budget_exhausted  the worker's `body_budget_bytes` stayed taken by other bodies
+                       until the deadline (pipeline.media.body_budget)
   incomplete_read      body shorter than Content-Length, or the connection was cut mid-body
   empty_body           2xx with no bytes (images only)
   not_an_image         the magic bytes are not an image format; Content-Type is ignored (images only)
@@ -59,6 +61,7 @@ from urllib3.exceptions import (
     SSLError,
 )
 
+from pipeline.media.body_budget import UNDECLARED_START, BodyHold
 from pipeline.media.dns_cache import DnsCache, DnsTimeout
 from pipeline.media.fetch_clock import FetchClock, fetch_clock, pin_addresses
 from pipeline.core.params import ParamError
@@ -81,12 +84,13 @@ class DownloadParams:
     max_redirects: int = 5  # redirects followed per fetch, each checked by the SSRF guard
     max_bytes: int = 20_000_000  # larger responses are rejected as too_large
     threads: int = 32  # requests in flight per worker process at the start (and the least it lowers to)
-    # The in-flight limit grows from `threads` while the worker's CPU has headroom and rows wait
-    # (pipeline.media.host_scheduler.InFlightLimit), so network latency is not the bottleneck, up to this cap
-    # and to body_budget_bytes // max_bytes (every body in flight may be max_bytes long).
+    # The in-flight limit grows from `threads` while rows wait for a slot but do not queue for the CPU
+    # (pipeline.media.host_scheduler.InFlightLimit), so network latency is not the bottleneck, up to this cap.
     # max_in_flight <= threads: a fixed limit of `threads`.
     max_in_flight: int = 512
-    body_budget_bytes: int = 4 << 30  # bytes of response bodies a worker may hold in flight, at worst
+    # Bytes of response bodies a worker may hold at once: each body reserves its declared length
+    # (pipeline.media.body_budget); a request whose body cannot be had waits, up to `deadline`.
+    body_budget_bytes: int = 4 << 30
     user_agent: str = "curate/0.1 (image-text dataset curation; +https://github.com/curate-dev/curate)"  # sent with every request
     allow_private_network: bool = False  # allow loopback/private/link-local hosts (SSRF guard off)
     # Wall-clock limit for one fetch (all hops, retries and the body), so a
@@ -135,6 +139,9 @@ class DownloadParams:
                         "dns_cache_ttl": self.dns_cache_ttl, "dns_negative_ttl": self.dns_negative_ttl}
         problems = [f"{name} must be > 0, got {value}" for name, value in positive.items() if value <= 0]
         problems += [f"{name} must be >= 0, got {value}" for name, value in not_negative.items() if value < 0]
+        if self.body_budget_bytes < self.max_bytes:
+            problems.append(f"body_budget_bytes ({self.body_budget_bytes}) must be >= max_bytes ({self.max_bytes}): "
+                            "a body of max_bytes could never be held")
         if problems:
             raise ParamError(f"download: {'; '.join(problems)}")
 
@@ -264,15 +271,17 @@ class Downloader:
         )
         self._pool.pool_classes_by_scheme = watched_pool_classes(None if params.allow_private_network else check_peer)
 
-    def fetch(self, url: str, expect_image: bool = True) -> FetchResult:
+    def fetch(self, url: str, expect_image: bool = True, hold: BodyHold | None = None) -> FetchResult:
         """Download `url`; never raises.  With `expect_image=False` any 2xx body
-        (even an empty one) is a success, e.g. for robots.txt."""
+        (even an empty one) is a success, e.g. for robots.txt.  With a `hold` (pipeline.media.body_budget)
+        the body is read only as far as the hold could be grown; the caller releases it when it is
+        done with the body."""
         current: str | None = None
         with fetch_clock(self.params.deadline) as clock:
             try:
                 current = _checked_url(url)
                 for _hop in range(self.params.max_redirects + 1):
-                    reply = self._get_with_retries(current, clock)
+                    reply = self._get_with_retries(current, clock, hold)
                     if reply.body is None:
                         current = _checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
                         continue
@@ -280,7 +289,8 @@ class Downloader:
                 raise _Failure("too_many_redirects")
             except _Failure as failure:
                 # A socket cut by the clock fails as whatever it was doing: say why it was cut.
-                reason = "timeout" if clock.expired and failure.reason != "blocked_address" else failure.reason
+                cut = clock.expired and failure.reason not in ("blocked_address", "body_budget_exhausted")
+                reason = "timeout" if cut else failure.reason
                 return FetchResult(url, current, None, reason, failure.status, failure.headers)
             except Exception:  # fetch must never take down a worker
                 log.exception("unexpected error fetching %s", url)
@@ -289,10 +299,10 @@ class Downloader:
     def close(self) -> None:
         self._pool.clear()
 
-    def _get_with_retries(self, url: str, clock: FetchClock) -> _Reply:
+    def _get_with_retries(self, url: str, clock: FetchClock, hold: BodyHold | None) -> _Reply:
         for attempt in range(self.params.retries + 1):
             try:
-                return self._get_once(url, clock)
+                return self._get_once(url, clock, hold)
             except _Failure as failure:
                 delay = _backoff_delay(self.params.backoff, url, attempt)
                 out_of_time = delay >= clock.remaining()
@@ -304,11 +314,11 @@ class Downloader:
                 time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _get_once(self, url: str, clock: FetchClock) -> _Reply:
+    def _get_once(self, url: str, clock: FetchClock, hold: BodyHold | None) -> _Reply:
         """One request for one hop: a redirect (body None) or a 2xx with its body."""
         response = self._request(url, clock)
         try:
-            reply = self._reply(response, clock)
+            reply = self._reply(response, clock, hold)
         finally:
             # A response read to the end keeps its connection for reuse; any other
             # is closed, so its unread bytes never reach the next request.
@@ -340,33 +350,61 @@ class Downloader:
                 timeout=urllib3.Timeout(connect=seconds, read=seconds),
             )
 
-    def _reply(self, response, clock: FetchClock) -> _Reply:
+    def _reply(self, response, clock: FetchClock, hold: BodyHold | None) -> _Reply:
         headers = {name.lower(): value for name, value in response.headers.itermerged()}
         if response.status in REDIRECT_STATUSES and "location" in headers:
             return _Reply(response.status, headers, None)
         if not 200 <= response.status <= 299:
             raise _Failure(f"http_{response.status}", response.status, headers)
-        self._check_declared_length(headers, response.status)
-        with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
-            body = self._read_body(response, clock, headers)
+        declared = self._declared_length(headers, response.status)
+        try:
+            with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
+                body = self._read_body(response, clock, headers, declared, hold)
+        except _Failure:
+            if hold is not None:
+                hold.release()  # a retry or the next hop starts afresh
+            raise
         return _Reply(response.status, headers, body)
 
-    def _check_declared_length(self, headers: dict[str, str], status: int) -> None:
+    def _declared_length(self, headers: dict[str, str], status: int) -> int | None:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.params.max_bytes:
             raise _Failure("too_large", status, headers)
+        return int(declared) if declared.isdigit() else None
 
-    def _read_body(self, response, clock: FetchClock, headers: dict[str, str]) -> bytes:
+    def _read_body(self, response, clock: FetchClock, headers: dict[str, str], declared: int | None,
+                   hold: BodyHold | None) -> bytes:
         body = bytearray()
+        if headers.get("content-encoding", "identity").lower() != "identity":
+            declared = None  # urllib3 decodes it: its length is not the one declared
+        out_of_budget = _Failure("body_budget_exhausted", response.status, headers)
         # read1 returns what has arrived, so the deadline is checked even when
         # a server drips bytes slower than the read timeout would notice.
-        while chunk := response.read1(_CHUNK_BYTES):
+        while chunk := response.read1(self._next_read(len(body), declared, hold, clock, out_of_budget)):
             body += chunk
             if len(body) > self.params.max_bytes:
                 raise _Failure("too_large", response.status, headers)
             if clock.expired:
                 raise _Failure("timeout", response.status, headers)
         return bytes(body)
+
+    def _next_read(self, length: int, declared: int | None, hold: BodyHold | None, clock: FetchClock,
+                   out_of_budget: _Failure) -> int:
+        """How many bytes the next read may take: what the hold has room for, grown first if it is full
+        (to the declared length, else by doubling)."""
+        if hold is None:
+            return _CHUNK_BYTES
+        if declared is not None and length >= declared:
+            # The read that ends the body (its connection is kept): http.client reads nothing past
+            # Content-Length, so a longer body is cut there.
+            return 1
+        if length >= self.params.max_bytes:
+            return 1  # the one byte that tells a body too large
+        if length >= hold.bytes:
+            wanted = declared if declared is not None else max(2 * hold.bytes, UNDECLARED_START)
+            if not hold.resize(min(wanted, self.params.max_bytes), clock.remaining()):
+                raise out_of_budget
+        return min(_CHUNK_BYTES, hold.bytes - length)
 
 
 def _success(url: str, final_url: str, reply: _Reply, expect_image: bool) -> FetchResult:

@@ -13,7 +13,7 @@ deadline (`host_backoff_exceeded`).  Rows of a host whose breaker is open
 are rejected at once with `host_unavailable`.
 
 How many rows are in flight at once follows `InFlightLimit`: it grows while
-the worker's CPU has headroom and rows wait, so a far-away web (100 ms to
+rows wait for a slot but not for the CPU, so a far-away web (100 ms to
 1 s per request) is met with more requests in flight, not idle CPUs.
 """
 from __future__ import annotations
@@ -57,36 +57,56 @@ class _Row:
 
 
 class InFlightLimit:
-    """How many requests a worker keeps in flight: AIMD on the worker process's CPU.
+    """How many requests a worker keeps in flight: AIMD on whether rows queue for the CPU.
 
     Every `window` seconds (a quarter of it while still doubling, to reach a
-    far-away web's need within a couple of seconds) it looks at the CPU time the process used (all its
-    threads: decode, resize, encode) per wall second.  Below `cpu_target` cores
-    while rows waited for a free slot, the limit grows (doubling until the first
-    cut, then by an eighth, at least a quarter of `start`); at or above it, the
-    CPU is the bottleneck and the limit is cut by a tenth (never below `start`),
-    which keeps memory and thread switching no larger than the CPU can use.
-    Cuts are gentle and growth quick because too few in flight costs rows/s
-    (the latency shows again) while a few too many cost only some memory.  A Python worker's
-    decode/resize mostly holds the GIL, so about one core is its saturation.
+    far-away web's need within a couple of seconds) it looks at the decode+resize
+    of the rows that ended in the window (`row_processed`): how many were at it
+    at once on average (`decoding`) and their wall time per CPU second
+    (`contention`).  Both high (`QUEUED`, `CONTENDED`) means the worker's rows
+    queue for the CPU: it is the bottleneck and more in flight cannot help, so
+    the limit is cut by a tenth (never below `start`).  Else, if rows waited
+    for a free slot, it grows (doubling until the first cut, then by an eighth,
+    at least a quarter of `start`).  Contention alone would also count waits for
+    other processes' work, and a worker waiting on the network between such
+    rows still gains from more in flight; rows at it at once alone would also
+    count decoders running side by side on several cores.  Unlike the process's
+    CPU time against a fixed share of a core, this needs no guess of how many
+    cores the worker can have, and the limit settles where the CPU is busy,
+    not 10% below it.  Too few in flight costs rows/s (the latency shows
+    again) while a few too many cost only some memory (bounded by
+    pipeline.media.body_budget), so cuts are gentle and growth quick; the first
+    windows, before any row is decoded, double it.  `cpu_cores` (the
+    process's CPU per wall second) is for the progress line.
     """
 
     GROWTH_AFTER_CUT = 0.125  # of the limit, per window
     LEAST_GROWTH = 0.25  # of `start`
     CUT = 0.9
+    QUEUED = 2.0  # rows in decode+resize at once, on average
+    CONTENDED = 1.5  # decode+resize wall seconds per CPU second
 
-    def __init__(self, start: int, ceiling: int, cpu_target: float = 0.9, window: float = 1.0,
+    def __init__(self, start: int, ceiling: int, window: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, cpu_clock: Callable[[], float] = time.process_time):
         self.value = self._start = min(start, ceiling)
-        self._ceiling, self._cpu_target, self._window = ceiling, cpu_target, window
+        self._ceiling, self._window = ceiling, window
         self._clock, self._cpu_clock = clock, cpu_clock
         self._doubling, self._waited = True, False
         self._since, self._cpu_since = clock(), cpu_clock()
+        self._processing = [0.0, 0.0]  # wall and CPU seconds of decode+resize in this window
+        self._lock = threading.Lock()
         self.cpu_cores = 0.0  # the last window's CPU use, for the progress log
+        self.decoding = self.contention = 0.0  # the last window's, for the progress log
 
     def rows_waited(self) -> None:
         """Rows were queued while every slot was taken."""
         self._waited = True
+
+    def row_processed(self, wall: float, cpu: float) -> None:
+        """A row's decode+resize took `wall` seconds, `cpu` of them on a CPU (thread-safe)."""
+        with self._lock:
+            self._processing[0] += wall
+            self._processing[1] += cpu
 
     def update(self) -> None:
         now = self._clock()
@@ -95,7 +115,12 @@ class InFlightLimit:
             return
         cpu = self._cpu_clock()
         self.cpu_cores = (cpu - self._cpu_since) / wall
-        if self.cpu_cores >= self._cpu_target:
+        with self._lock:
+            processing_wall, processing_cpu = self._processing
+            self._processing = [0.0, 0.0]
+        self.decoding = processing_wall / wall
+        self.contention = processing_wall / processing_cpu if processing_cpu > 0 else 0.0
+        if self.decoding >= self.QUEUED and self.contention >= self.CONTENDED:
             self.value = max(self._start, int(self.value * self.CUT))
             self._doubling = False
         elif self._waited:
