@@ -13,7 +13,7 @@ from pipeline.media.body_budget import UNDECLARED_START, BodyBudget
 from pipeline.media.download import Downloader, DownloadParams
 from tests.localweb_faults import FaultyWeb
 from pipeline.core.params import ParamError
-from pipeline.engine.transforms import in_flight_ceiling
+from pipeline.engine.download_images import in_flight_ceiling
 
 LOCAL = DownloadParams(timeout=2.0, retries=0, backoff=0.01, allow_private_network=True, deadline=5.0)
 

@@ -18,7 +18,7 @@ from pipeline.demo.localweb import tiny_jpeg
 from pipeline.media.imaging import ResizeParams
 from pipeline.core.params import ParamError, build
 from pipeline.core.records import Reject, Sample, Verdict
-from pipeline.engine.transforms import DownloadHooks, fetch_and_resize
+from pipeline.engine.download_images import DownloadHooks, fetch_and_resize
 from pipeline.core.stage import DownloadHook
 from tests.localweb_faults import FaultyWeb
 

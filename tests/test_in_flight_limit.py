@@ -11,7 +11,7 @@ from pipeline.media.download import DownloadParams
 from pipeline.media.host_scheduler import HostScheduler, InFlightLimit
 from pipeline.media.politeness import HostPolicy, PolitenessParams
 from pipeline.core.records import Sample
-from pipeline.engine.transforms import in_flight_ceiling
+from pipeline.engine.download_images import in_flight_ceiling
 
 
 class Clocks:
@@ -130,7 +130,7 @@ def test_more_than_214_small_requests_go_in_flight_with_the_default_params():
 
 
 def test_the_progress_line_tells_requests_in_flight_and_where_row_time_goes(caplog):
-    from pipeline.engine.transforms import _Progress, _RowTimes
+    from pipeline.engine.download_images import _Progress, _RowTimes
 
     times = _RowTimes()
     times.add(network=0.3, processing=0.1)

@@ -1,6 +1,6 @@
 """Model stages through Beam's RunInference.
 
-Kept apart from pipeline.engine.transforms because importing Beam's inference module
+Kept apart from pipeline.engine.download_images because importing Beam's inference module
 pulls in torch and scipy (about 1.5 CPU-seconds in the launcher and in every
 worker): recipes without a model stage never import this module.
 """

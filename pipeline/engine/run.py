@@ -27,7 +27,7 @@ from pipeline.engine.stored_images import RestoreImages, StripImages
 from pipeline.core.records import REJECTED
 from pipeline.engine.apply_stage import ApplyStage
 from pipeline.engine.read_inputs import INPUTS, ReadAndKey
-from pipeline.engine.transforms import DownloadImages
+from pipeline.engine.download_images import DownloadImages
 from pipeline.engine.write_outputs import WriteOutputs
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
