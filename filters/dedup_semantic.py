@@ -14,6 +14,11 @@ All embeddings go to one worker (4 bytes per dimension per sample: 2 GB for a
 million 512-d embeddings), and each cluster's similarity matrix is
 size^2 floats: choose `clusters` so that clusters stay below ~20,000 samples.
 A sample without a usable embedding is dropped as `missing_embedding`.
+
+The audit (`dedup.dedup_semantic`) gets the number of clusters, a histogram
+of their sizes, the quantiles of the share of each cluster removed, how many
+were left with one sample, that none was emptied (the first sample of a
+cluster's order is never dropped), and the largest clusters.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.core.stage import DatasetStage, Needs
+from pipeline.dedup.cluster_report import LARGEST_CLUSTERS, size_bucket
 from pipeline.dedup.groups import DropLosers, check_range
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
@@ -87,15 +93,48 @@ def cluster_assignments(vectors: np.ndarray, params: SemanticDedup.Params) -> tu
 
 def semantic_losers(keyed: list[tuple[str, np.ndarray]], params: SemanticDedup.Params) -> Iterable[tuple[str, dict]]:
     """(loser key, {"duplicate_of": key}) for every sample SemDeDup drops (see the module doc)."""
-    if len(keyed) < 2:
-        return
-    keyed = sorted(keyed, key=lambda pair: pair[0])
-    keys = [key for key, _ in keyed]
-    vectors = np.stack([vector for _, vector in keyed]).astype(np.float32)
-    assigned, centroids = cluster_assignments(vectors, params)
-    for cluster in range(len(centroids)):
-        members = np.flatnonzero(assigned == cluster)
-        yield from _cluster_losers(members, vectors, centroids[cluster], keys, params)
+    return semantic_dedup(keyed, params)[0]
+
+
+def semantic_dedup(keyed: list[tuple[str, np.ndarray]], params: SemanticDedup.Params) -> tuple[list, dict]:
+    """(the losers, as `semantic_losers` gives them; the report: cluster sizes and removal per cluster)."""
+    sizes, removed, losers = [], [], []
+    if len(keyed) >= 2:
+        keyed = sorted(keyed, key=lambda pair: pair[0])
+        keys = [key for key, _ in keyed]
+        vectors = np.stack([vector for _, vector in keyed]).astype(np.float32)
+        assigned, centroids = cluster_assignments(vectors, params)
+        for cluster in range(len(centroids)):
+            members = np.flatnonzero(assigned == cluster)
+            dropped = list(_cluster_losers(members, vectors, centroids[cluster], keys, params))
+            sizes.append(len(members))
+            removed.append(len(dropped))
+            losers += dropped
+    return losers, cluster_report(sizes, removed, params.eps)
+
+
+def cluster_report(sizes: list[int], removed: list[int], eps: float) -> dict:
+    """The audit's view of the clusters: how big they are and how much of each was removed."""
+    sizes_array, removed_array = np.asarray(sizes, float), np.asarray(removed, float)
+    share = np.divide(removed_array, sizes_array, out=np.zeros_like(sizes_array), where=sizes_array > 0)
+    size_histogram: dict[str, int] = {}
+    for size in sizes:
+        bucket = "1" if size < 2 else size_bucket(size)
+        size_histogram[bucket] = size_histogram.get(bucket, 0) + 1
+    largest = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))[:LARGEST_CLUSTERS]
+    return {
+        "eps": eps,
+        "clusters": len(sizes),
+        "embedded_samples": int(sizes_array.sum()),
+        "removed": int(removed_array.sum()),
+        "cluster_sizes": size_histogram,
+        # Share of each cluster removed: its quantiles over the clusters, and clusters left with one sample.
+        "removed_share_quantiles": {q: round(float(np.quantile(share, float(q))), 4) if len(share) else 0.0
+                                    for q in ("0.5", "0.9", "0.99", "1.0")},
+        "clusters_left_with_one": int(np.sum((sizes_array > 1) & (sizes_array - removed_array == 1))),
+        "clusters_emptied": int(np.sum((sizes_array > 0) & (removed_array >= sizes_array))),
+        "largest_clusters": [{"size": sizes[i], "removed": removed[i]} for i in largest],
+    }
 
 
 def _cluster_losers(members, vectors, centroid, keys, params) -> Iterable[tuple[str, dict]]:
@@ -131,13 +170,15 @@ class _SemanticDedup(beam.PTransform):
         split = samples | "SplitByEmbedding" >> beam.ParDo(_SplitByEmbedding(self._stage, p.field)).with_outputs(
             REJECTED, main="embedded"
         )
-        losers = (
+        result = (
             split.embedded
             | "KeyedEmbeddings" >> beam.Map(lambda s: (s.key, embedding_of(s, p.field)))
             | "AllEmbeddings" >> beam.combiners.ToList()
-            | "SemDeDup" >> beam.FlatMap(semantic_losers, p)
+            | "SemDeDup" >> beam.Map(semantic_dedup, p)
         )
+        losers = result | "Losers" >> beam.FlatMap(lambda losers_and_report: losers_and_report[0])
+        report = result | "Report" >> beam.Map(lambda losers_and_report: losers_and_report[1])
         dropped = split.embedded | "DropDuplicates" >> DropLosers(self._stage, "semantic_duplicate", losers)
         rejected = (split[REJECTED], dropped["rejected"]) | "AllRejects" >> beam.Flatten()
-        return {"kept": dropped["kept"], "rejected": rejected}
+        return {"kept": dropped["kept"], "rejected": rejected, "report": report}
 

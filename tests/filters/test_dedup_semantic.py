@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from filters.dedup_semantic import SemanticDedup, semantic_losers
+from filters.dedup_semantic import SemanticDedup, cluster_report, semantic_losers
 from pipeline.core.registry import get_stage
 from pipeline.core.records import Sample
 
@@ -55,20 +55,34 @@ def test_in_beam_with_reasons(tmp_path):
     samples.append(Sample(key="zzz", shard_id=0, url="u"))
     path = tmp_path / "out.json"
 
-    def write(_, kept, rejected):
-        path.write_text(json.dumps({"kept": kept, "rejected": rejected}))
+    def write(_, kept, rejected, report):
+        path.write_text(json.dumps({"kept": kept, "rejected": rejected, "report": report}))
 
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         out = pipeline | beam.Create(samples, reshuffle=False) | SemanticDedup(SemanticDedup.Params(clusters=5)).transform()
         kept = out["kept"] | beam.Map(lambda s: s.key) | "K" >> beam.combiners.ToList()
         rejected = out["rejected"] | beam.Map(lambda r: (r.key, r.stage, r.reason)) | "R" >> beam.combiners.ToList()
         _ = pipeline | "One" >> beam.Create([None]) | beam.Map(
-            write, beam.pvalue.AsSingleton(kept), beam.pvalue.AsSingleton(rejected))
+            write, beam.pvalue.AsSingleton(kept), beam.pvalue.AsSingleton(rejected), beam.pvalue.AsSingleton(out["report"]))
     result = json.loads(path.read_text())
     reasons = {key: (stage, reason) for key, stage, reason in result["rejected"]}
     assert reasons.pop("zzz") == ("dedup_semantic", "missing_embedding")
     assert set(reasons.values()) == {("dedup_semantic", "semantic_duplicate")} and len(reasons) == 20
     assert len(result["kept"]) == 300
+    report = result["report"]  # what the audit shows under dedup.dedup_semantic
+    assert report["clusters"] == 5 and report["embedded_samples"] == 320 and report["removed"] == 20
+    assert sum(report["cluster_sizes"].values()) == 5 and report["clusters_emptied"] == 0
+
+
+def test_the_report_counts_each_cluster_by_hand():
+    sizes, removed = [1, 2, 10, 40], [0, 1, 3, 0]
+    report = cluster_report(sizes, removed, eps=0.05)
+    assert report["cluster_sizes"] == {"1": 1, "2": 1, "9-16": 1, "33-64": 1}
+    assert report["removed"] == 4 and report["embedded_samples"] == 53
+    assert report["clusters_left_with_one"] == 1  # the pair lost one
+    assert report["removed_share_quantiles"]["1.0"] == 0.5 and report["clusters_emptied"] == 0
+    assert report["largest_clusters"][0] == {"size": 40, "removed": 0}
+    assert cluster_report([3], [3], eps=0.05)["clusters_emptied"] == 1  # what SemDeDup itself never does
 
 
 @pytest.mark.parametrize("keep", ["hard", "easy"])
