@@ -137,8 +137,9 @@ def test_bodies_in_flight_never_exceed_the_budget_whatever_they_declare(web):
 # --- what this frees -------------------------------------------------------------------------
 
 def test_the_in_flight_ceiling_is_no_longer_the_budget_over_max_bytes():
-    assert in_flight_ceiling(DownloadParams()) == 512  # was 4 GiB // 20 MB = 214
-    assert in_flight_ceiling(DownloadParams(max_bytes=1_000_000, body_budget_bytes=100_000_000)) == 512
+    assert in_flight_ceiling(DownloadParams()) == DownloadParams().max_in_flight
+    # was body_budget_bytes // max_bytes: 100 MB // 1 MB = 100, now whatever max_in_flight says
+    assert in_flight_ceiling(DownloadParams(max_bytes=1_000_000, body_budget_bytes=100_000_000, max_in_flight=512)) == 512
     assert in_flight_ceiling(DownloadParams(max_in_flight=64)) == 64
     assert in_flight_ceiling(DownloadParams(threads=8, max_in_flight=4)) == 8  # a fixed limit of `threads`
 

@@ -26,66 +26,48 @@ class Clocks:
 
 
 def limit_with(clocks: Clocks, start: int = 32, ceiling: int = 512) -> InFlightLimit:
-    return InFlightLimit(start, ceiling, window=1.0, clock=lambda: clocks.wall, cpu_clock=lambda: clocks.cpu)
+    return InFlightLimit(start, ceiling, cpu_target=0.9, window=1.0, clock=lambda: clocks.wall,
+                         cpu_clock=lambda: clocks.cpu)
 
 
-def window(limit: InFlightLimit, clocks: Clocks, contention: float, waited: bool = True, seconds: float = 1.0,
-           cores: float = 0.5, decoding: float = 3.0) -> int:
-    """One window with `decoding` rows in decode+resize at once, which took `contention` x their CPU time."""
+def window(limit: InFlightLimit, clocks: Clocks, cores: float, waited: bool = True, seconds: float = 1.0) -> int:
     if waited:
         limit.rows_waited()
-    limit.row_processed(wall=decoding * seconds, cpu=decoding * seconds / contention)
     clocks.spend(seconds, cores)
     limit.update()
     return limit.value
 
 
-def test_grows_by_doubling_while_rows_wait_for_a_slot_but_not_for_the_cpu_up_to_the_ceiling():
+def test_grows_by_doubling_while_the_cpu_has_headroom_and_rows_wait_up_to_the_ceiling():
     clocks = Clocks()
     limit = limit_with(clocks)
-    assert [window(limit, clocks, 1.1, seconds=0.25, cores=0.3) for _ in range(5)] == [64, 128, 256, 512, 512]
-    assert limit.cpu_cores == pytest.approx(0.3) and limit.contention == pytest.approx(1.1)
-
-
-def test_a_busy_cpu_that_rows_do_not_wait_for_is_no_reason_to_stop_growing():
-    """A worker using 0.95 of a core whose rows still get it at once: more in flight still pays (the old rule
-    cut at 0.9 cores and so kept the worker 10% below what it could do)."""
-    clocks = Clocks()
-    limit = limit_with(clocks)
-    assert [window(limit, clocks, 1.2, seconds=0.25, cores=0.95) for _ in range(3)] == [64, 128, 256]
-
-
-def test_rows_slowed_by_other_processes_while_the_worker_waits_on_the_network_still_grow_the_limit():
-    """A loaded machine: each row's decode takes 3x its CPU time, but they come one at a time (0.5 at once):
-    the worker is idle between them, and more in flight gives it more rows."""
-    clocks = Clocks()
-    limit = limit_with(clocks)
-    assert window(limit, clocks, 3.0, seconds=0.25, decoding=0.5) == 64
-    assert window(limit, clocks, 3.0, seconds=0.25, decoding=2.5) == 57  # now they queue: cut
+    assert [window(limit, clocks, cores=0.3, seconds=0.25) for _ in range(5)] == [64, 128, 256, 512, 512]
+    assert limit.cpu_cores == pytest.approx(0.3)
 
 
 def test_does_not_grow_when_no_row_waited_for_a_slot():
     clocks = Clocks()
     limit = limit_with(clocks)
-    assert window(limit, clocks, 1.0, waited=False) == 32
+    assert window(limit, clocks, cores=0.1, waited=False) == 32
 
 
 def test_waits_a_whole_window_before_judging():
     clocks = Clocks()
     limit = limit_with(clocks)
-    assert window(limit, clocks, 1.0, seconds=0.1) == 32  # under a quarter window: no look yet
-    assert window(limit, clocks, 1.0, seconds=0.2) == 64
+    assert window(limit, clocks, cores=0.1, seconds=0.1) == 32  # under a quarter window: no look yet
+    assert window(limit, clocks, cores=0.1, seconds=0.2) == 64
 
 
-def test_rows_taking_turns_for_the_cpu_cut_the_limit_then_it_grows_slowly_and_never_below_the_start():
+def test_a_saturated_cpu_cuts_the_limit_then_it_grows_slowly_and_never_below_the_start():
     clocks = Clocks()
     limit = limit_with(clocks)
     for _ in range(3):
-        window(limit, clocks, 1.0, seconds=0.25)  # 256
-    assert window(limit, clocks, 2.5) == 230  # a tenth off
-    assert window(limit, clocks, 1.2) == 258  # + an eighth, not doubling any more
+        window(limit, clocks, cores=0.2, seconds=0.25)  # 256
+    assert window(limit, clocks, cores=1.0) == 230  # a tenth off
+    assert window(limit, clocks, cores=0.5) == 258  # + an eighth, not doubling any more
+    assert limit_with(clocks, start=32, ceiling=40).value == 32
     for _ in range(40):
-        window(limit, clocks, 3.0)
+        window(limit, clocks, cores=1.2)
     assert limit.value == 32
 
 
@@ -121,10 +103,10 @@ def test_the_scheduler_raises_requests_in_flight_when_the_network_is_slow_and_th
     assert limit.value == 64 and peak > 32
 
 
-def test_more_than_214_small_requests_go_in_flight_with_the_default_params():
+def test_more_than_214_small_requests_go_in_flight_when_max_in_flight_allows():
     """The ceiling is max_in_flight, no longer body_budget_bytes // max_bytes = 4 GiB // 20 MB = 214: each body
     reserves its own size (pipeline.media.body_budget)."""
-    limit = InFlightLimit(32, in_flight_ceiling(DownloadParams()), window=0.1, cpu_clock=lambda: 0.0)
+    limit = InFlightLimit(32, in_flight_ceiling(DownloadParams(max_in_flight=512)), window=0.1, cpu_clock=lambda: 0.0)
     rows, results, peak = far_away_rows(limit, 3000, hosts=64, seconds=0.3)
     assert len(results) == len(rows) and peak > 214
 

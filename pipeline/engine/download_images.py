@@ -231,7 +231,7 @@ class _DownloadTask(beam.DoFn):
             host = host_of(sample.url)
             fetched_at = fetched[0][1] if fetched else started
             self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
-            if fetched:  # did rows queue for the CPU? (InFlightLimit)
+            if fetched:  # decode+resize time per CPU second, for the progress line
                 self._limit.row_processed(time.monotonic() - fetched_at, time.thread_time() - fetched[0][2])
             if host and fetched:
                 result = fetched[0][0]

@@ -57,39 +57,37 @@ class _Row:
 
 
 class InFlightLimit:
-    """How many requests a worker keeps in flight: AIMD on whether rows queue for the CPU.
+    """How many requests a worker keeps in flight: AIMD on the worker process's CPU.
 
     Every `window` seconds (a quarter of it while still doubling, to reach a
-    far-away web's need within a couple of seconds) it looks at the decode+resize
-    of the rows that ended in the window (`row_processed`): how many were at it
-    at once on average (`decoding`) and their wall time per CPU second
-    (`contention`).  Both high (`QUEUED`, `CONTENDED`) means the worker's rows
-    queue for the CPU: it is the bottleneck and more in flight cannot help, so
-    the limit is cut by a tenth (never below `start`).  Else, if rows waited
-    for a free slot, it grows (doubling until the first cut, then by an eighth,
-    at least a quarter of `start`).  Contention alone would also count waits for
-    other processes' work, and a worker waiting on the network between such
-    rows still gains from more in flight; rows at it at once alone would also
-    count decoders running side by side on several cores.  Unlike the process's
-    CPU time against a fixed share of a core, this needs no guess of how many
-    cores the worker can have, and the limit settles where the CPU is busy,
-    not 10% below it.  Too few in flight costs rows/s (the latency shows
-    again) while a few too many cost only some memory (bounded by
-    pipeline.media.body_budget), so cuts are gentle and growth quick; the first
-    windows, before any row is decoded, double it.  `cpu_cores` (the
-    process's CPU per wall second) is for the progress line.
+    far-away web's need within a couple of seconds) it looks at the CPU time
+    the process used (all its threads: decode, resize, encode) per wall second.
+    Below `cpu_target` cores while rows waited for a free slot, the limit grows
+    (doubling until the first cut, then by an eighth, at least a quarter of
+    `start`); at or above it, the CPU is the bottleneck and the limit is cut by
+    a tenth (never below `start`).  Cuts are gentle and growth quick because
+    too few in flight costs rows/s (the latency shows again) while a few too
+    many cost only some memory (bounded by pipeline.media.body_budget).  A
+    Python worker's decode/resize mostly holds the GIL, so about one core is
+    its saturation.
+
+    The decode+resize of the rows that ended in a window (`row_processed`) is
+    measured too, for the progress line only: how many were at it at once
+    (`decoding`) and their wall time per CPU second (`contention`).  It is not
+    a signal to cut on: with many network threads in one process, the GIL
+    makes a decode take several times its CPU time even while the CPU has
+    headroom (on a quiet machine at 300 ms that rule held 0.67 of the
+    zero-latency rate, this one 0.93; benchmarks/README.md, "Latency").
     """
 
     GROWTH_AFTER_CUT = 0.125  # of the limit, per window
     LEAST_GROWTH = 0.25  # of `start`
     CUT = 0.9
-    QUEUED = 2.0  # rows in decode+resize at once, on average
-    CONTENDED = 1.5  # decode+resize wall seconds per CPU second
 
-    def __init__(self, start: int, ceiling: int, window: float = 1.0,
+    def __init__(self, start: int, ceiling: int, cpu_target: float = 0.9, window: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, cpu_clock: Callable[[], float] = time.process_time):
         self.value = self._start = min(start, ceiling)
-        self._ceiling, self._window = ceiling, window
+        self._ceiling, self._cpu_target, self._window = ceiling, cpu_target, window
         self._clock, self._cpu_clock = clock, cpu_clock
         self._doubling, self._waited = True, False
         self._since, self._cpu_since = clock(), cpu_clock()
@@ -120,7 +118,7 @@ class InFlightLimit:
             self._processing = [0.0, 0.0]
         self.decoding = processing_wall / wall
         self.contention = processing_wall / processing_cpu if processing_cpu > 0 else 0.0
-        if self.decoding >= self.QUEUED and self.contention >= self.CONTENDED:
+        if self.cpu_cores >= self._cpu_target:
             self.value = max(self._start, int(self.value * self.CUT))
             self._doubling = False
         elif self._waited:
