@@ -38,10 +38,9 @@ from pipeline.core.stage import DatasetStage, Needs
 from pipeline.media.metaclip_entries import EntryMatcher, load_entries, shared_matcher
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
-from pipeline.core.records import Sample
+from pipeline.core.records import REJECTED, Sample
 
 KEPT = "kept"
-REJECTED = "rejected"
 NO_LANGUAGE = "*"
 ENTRIES_FIELD = "balance_entries"
 KEEP_PROB_FIELD = "balance_keep_prob"

@@ -30,11 +30,11 @@ from PIL import Image
 
 from pipeline.core.stage import DatasetStage, ImageFields, Needs
 from pipeline.dedup.bands import Candidate, pigeonhole_band_keys
-from pipeline.dedup.cluster_transforms import REJECTED, NearDuplicateStage
+from pipeline.dedup.cluster_transforms import NearDuplicateStage
 from pipeline.dedup.groups import check_range, keep_rank
 from pipeline.dedup.image_signatures import HASH_BITS, HammingMatcher, UnreadableImage, sample_signature, store_signature
 from pipeline.core.registry import register
-from pipeline.core.records import Sample
+from pipeline.core.records import REJECTED, Sample
 
 
 class _HashImages(beam.DoFn):

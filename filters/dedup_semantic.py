@@ -33,9 +33,8 @@ from pipeline.dedup.cluster_report import LARGEST_CLUSTERS, size_bucket
 from pipeline.dedup.groups import DropLosers, check_range
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
-from pipeline.core.records import Sample
+from pipeline.core.records import REJECTED, Sample
 
-REJECTED = "rejected"
 
 
 @register

@@ -31,11 +31,10 @@ import apache_beam as beam
 from pipeline.core.stage import DatasetStage
 from pipeline.core.params import ParamError
 from pipeline.core.registry import register
-from pipeline.core.records import Sample
+from pipeline.core.records import REJECTED, Sample
 
 QUANTILE_INTERVALS = 1000
 KEPT = "kept"
-REJECTED = "rejected"
 
 
 @register

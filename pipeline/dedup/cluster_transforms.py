@@ -50,8 +50,8 @@ from pipeline.dedup.bands import Candidate, PairMatcher, band_records, node_key,
 from pipeline.dedup.cluster_report import ClusterReport, ClusterSizeFn, describe_band_key
 from pipeline.dedup.clustering import both_directions, group_edges, large_star, parent_claims, resolve_parent, small_star
 from pipeline.dedup.groups import DropLosers
+from pipeline.core.records import REJECTED
 
-REJECTED = "rejected"
 
 
 # ---------------------------------------------------------------- combiners
