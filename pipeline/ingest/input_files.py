@@ -43,7 +43,7 @@ _EXTENSION_FORMATS = {
     ".wat": "wat",  # Common Crawl: *.warc.wat.gz
 }
 # The suffixes Beam's CompressionTypes.AUTO decompresses.
-_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".xz", ".lzma", ".deflate")
+COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".zstd", ".xz", ".lzma", ".deflate")
 _GLOB_CHARS = ("*", "?", "[")
 
 # What a text input must not start with: it is some other kind of file (or compressed without saying so).
@@ -140,7 +140,7 @@ def detect_format(path: str, override: str | None = None) -> str:
             raise InputError(f"unknown input format {override!r}; expected one of {', '.join(FORMATS)}")
         return fmt
     name = path.lower()
-    compressed = name.endswith(_COMPRESSION_SUFFIXES)
+    compressed = name.endswith(COMPRESSION_SUFFIXES)
     if compressed:
         name = posixpath.splitext(name)[0]
     fmt = _EXTENSION_FORMATS.get(posixpath.splitext(name)[1])

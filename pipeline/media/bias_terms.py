@@ -18,6 +18,9 @@ TERMS_FIELD = "bias_terms"
 PERCEIVED_FIELD = "bias_perceived"
 SECTIONS = ("groups", "contexts")
 _WORD = re.compile(r"[^\W_]+")
+# libyaml's safe loader when PyYAML was built with it: the bundled list parses in ~10 ms instead of 170
+# (every run's report reads it).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class TermsError(ValueError):
@@ -64,7 +67,7 @@ def load_terms(path: str | None = None) -> BiasTerms:
     """Read and check a word-list file (the bundled one by default)."""
     path = path or default_terms_path()
     try:
-        document = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+        document = yaml.load(Path(path).expanduser().read_text(encoding="utf-8"), Loader=_YAML_LOADER)
     except OSError as err:
         raise TermsError(f"bias terms file {path!r}: cannot read it: {err.strerror}") from None
     except yaml.YAMLError as err:

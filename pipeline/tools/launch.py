@@ -22,6 +22,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions, TestOptions
@@ -58,14 +60,18 @@ def run_job(
 ) -> JobResult:
     """Run one job as `curate run` does; `recipe` a Recipe or a file/bundled name, `inputs` an InputSpec or
     files/folders/globs, `beam_args` Beam pipeline options."""
+    inputs = inputs if isinstance(inputs, InputSpec) else resolve_inputs(list(inputs))
     # --engine spelled out, and a Flink/Spark run without its jar refused, before the output folder is touched.
-    options = runners.expand(RunOptions(default_beam_args(list(beam_args))))
+    beam_args = list(beam_args)
+    args = default_beam_args(beam_args, estimated_rows(inputs))
+    options = runners.expand(RunOptions(args))
     recipe = recipe if isinstance(recipe, Recipe) else load_job_recipe(recipe)
     check_stages(recipe, options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES)
-    inputs = inputs if isinstance(inputs, InputSpec) else resolve_inputs(list(inputs))
     output_dir = absolute(output).rstrip("/")
     check_output_outside_inputs(output_dir, inputs)
     say(f"curate: recipe {recipe.name} ({len(recipe.stages)} stages), {len(inputs.paths)} input file(s) -> {output_dir}")
+    if IN_PROCESS_ARGS[-1] in args and IN_PROCESS_ARGS[-1] not in beam_args:
+        say("curate: small input: the rows run in this process (--direct_num_workers=N for worker processes)")
     if options.view_as(TestOptions).dry_run:
         # Builds (and for Dataflow, submits for validation) the job graph only: nothing to prepare or read back.
         _execute(recipe, inputs, output_dir, options, save_pipeline)
@@ -77,15 +83,51 @@ def run_job(
         return finalize(output_dir)
 
 
-def default_beam_args(beam_args: list[str]) -> list[str]:
-    """One worker process per core for the local runner, unless the user chose."""
+# Inputs of at most this many rows run in the launcher's process when the user chose no workers.  Two
+# worker processes cost ~6 s of start-up on 2 cores (each imports Beam; the rows go to them and back
+# over gRPC), and one process, its download threads decoding outside the GIL, is faster up to ~2,700
+# rows there (benchmarks/README.md, "Start-up"); with more cores the crossover comes sooner.
+SMALL_INPUT_ROWS = 1000
+IN_PROCESS_ARGS = ("--direct_num_workers=1", "--direct_running_mode=in_memory")
+_TEXT_BYTES_PER_ROW = 64  # a URL and a short caption: longer rows make the estimate larger, never smaller
+_COMPRESSION_RATIO = 4  # a gzip'd URL list
+
+
+def default_beam_args(beam_args: list[str], input_rows: int | None = None) -> list[str]:
+    """One worker process per core for the local runner, unless the user chose; none (the rows run in
+    this process) for a small input (`input_rows`, an estimate, at most SMALL_INPUT_ROWS)."""
     given = " ".join(beam_args)
     extra = []
-    if "--runner" not in given and "--direct_num_workers" not in given:
-        extra = [f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_processing"]
+    if "--runner" not in given and "--direct_num_workers" not in given and "--direct_running_mode" not in given:
+        if input_rows is not None and input_rows <= SMALL_INPUT_ROWS:
+            extra = list(IN_PROCESS_ARGS)
+        else:
+            extra = [f"--direct_num_workers={os.cpu_count() or 1}", "--direct_running_mode=multi_processing"]
     if "--default_sdk_harness_log_level" not in given:
         extra.append("--default_sdk_harness_log_level=WARNING")  # worker start-up chatter hides the summary
     return [*beam_args, *extra]
+
+
+def estimated_rows(inputs: InputSpec) -> int | None:
+    """About how many rows the inputs hold (Parquet's own count; text by size), or None if unknown."""
+    from pipeline.ingest import input_files
+
+    total = 0
+    try:
+        for path in inputs.paths:
+            fmt = input_files.detect_format(path, inputs.format)
+            if fmt in ("warc", "wat"):
+                return None  # pages, not rows: as many images as they link
+            if fmt == "parquet":
+                with FileSystems.open(path) as handle:
+                    total += pq.ParquetFile(handle).metadata.num_rows
+                continue
+            size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
+            compressed = path.lower().endswith(input_files.COMPRESSION_SUFFIXES)
+            total += size * (_COMPRESSION_RATIO if compressed else 1) // _TEXT_BYTES_PER_ROW
+    except (OSError, IndexError, ValueError, pa.ArrowException):  # unreadable here: the run reports it
+        return None
+    return total
 
 
 def load_job_recipe(recipe: str, overrides: Iterable[str] = (), allow_private_network: bool = False) -> Recipe:
