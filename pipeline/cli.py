@@ -13,20 +13,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pipeline import __version__
 
-from pipeline.engine import malloc
+from pipeline.engine import malloc, worker_forkserver
 from pipeline.core.errors import JobError
-from pipeline.ingest.input_files import FORMATS
 
 EPILOG_RUN = """\
 Beam options: anything not listed above goes to Beam's PipelineOptions, e.g.
   --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp
   --direct_num_workers=2 --direct_running_mode=multi_processing
 The default runner is Beam's in-process FnApiRunner (never the Prism binary,
-which Beam would try to download), with one worker process per core.
+which Beam would try to download), with one worker process per core; inputs
+of about 1,000 rows or fewer run in this process unless a --direct_* option
+says otherwise.
 
 Output (DIR):
   shards/00000.tar + shards/00000.parquet   WebDataset shard + its metadata
@@ -54,6 +56,10 @@ of a run that died on this machine is taken over).
 
 def main(argv: list[str] | None = None) -> int:
     malloc.limit_arenas()  # first, before any thread starts
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _may_start_worker_processes(argv):
+        # Before this process imports Beam: the workers' imports run beside its own (on another core).
+        worker_forkserver.start({malloc.ENV: malloc.arena_max()})
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
@@ -80,7 +86,19 @@ def _drop_known_noise(record: logging.LogRecord) -> bool:
     return not any(noise in message for noise in _NOISE)
 
 
+def _may_start_worker_processes(argv: list[str]) -> bool:
+    """Whether `curate run` may use local worker processes (the run decides; see pipeline.tools.launch)."""
+    if not argv or argv[0] != "run" or (os.cpu_count() or 1) < 2:
+        return False
+    chosen = " ".join(argv)
+    if any(flag in chosen for flag in ("--runner", "--engine", "--dry_run", "--help", " -h")):
+        return False
+    return "--direct_running_mode" not in chosen or "--direct_running_mode=multi_processing" in chosen
+
+
 def _parser() -> argparse.ArgumentParser:
+    from pipeline.ingest.input_files import FORMATS
+
     parser = argparse.ArgumentParser(
         prog="curate",
         description="Build image-text training datasets: read URL lists, download politely, "

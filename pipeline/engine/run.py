@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shlex
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.core.stage import DatasetStage
-from pipeline.engine import audit, embedding_files, malloc, runners
+from pipeline.engine import audit, embedding_files, malloc, runners, worker_forkserver
 from pipeline.engine.recipe import Recipe
 from pipeline.engine.stored_images import RestoreImages, StripImages
 from pipeline.core.records import REJECTED
@@ -31,7 +28,8 @@ from pipeline.engine.download_images import DownloadImages
 from pipeline.engine.write_outputs import WriteOutputs
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
-WORKER_LOG_DIR = Path(tempfile.gettempdir()) / "curate-worker-logs"
+WORKER_LOG_DIR = worker_forkserver.WORKER_LOG_DIR
+worker_log_path = worker_forkserver.worker_log_path
 
 
 @dataclass(frozen=True)
@@ -174,10 +172,8 @@ def _local_runner(options: PipelineOptions):
         return FnApiRunner()
     log_path = worker_log_path()
     WORKER_LOG_DIR.mkdir(parents=True, exist_ok=True)
-    command = (
-        f"{malloc.worker_command_prefix()}{shlex.quote(sys.executable)} "
-        f"-m apache_beam.runners.worker.sdk_worker_main 2>>{shlex.quote(str(log_path))}"
-    )
+    worker = worker_forkserver.worker_command(f"{shlex.quote(sys.executable)} -m {worker_forkserver.WORKER_MODULE}")
+    command = f"{malloc.worker_command_prefix()}{worker} 2>>{shlex.quote(str(log_path))}"
     # The runner would replace our environment in multi_processing mode; the
     # environment alone gives the worker processes.
     direct.direct_running_mode = "in_memory"
@@ -187,9 +183,19 @@ def _local_runner(options: PipelineOptions):
     return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
 
 
-def worker_log_path() -> Path:
-    """Where this process's local worker processes write their stderr."""
-    return WORKER_LOG_DIR / f"{os.getpid()}.log"
+def uses_worker_processes(options: PipelineOptions) -> bool:
+    """Whether the run starts local worker processes (the local runner in multi_processing mode)."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    return (options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES
+            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
+
+
+def worker_fork_server(options: PipelineOptions):
+    """A context giving the run's local workers a fork server that has already imported them
+    (pipeline.engine.worker_forkserver); does nothing for other runs."""
+    env = {malloc.ENV: malloc.arena_max()}  # the workers' malloc settings come from their parent
+    return worker_forkserver.serving(uses_worker_processes(options), env)
 
 
 def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions, save_pipeline: str | None = None):

@@ -78,8 +78,10 @@ def run_job(
         return JobResult(output_dir)
     output_folder.check_claim(output_dir, overwrite)  # refused here, before the lock, nothing is written
     with output_folder.OutputLock(output_dir):
-        prepare_output(output_dir, overwrite, recipe, inputs, say)
-        _execute(recipe, inputs, output_dir, options, save_pipeline, progress)
+        # Started now, the workers' imports overlap preparing the folder and building the graph.
+        with run_module.worker_fork_server(options):
+            prepare_output(output_dir, overwrite, recipe, inputs, say)
+            _execute(recipe, inputs, output_dir, options, save_pipeline, progress)
         return finalize(output_dir)
 
 
