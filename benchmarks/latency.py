@@ -14,8 +14,9 @@ its own (throughput.py's img2dataset_venv) with its defaults but for
 Reported per run: rows written, wall seconds, rows/s over the wall time and
 over the server's span (first to last request: start-up excluded), CPU
 seconds per row of the whole process tree (user + system: less distorted by
-other load on a shared machine than wall time), peak RSS of the whole process
-tree, the load average, and curate's last progress line (requests in flight,
+other load on a shared machine than wall time), peak PSS of the whole process
+tree (every thread's children; PSS so that forked workers' shared pages count
+once), the load average, and curate's last progress line (requests in flight,
 network vs decode share, CPU).
 
     .venv/bin/python benchmarks/latency.py --rows 2000
@@ -29,6 +30,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -98,8 +100,12 @@ class SlowWeb:
         pq.write_table(pa.table({"url": urls, "caption": [f"a photo number {i}" for i in range(rows)]}), path)
 
 
-class PeakRss:
-    """The largest summed RSS of a process and its descendants, sampled every 0.2 s."""
+class PeakMemory:
+    """The largest summed PSS of a process and its descendants, sampled every 0.2 s.
+
+    PSS, not RSS: forked worker processes share their parent's pages, which a
+    sum of RSS would count once per process.  Descendants of every thread:
+    Beam starts its workers from a thread, not the main one."""
 
     def __init__(self, pid: int):
         self.pid, self.peak = pid, 0
@@ -109,7 +115,7 @@ class PeakRss:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, sum(_rss(pid) for pid in _tree(self.pid)))
+            self.peak = max(self.peak, sum(_pss(pid) for pid in _tree(self.pid)))
 
     def stop(self) -> int:
         self._stop.set()
@@ -118,28 +124,33 @@ class PeakRss:
 
 
 def _tree(pid: int) -> list[int]:
-    try:
-        children = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
     return [pid] + [grandchild for child in children for grandchild in _tree(child)]
 
 
-def _rss(pid: int) -> int:
+def _pss(pid: int) -> int:
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
     except (OSError, IndexError, ValueError):
-        return 0
+        pass
+    return 0
 
 
 def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int, float]:
-    """Wall seconds, peak RSS and CPU seconds (of every process of the tree that was waited for)."""
+    """Wall seconds, peak PSS (all processes) and CPU seconds (of every process of the tree that was waited for)."""
     start, cpu_before = time.monotonic(), _children_cpu()
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        rss = PeakRss(process.pid)
+        memory = PeakMemory(process.pid)
         status = process.wait()
-    seconds, peak = time.monotonic() - start, rss.stop()
+    seconds, peak = time.monotonic() - start, memory.stop()
     if status != 0:
         sys.exit(f"{command[0]} failed (exit {status}); see {log}")
     return seconds, peak, _children_cpu() - cpu_before
@@ -166,7 +177,7 @@ def run_curate(urls: Path, work: Path, args) -> dict:
     progress = [line.strip() for line in log.read_text().splitlines()
                 if re.search(r"download: [1-9]\d*/\d+ worker\(s\) active", line)]  # while downloading
     in_flight = [int(n) for line in progress for n in re.findall(r"(\d+) in flight", line)]
-    return {"rows": kept, "seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak >> 20,
+    return {"rows": kept, "seconds": seconds, "cpu_s": cpu, "peak_pss_mb": peak >> 20,
             "most_in_flight": max(in_flight, default=None), "last_progress": progress[-1:]}
 
 
@@ -181,7 +192,7 @@ def run_img2dataset(urls: Path, work: Path, args) -> dict:
         *(["--thread_count", str(args.img2dataset_threads)] if args.img2dataset_threads else []),
     ], work / "img2dataset.log", {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     rows = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
-    return {"rows": rows, "seconds": seconds, "cpu_s": cpu, "peak_rss_mb": peak >> 20}
+    return {"rows": rows, "seconds": seconds, "cpu_s": cpu, "peak_pss_mb": peak >> 20}
 
 
 def measure(tool: str, web: SlowWeb, delay: float, urls: Path, args) -> dict:
@@ -208,24 +219,40 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="a curate --set override (default: none)")
     parser.add_argument("--img2dataset-venv", type=Path, help="default: WORK/img2dataset-venv (created once)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/curate-latency"))
+    parser.add_argument("--runs", type=int, default=1, help="rounds (interleaved); medians are reported")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     web = SlowWeb(args.hosts).start()
     urls = args.work / "urls.parquet"
     web.write_urls(args.rows, urls)
     i2d_at = {float(x) for x in args.img2dataset_at.split(",") if x}
+    runs = [("curate", delay) for delay in (float(x) for x in args.latencies.split(","))]
+    runs += [("img2dataset", delay) for delay in sorted(i2d_at)]
     results = []
-    for delay in (float(x) for x in args.latencies.split(",")):
-        results.append(measure("curate", web, delay, urls, args))
-        if delay in i2d_at:
-            results.append(measure("img2dataset", web, delay, urls, args))
-    zero = next((r for r in results if r["tool"] == "curate" and r["latency_ms"] == 0), None)
-    for result in results:
-        if zero and result["tool"] == "curate":
-            result["of_zero_latency"] = round(result["rows_per_s"] / zero["rows_per_s"], 2)
-            result["of_zero_latency_span"] = round(result["server_span_rows_per_s"] / zero["server_span_rows_per_s"], 2)
+    for round_number in range(args.runs):
+        shift = round_number % len(runs)  # interleaved: no configuration always follows the same one
+        for tool, delay in runs[shift:] + runs[:shift]:
+            results.append({**measure(tool, web, delay, urls, args), "round": round_number + 1})
     print(json.dumps({"cpus": os.cpu_count(), "rows": args.rows, "processes": args.processes, "hosts": args.hosts,
-                      "results": results}, indent=2))
+                      "results": results, "medians": medians(results)}, indent=2))
+
+
+def medians(results: list[dict]) -> list[dict]:
+    """Per tool and latency: median rates over the rounds, and curate's as a share of its 0 ms median."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for result in results:
+        groups.setdefault((result["tool"], result["latency_ms"]), []).append(result)
+    table = []
+    for (tool, latency), group in sorted(groups.items()):
+        table.append({"tool": tool, "latency_ms": latency, "runs": len(group),
+                      **{name: statistics.median(r[name] for r in group)
+                         for name in ("rows_per_s", "server_span_rows_per_s", "cpu_ms_per_row", "peak_pss_mb")}})
+    zero = next((row for row in table if row["tool"] == "curate" and row["latency_ms"] == 0), None)
+    for row in table:
+        if zero and row["tool"] == "curate":
+            row["of_zero_latency"] = round(row["rows_per_s"] / zero["rows_per_s"], 2)
+            row["of_zero_latency_span"] = round(row["server_span_rows_per_s"] / zero["server_span_rows_per_s"], 2)
+    return table
 
 
 if __name__ == "__main__":

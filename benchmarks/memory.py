@@ -42,6 +42,19 @@ stages: []
 """
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size: shared pages (a forked worker's, pipeline.engine.worker_forkserver) split among
+    their sharers, so a sum over processes counts each page once."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def rss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -71,7 +84,7 @@ def children(pid: int) -> list[int]:
 
 
 class PeakSampler:
-    """Max RSS of the root process and of its largest descendant, sampled every 0.2 s."""
+    """Max RSS of the root process and of its largest descendant, and of the summed PSS of all, every 0.2 s."""
 
     def __init__(self, pid: int):
         self.pid, self.root_peak, self.worker_peak, self.total_peak, self.java_peak = pid, 0, 0, 0, 0
@@ -87,7 +100,7 @@ class PeakSampler:
             self.java_peak = max([self.java_peak, *(rss_kib(c) for c in descendants if is_java(c))])
             self.root_peak = max(self.root_peak, root)
             self.worker_peak = max([self.worker_peak, *workers])
-            self.total_peak = max(self.total_peak, root + sum(workers))
+            self.total_peak = max(self.total_peak, sum(pss_kib(p) for p in (self.pid, *descendants)))
 
     def stop(self) -> None:
         self._stop.set()
