@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import children, pss_kib  # noqa: E402
 from throughput import ImageSpec, img2dataset_venv, render  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,32 +116,12 @@ class PeakMemory:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
-            self.peak = max(self.peak, sum(_pss(pid) for pid in _tree(self.pid)))
+            self.peak = max(self.peak, 1024 * sum(pss_kib(pid) for pid in (self.pid, *children(self.pid))))
 
     def stop(self) -> int:
         self._stop.set()
         self._thread.join()
         return self.peak
-
-
-def _tree(pid: int) -> list[int]:
-    children = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return [pid] + [grandchild for child in children for grandchild in _tree(child)]
-
-
-def _pss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return 0
 
 
 def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int, float]:

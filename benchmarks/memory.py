@@ -42,28 +42,26 @@ stages: []
 """
 
 
+def _proc_kib(path: str, field: str) -> int:
+    """A `Field:   N kB` line of a /proc file; 0 if the process is gone."""
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def pss_kib(pid: int) -> int:
     """Proportional set size: shared pages (a forked worker's, pipeline.engine.worker_forkserver) split among
     their sharers, so a sum over processes counts each page once."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as rollup:
-            for line in rollup:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS:")
 
 
 def is_java(pid: int) -> bool:
