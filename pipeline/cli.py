@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if _may_start_worker_processes(argv):
         # Before this process imports Beam: the workers' imports run beside its own (on another core).
-        worker_forkserver.start({malloc.ENV: malloc.arena_max()})
+        worker_forkserver.start()
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")

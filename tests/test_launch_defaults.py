@@ -67,3 +67,21 @@ def test_a_small_run_says_it_runs_in_this_process(tmp_path):
     said.clear()
     launch.run_job("local-sample", [path], str(tmp_path / "out2"), ["--direct_num_workers=1"], say=said.append)
     assert not any("small input" in line for line in said)  # the user chose
+
+
+def test_estimated_rows_stops_reading_once_the_count_is_enough(tmp_path):
+    broken = tmp_path / "z-broken.parquet"
+    broken.write_bytes(b"not parquet")  # would make the estimate unknown if it were opened
+    spec = InputSpec((_parquet(tmp_path / "a.parquet", 1234), str(broken)))
+    assert estimated_rows(spec) is None
+    assert estimated_rows(spec, enough=SMALL_INPUT_ROWS + 1) == 1234
+
+
+def test_no_file_is_opened_to_count_rows_when_the_user_chose_where_they_run(tmp_path, monkeypatch):
+    def not_wanted(*args, **kwargs):
+        raise AssertionError("rows counted although the options decide")
+
+    monkeypatch.setattr(launch, "estimated_rows", not_wanted)
+    path = _parquet(tmp_path / "urls.parquet", 5)
+    result = launch.run_job("local-sample", [path], str(tmp_path / "out"), ["--direct_num_workers=1"])
+    assert result.audit["counts"]["input"] == 5

@@ -28,7 +28,7 @@ def test_a_forked_worker_runs_in_the_server_with_the_clients_environment_and_str
     # Without Beam's service addresses the worker fails at once: its traceback reaches the client's
     # stderr from the forked child (the server's frames are in it) and its exit code is the client's.
     env = {k: v for k, v in os.environ.items() if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
-    with worker_forkserver.serving(True, {}) as server:
+    with worker_forkserver.serving(True) as server:
         result = _run_worker_command(server, env)
         again = _run_worker_command(server, env)  # one server, many workers
     for finished in (result, again):
@@ -55,9 +55,9 @@ def test_the_client_runs_the_ordinary_worker_when_the_server_could_not_start(tmp
 
 
 def test_a_server_that_is_not_needed_is_killed_and_none_is_used():
-    worker_forkserver.start({})
+    worker_forkserver.start()
     server = worker_forkserver._server
-    with worker_forkserver.serving(False, {}) as unused:
+    with worker_forkserver.serving(False) as unused:
         assert unused is None
         assert worker_forkserver.worker_command("default") == "default"
     assert server._process.poll() is not None  # killed, not left importing
@@ -65,7 +65,7 @@ def test_a_server_that_is_not_needed_is_killed_and_none_is_used():
 
 
 def test_the_server_exits_when_the_launcher_closes_it_and_forks_no_more():
-    with worker_forkserver.serving(True, {}) as server:
+    with worker_forkserver.serving(True) as server:
         command = server.worker_command()
     assert server._process.returncode is not None
     # A worker started after that falls back to the ordinary command (here: exits 1 as above, unforked).

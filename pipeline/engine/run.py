@@ -194,8 +194,7 @@ def uses_worker_processes(options: PipelineOptions) -> bool:
 def worker_fork_server(options: PipelineOptions):
     """A context giving the run's local workers a fork server that has already imported them
     (pipeline.engine.worker_forkserver); does nothing for other runs."""
-    env = {malloc.ENV: malloc.arena_max()}  # the workers' malloc settings come from their parent
-    return worker_forkserver.serving(uses_worker_processes(options), env)
+    return worker_forkserver.serving(uses_worker_processes(options))
 
 
 def run(recipe: Recipe, inputs: InputSpec, output_dir: str, options: PipelineOptions, save_pipeline: str | None = None):

@@ -41,6 +41,8 @@ import traceback
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.engine import malloc
+
 SOCKET_NAME = "workers.sock"
 FAILED_NAME = "failed"  # written by a server that could not start: clients fall back at once
 WORKER_MODULE = "apache_beam.runners.worker.sdk_worker_main"
@@ -63,14 +65,14 @@ def worker_log_path() -> Path:
 class ForkServer:
     """The launcher's handle on a running server process."""
 
-    def __init__(self, env_prefix: dict[str, str]):
+    def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="curate-workers-"))
         WORKER_LOG_DIR.mkdir(parents=True, exist_ok=True)
         with open(worker_log_path(), "ab") as stderr:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(self.folder)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr,
-                env={**os.environ, **env_prefix},
+                env={**os.environ, malloc.ENV: malloc.arena_max()},  # the workers inherit its malloc settings
             )
 
     def worker_command(self) -> str:
@@ -95,12 +97,12 @@ class ForkServer:
             self.folder.rmdir()
 
 
-def start(env_prefix: dict[str, str]) -> None:
+def start() -> None:
     """Starts the server now, before it is known to be needed (`curate run` does, first thing, so its
     imports overlap the launcher's own); `serving` then uses it or kills it."""
     global _server
     if _server is None:
-        _server = ForkServer(env_prefix)
+        _server = ForkServer()
 
 
 def discard() -> None:
@@ -115,7 +117,7 @@ atexit.register(discard)  # a run that ended before using it (a refused input, a
 
 
 @contextlib.contextmanager
-def serving(enabled: bool, env_prefix: dict[str, str]) -> Iterator[ForkServer | None]:
+def serving(enabled: bool) -> Iterator[ForkServer | None]:
     """A server for the block's local worker processes if `enabled` (`worker_command` gives its client);
     else none, and one started early is killed."""
     global _server
@@ -123,7 +125,7 @@ def serving(enabled: bool, env_prefix: dict[str, str]) -> Iterator[ForkServer | 
         discard()
         yield None
         return
-    start(env_prefix)
+    start()
     try:
         yield _server
     finally:

@@ -63,7 +63,9 @@ def run_job(
     inputs = inputs if isinstance(inputs, InputSpec) else resolve_inputs(list(inputs))
     # --engine spelled out, and a Flink/Spark run without its jar refused, before the output folder is touched.
     beam_args = list(beam_args)
-    args = default_beam_args(beam_args, estimated_rows(inputs))
+    # Files are opened to count rows only when the count decides something, and no further than needed.
+    rows = None if chose_processes(beam_args) else estimated_rows(inputs, enough=SMALL_INPUT_ROWS + 1)
+    args = default_beam_args(beam_args, rows)
     options = runners.expand(RunOptions(args))
     recipe = recipe if isinstance(recipe, Recipe) else load_job_recipe(recipe)
     check_stages(recipe, options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES)
@@ -100,7 +102,7 @@ def default_beam_args(beam_args: list[str], input_rows: int | None = None) -> li
     this process) for a small input (`input_rows`, an estimate, at most SMALL_INPUT_ROWS)."""
     given = " ".join(beam_args)
     extra = []
-    if "--runner" not in given and "--direct_num_workers" not in given and "--direct_running_mode" not in given:
+    if not chose_processes(beam_args):
         if input_rows is not None and input_rows <= SMALL_INPUT_ROWS:
             extra = list(IN_PROCESS_ARGS)
         else:
@@ -110,13 +112,22 @@ def default_beam_args(beam_args: list[str], input_rows: int | None = None) -> li
     return [*beam_args, *extra]
 
 
-def estimated_rows(inputs: InputSpec) -> int | None:
-    """About how many rows the inputs hold (Parquet's own count; text by size), or None if unknown."""
+def chose_processes(beam_args: list[str]) -> bool:
+    """Whether the Beam options already say where the rows run (a runner, or the local runner's workers)."""
+    given = " ".join(beam_args)
+    return any(option in given for option in ("--runner", "--direct_num_workers", "--direct_running_mode"))
+
+
+def estimated_rows(inputs: InputSpec, enough: int | None = None) -> int | None:
+    """About how many rows the inputs hold (Parquet's own count; text by size), or None if unknown;
+    it stops reading files once the count reaches `enough`."""
     from pipeline.ingest import input_files
 
     total = 0
     try:
         for path in inputs.paths:
+            if enough is not None and total >= enough:
+                break
             fmt = input_files.detect_format(path, inputs.format)
             if fmt in ("warc", "wat"):
                 return None  # pages, not rows: as many images as they link
