@@ -20,6 +20,8 @@ once), the load average, and curate's last progress line (requests in flight,
 network vs decode share, CPU).
 
     .venv/bin/python benchmarks/latency.py --rows 2000
+    # before/after: curate from several source trees, interleaved in the same rounds
+    .venv/bin/python benchmarks/latency.py --rows 6000 --runs 3 --tree /tmp/before --tree .
 """
 from __future__ import annotations
 
@@ -124,11 +126,11 @@ class PeakMemory:
         return self.peak
 
 
-def timed(command: list[str], log: Path, env: dict[str, str]) -> tuple[float, int, float]:
+def timed(command: list[str], log: Path, env: dict[str, str], cwd: Path = REPO) -> tuple[float, int, float]:
     """Wall seconds, peak PSS (all processes) and CPU seconds (of every process of the tree that was waited for)."""
     start, cpu_before = time.monotonic(), _children_cpu()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         memory = PeakMemory(process.pid)
         status = process.wait()
     seconds, peak = time.monotonic() - start, memory.stop()
@@ -142,7 +144,7 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_curate(urls: Path, work: Path, args) -> dict:
+def run_curate(urls: Path, work: Path, args, tree: Path = REPO) -> dict:
     out = work / "out-curate"
     shutil.rmtree(out, ignore_errors=True)
     recipe = work / "latency-recipe.yaml"
@@ -153,7 +155,7 @@ def run_curate(urls: Path, work: Path, args) -> dict:
         sys.executable, "-m", "pipeline.cli", "run", "--recipe", str(recipe), "--input", str(urls), "--output",
         str(out), "--allow-private-network", *overrides, f"--direct_num_workers={args.processes}",
         "--direct_running_mode=multi_processing",
-    ], log, {**os.environ, "PYTHONPATH": str(REPO)})
+    ], log, {**os.environ, "PYTHONPATH": str(tree)}, cwd=tree)
     kept = json.loads((out / "report" / "audit.json").read_text())["counts"]["kept"]
     progress = [line.strip() for line in log.read_text().splitlines()
                 if re.search(r"download: [1-9]\d*/\d+ worker\(s\) active", line)]  # while downloading
@@ -177,9 +179,13 @@ def run_img2dataset(urls: Path, work: Path, args) -> dict:
 
 
 def measure(tool: str, web: SlowWeb, delay: float, urls: Path, args) -> dict:
+    """tool: "img2dataset", or "curate" / "curate [tree]" (run from that source tree)."""
     web.reset(delay)
     load = os.getloadavg()[0]
-    result = (run_curate if tool == "curate" else run_img2dataset)(urls, args.work, args)
+    if tool.startswith("curate"):
+        result = run_curate(urls, args.work, args, args.trees[tool])
+    else:
+        result = run_img2dataset(urls, args.work, args)
     span = max(web.last - web.first + delay, 1e-9)  # the last request is answered `delay` after it arrives
     result.update(tool=tool, latency_ms=round(delay * 1000), load_before=round(load, 2),
                   load_after=round(os.getloadavg()[0], 2), rows_per_s=round(result["rows"] / result["seconds"], 1),
@@ -201,13 +207,17 @@ def main() -> None:
     parser.add_argument("--img2dataset-venv", type=Path, help="default: WORK/img2dataset-venv (created once)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/curate-latency"))
     parser.add_argument("--runs", type=int, default=1, help="rounds (interleaved); medians are reported")
+    parser.add_argument("--tree", type=Path, action="append", default=[],
+                        help="source tree to run curate from (default: this one); repeat to compare trees")
     args = parser.parse_args()
+    paths = [path.resolve() for path in args.tree] or [REPO]
+    args.trees = {("curate" if len(paths) == 1 else f"curate [{path.name}]"): path for path in paths}
     args.work.mkdir(parents=True, exist_ok=True)
     web = SlowWeb(args.hosts).start()
     urls = args.work / "urls.parquet"
     web.write_urls(args.rows, urls)
     i2d_at = {float(x) for x in args.img2dataset_at.split(",") if x}
-    runs = [("curate", delay) for delay in (float(x) for x in args.latencies.split(","))]
+    runs = [(tool, delay) for delay in (float(x) for x in args.latencies.split(",")) for tool in args.trees]
     runs += [("img2dataset", delay) for delay in sorted(i2d_at)]
     results = []
     for round_number in range(args.runs):
@@ -228,9 +238,9 @@ def medians(results: list[dict]) -> list[dict]:
         table.append({"tool": tool, "latency_ms": latency, "runs": len(group),
                       **{name: statistics.median(r[name] for r in group)
                          for name in ("rows_per_s", "server_span_rows_per_s", "cpu_ms_per_row", "peak_pss_mb")}})
-    zero = next((row for row in table if row["tool"] == "curate" and row["latency_ms"] == 0), None)
     for row in table:
-        if zero and row["tool"] == "curate":
+        zero = next((other for other in table if other["tool"] == row["tool"] and other["latency_ms"] == 0), None)
+        if zero and row["tool"].startswith("curate"):
             row["of_zero_latency"] = round(row["rows_per_s"] / zero["rows_per_s"], 2)
             row["of_zero_latency_span"] = round(row["server_span_rows_per_s"] / zero["server_span_rows_per_s"], 2)
     return table

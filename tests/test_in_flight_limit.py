@@ -122,3 +122,58 @@ def test_the_progress_line_tells_requests_in_flight_and_where_row_time_goes(capl
         progress.tick()
     assert "80% network" in caplog.text and "1 samples on this worker" in caplog.text
     assert times.take() == (0.0, 0.0)  # taken: the next line covers only what came after
+
+
+
+def test_a_rows_decode_runs_on_the_processing_pool_and_frees_its_request_slot():
+    """A fetch that returns the rest of its row: requests keep going out (at most `max_in_flight`) while
+    earlier bodies wait for the processing threads, and requests + waiting bodies stay under the limit plus
+    `max_processing`."""
+    policy = HostPolicy(PolitenessParams(per_host_rate=0, per_host_connections=1000))
+    counts, peaks, lock = {"network": 0, "both": 0}, {"network": 0, "both": 0}, threading.Lock()
+    decoded_on: set[str] = set()
+
+    def count(**changes: int) -> None:
+        with lock:
+            for name, change in changes.items():
+                counts[name] += change
+                peaks[name] = max(peaks[name], counts[name])
+
+    def fetch(sample: Sample):
+        count(network=1, both=1)
+        time.sleep(0.01)
+        count(network=-1)
+
+        def decode() -> Sample:
+            decoded_on.add(threading.current_thread().name.split("_")[0])
+            time.sleep(0.005)
+            count(both=-1)
+            return sample
+        return decode
+
+    samples = [Sample(key=f"{i:05d}", shard_id=0, url=f"http://h{i % 8}/{i}.jpg") for i in range(300)]
+    with ThreadPoolExecutor(4, thread_name_prefix="net") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="decode") as decoders:
+        scheduler = HostScheduler(policy, pool, fetch, 4, throttle_retries=0, deadline=30,
+                                  processing_pool=decoders, max_processing=8)
+        results = list(scheduler.run(samples))
+    assert sorted(r.key for r in results) == [s.key for s in samples]
+    assert decoded_on == {"decode"}
+    assert peaks["network"] <= 4  # the request limit holds
+    assert 4 < peaks["both"] <= 12  # bodies waited for the decoder beside the requests, bounded
+    assert scheduler.in_flight == scheduler.processing == 0
+
+
+def test_rows_past_their_response_do_not_make_the_limit_grow():
+    """When bodies wait for the CPU, more requests cannot help: the limit hears no waiting rows."""
+    policy = HostPolicy(PolitenessParams(per_host_rate=0, per_host_connections=1000))
+    limit = InFlightLimit(2, 64, window=0.05, cpu_clock=lambda: 0.0)
+
+    def fetch(sample: Sample):
+        return lambda: time.sleep(0.01) or sample  # an instant response, a slow decode
+
+    samples = [Sample(key=f"{i:05d}", shard_id=0, url=f"http://h{i % 8}/{i}.jpg") for i in range(60)]
+    with ThreadPoolExecutor(64) as pool, ThreadPoolExecutor(1) as decoders:
+        list(HostScheduler(policy, pool, fetch, limit, throttle_retries=0, deadline=30,
+                           processing_pool=decoders, max_processing=2).run(samples))
+    assert limit.value <= 4

@@ -140,6 +140,26 @@ def test_a_dead_host_costs_a_few_timeouts_and_a_throttling_host_loses_nothing(tm
     assert f"127.0.0.3:{dead.port}" in page and "host_unavailable" in page
 
 
+def test_a_hosts_connection_cap_holds_while_its_bodies_wait_for_the_decoding_threads(tmp_path):
+    """A row gives its host's connection back when its response is in hand, before its decode: the server
+    still never sees more than `per_host_connections` requests at once, and every row is kept."""
+    server = ThrottlingHost("127.0.0.4", limit=1000)  # counts its peak; throttles nobody
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        urls = [f"http://127.0.0.4:{server.server_address[1]}/{i}.jpg" for i in range(60)]
+        pq.write_table(pa.table({"url": urls, "caption": [f"picture number {i}" for i in range(60)]}),
+                       tmp_path / "urls.parquet")
+        (tmp_path / "recipe.yaml").write_text(
+            "download: {threads: 16, per_host_connections: 2, per_host_rate: 0}\nstages: []\n")
+        assert main(["run", "--recipe", str(tmp_path / "recipe.yaml"), "--input", str(tmp_path / "urls.parquet"),
+                     "--output", str(tmp_path / "out"), "--allow-private-network", "--direct_num_workers=1"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert json.loads((tmp_path / "out" / "report" / "audit.json").read_text())["counts"]["kept"] == 60
+    assert server.served == 60 and server.peak == 2
+
+
 # ---------------------------------------------------------------- DNS cache
 
 

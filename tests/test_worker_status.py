@@ -47,13 +47,14 @@ def test_the_launcher_merges_the_workers_statuses_into_one_line(tmp_path):
         ("d", 20, 9.0, 0, now - 1, True),  # its bundle ended
     ]:
         (tmp_path / f"progress-{name}.json").write_text(json.dumps(
-            {"rows": rows, "rows_per_s": rate, "in_flight": in_flight, "limit": 128, "network_s": 9.0, "idle": idle,
+            {"rows": rows, "rows_per_s": rate, "in_flight": in_flight, "limit": 128, "decoding": 3, "network_s": 9.0,
+             "idle": idle,
              "processing_s": 1.0, "cpu_cores": 0.5, "cpu_contention": 1.2, "bodies_held_bytes": 2_000_000,
              "at": at}))
     (tmp_path / "progress-broken.json").write_text("{")
     line = summary(read_statuses(str(tmp_path)), now=now)
     assert line == ("download: 2/4 worker(s) active, 300 rows, 90 rows/s lately, 200 in flight (limit 256), "
-                    "CPU 1.0 cores, bodies 4 MB, row time 90% network / 10% decode+resize (taking 1.2x its CPU time)")
+                    "6 decoding, CPU 1.0 cores, bodies 4 MB, row time 90% network / 10% decode+resize (taking 1.2x its CPU time)")
     assert len(read_statuses(str(tmp_path), since=now - 1.5)) == 2  # an interrupted run's are not counted
     assert summary([]) == ""
 

@@ -163,8 +163,11 @@ class DatasetStage(Stage):
 class DownloadHook:
     """Mixed into a stage that must act around the download of each row (opt-out signals, hash lists).
 
-    Both run in the download thread of each row, after setup(), whatever the
-    stage's place in the recipe."""
+    Both run in the download threads of each row, after setup(), whatever the
+    stage's place in the recipe: `before_download` in the row's request
+    thread, `check_response` in a decoding thread (the worker's decoding
+    threads take the bodies in turn), so a hook keeps no per-thread state
+    between the two."""
 
     def before_download(self, sample: Sample) -> Verdict:
         """Just before the row's image is fetched."""

@@ -7,8 +7,10 @@ shards and the rejects from every step, counted into the audit.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
+import os
 import threading
 import time
 import uuid
@@ -66,12 +68,21 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
                      on_fetch: Callable[[FetchResult], None] | None = None,
                      hold: BodyHold | None = None) -> Sample | Reject:
     """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
-    then the fields stages compute from the image while it is at hand.
+    then the fields stages compute from the image while it is at hand (`fetch_row`, then `process_row`).
 
-    Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row.
     `on_fetch` is told the fetch's result (for the per-host politeness), if a fetch happens.
     `hold` reserves the body's bytes in the worker's budget (pipeline.media.body_budget); the caller releases it.
     """
+    fetched = fetch_row(downloader, hooks, sample, on_fetch, hold)
+    return fetched if isinstance(fetched, Reject) else process_row(resize, hooks, sample, fetched)
+
+
+def fetch_row(downloader: Downloader, hooks: DownloadHooks, sample: Sample,
+              on_fetch: Callable[[FetchResult], None] | None = None,
+              hold: BodyHold | None = None) -> FetchResult | Reject:
+    """A row's network part: the stages' before-download checks and the fetch.
+
+    Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row."""
     if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
         sample.url = without_credentials(sample.url)  # nor kept in the rejects
         return sample.reject("download", "url_has_credentials")
@@ -82,8 +93,12 @@ def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: Downlo
     result = downloader.fetch(sample.url, hold=hold)
     if on_fetch is not None:
         on_fetch(result)
-    if result.reason:
-        return sample.reject("download", result.reason)
+    return sample.reject("download", result.reason) if result.reason else result
+
+
+def process_row(resize: ResizeParams, hooks: DownloadHooks, sample: Sample, result: FetchResult) -> Sample | Reject:
+    """A row's CPU part, once its response is in hand: the stages' response checks, decode and resize,
+    then the fields stages compute from the image while it is at hand."""
     for stage in hooks.around_fetch:
         verdict = stage.check_response(sample, result)
         if not verdict.keep:
@@ -129,9 +144,12 @@ class _DownloadTask(beam.DoFn):
     take a request (pipeline.media.host_scheduler, pipeline.media.politeness).  Results
     are also written to the task's checkpoint, which a resumed run reuses row
     by row instead of downloading again (pipeline.engine.checkpoint).  The number of
-    rows in flight starts at `threads` and follows the worker's CPU
-    (`InFlightLimit`) up to `in_flight_ceiling`; memory stays bounded by the
-    bodies' reservations in the worker's `BodyBudget`.
+    requests in flight starts at `threads` and follows the worker's CPU
+    (`InFlightLimit`) up to `in_flight_ceiling`.  A row's request thread only
+    fetches: its decode and resize run on a few decoding threads in the order
+    the responses came, and no request is sent while `threads` bodies wait
+    for them.  Memory stays bounded by the bodies' reservations in the
+    worker's `BodyBudget`.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
@@ -153,6 +171,7 @@ class _DownloadTask(beam.DoFn):
         ceiling = in_flight_ceiling(self._download)
         self._limit = InFlightLimit(self._download.threads, ceiling)  # kept across bundles: it has learnt the CPU
         self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # threads start lazily
+        self._decoders = ThreadPoolExecutor(max_workers=decoding_threads(), thread_name_prefix="decode")
         self._budget = BodyBudget(self._download.body_budget_bytes)
         self._times = _RowTimes()
         self._progress = _Progress("download", detail=self._progress_detail)
@@ -164,7 +183,8 @@ class _DownloadTask(beam.DoFn):
         self._hosts: dict[str, dict[str, float]] = {}  # host -> counters, for the audit's per-host table
         self._hosts_lock = threading.Lock()
         self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._limit,
-                                        self._download.throttle_retries, self._download.deadline)
+                                        self._download.throttle_retries, self._download.deadline,
+                                        processing_pool=self._decoders, max_processing=self._download.threads)
 
     def process(self, element):
         """Starts the task's rows beside those of the bundle's earlier tasks, so that a task of one slow or
@@ -217,33 +237,53 @@ class _DownloadTask(beam.DoFn):
         saved, _ = self._open.pop(task)
         saved.__exit__(None, None, None)  # complete: the checkpoint is put in place
 
-    def _polite_fetch(self, sample: Sample) -> Sample | Reject:
-        """fetch_and_resize, telling the host's policy how its request went (or that none was sent)."""
+    def _polite_fetch(self, sample: Sample) -> Sample | Reject | Callable[[], Sample | Reject]:
+        """A row's fetch, telling its host's policy how the request went (or that none was sent) as soon as the
+        response is in hand: the host's connection is free while the body waits for the CPU.  Returns the
+        rest of the row (decode, resize) for the scheduler's decoding threads, or the row's reject."""
         started = time.monotonic()
-        fetched: list[tuple[FetchResult, float, float]] = []  # the fetch's result, when it came, thread CPU then
+        host = host_of(sample.url)
+        answered: list[float] = []
+
+        def response_arrived(result: FetchResult) -> None:
+            answered.append(time.monotonic())
+            if host:
+                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
+                self._count(host, requests=1, seconds=answered[0] - started,
+                            throttled=int(result.status in THROTTLE_STATUSES))
+
         hold = self._budget.hold()
         try:
-            return fetch_and_resize(self._downloader, self._resize, self._hooks, sample,
-                                    lambda result: fetched.append((result, time.monotonic(), time.thread_time())),
-                                    hold)
+            fetched = fetch_row(self._downloader, self._hooks, sample, response_arrived, hold)
+        except BaseException:
+            hold.release()
+            raise
+        finally:
+            if host and not answered:
+                self._policy.release(host)
+        if isinstance(fetched, Reject):
+            hold.release()
+            self._times.add(network=time.monotonic() - started, processing=0.0)
+            return fetched
+        return functools.partial(self._process, sample, fetched, hold, started, answered[0])
+
+    def _process(self, sample: Sample, fetched: FetchResult, hold: BodyHold, started: float,
+                 answered: float) -> Sample | Reject:
+        """The rest of a row, on a decoding thread.  The time since its response came counts as decode+resize
+        (its wait for a decoding thread included), its CPU time for the progress line's contention."""
+        cpu = time.thread_time()
+        try:
+            return process_row(self._resize, self._hooks, sample, fetched)
         finally:
             hold.release()  # decoded, resized and hashed: the body is no longer needed
-            host = host_of(sample.url)
-            fetched_at = fetched[0][1] if fetched else started
-            self._times.add(network=fetched_at - started, processing=time.monotonic() - fetched_at)
-            if fetched:  # decode+resize time per CPU second, for the progress line
-                self._limit.row_processed(time.monotonic() - fetched_at, time.thread_time() - fetched[0][2])
-            if host and fetched:
-                result = fetched[0][0]
-                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
-                self._count(host, requests=1, seconds=fetched_at - started,
-                            throttled=int(result.status in THROTTLE_STATUSES))
-            elif host:
-                self._policy.release(host)
+            wall = time.monotonic() - answered
+            self._times.add(network=answered - started, processing=wall)
+            self._limit.row_processed(wall, time.thread_time() - cpu)
 
     def _status_fields(self) -> dict:
         network, processing = self._times.take()
-        return {"in_flight": self._scheduler.in_flight, "limit": self._limit.value,
+        return {"in_flight": self._scheduler.in_flight, "decoding": self._scheduler.processing,
+                "limit": self._limit.value,
                 "network_s": round(network, 3), "processing_s": round(processing, 3),
                 "cpu_cores": round(self._limit.cpu_cores, 2), "cpu_contention": round(self._limit.contention, 2),
                 "bodies_held_bytes": self._budget.held}
@@ -253,7 +293,7 @@ class _DownloadTask(beam.DoFn):
         if not status:
             return "no status yet"
         total = status["network_s"] + status["processing_s"] or 1.0
-        return (f"{status['in_flight']} in flight (limit {status['limit']}), "
+        return (f"{status['in_flight']} in flight (limit {status['limit']}), {status['decoding']} decoding, "
                 f"row time {status['network_s'] / total:.0%} network / {status['processing_s'] / total:.0%} "
                 f"decode+resize (taking {status['cpu_contention']:.1f}x its CPU time), "
                 f"worker CPU {status['cpu_cores']:.2f} cores, "
@@ -278,6 +318,7 @@ class _DownloadTask(beam.DoFn):
 
     def teardown(self):
         self._pool.shutdown(wait=True)
+        self._decoders.shutdown(wait=True)
         self._downloader.close()
 
 
@@ -359,6 +400,12 @@ class _RowTimes:
             taken = self._network, self._processing
             self._network = self._processing = 0.0
             return taken
+
+
+def decoding_threads() -> int:
+    """Threads a worker decodes and resizes on: Pillow releases the GIL while it decodes, resizes and
+    encodes, so one per core keeps the cores busy; a few at most, since Beam runs a worker per core."""
+    return min(4, max(2, os.cpu_count() or 1))
 
 
 def in_flight_ceiling(download: DownloadParams) -> int:

@@ -93,12 +93,13 @@ def summary(statuses: list[dict], now: float | None = None) -> str:
     rate = sum(status.get("rows_per_s", 0.0) for status in active)
     in_flight = sum(status.get("in_flight", 0) for status in active)
     limit = sum(status.get("limit", 0) for status in active)
+    decoding = sum(status.get("decoding", 0) for status in active)
     network = sum(status.get("network_s", 0.0) for status in active)
     processing = sum(status.get("processing_s", 0.0) for status in active)
     cores = sum(status.get("cpu_cores", 0.0) for status in active)
     held = sum(status.get("bodies_held_bytes", 0) for status in active)
     line = (f"download: {len(active)}/{len(statuses)} worker(s) active, {rows:,} rows, {rate:.0f} rows/s lately, "
-            f"{in_flight} in flight (limit {limit}), CPU {cores:.1f} cores, bodies {held / 1e6:.0f} MB")
+            f"{in_flight} in flight (limit {limit}), {decoding} decoding, CPU {cores:.1f} cores, bodies {held / 1e6:.0f} MB")
     if network + processing > 0:
         share = network / (network + processing)
         line += f", row time {share:.0%} network / {1 - share:.0%} decode+resize"

@@ -87,9 +87,10 @@ class DownloadParams:
     # The in-flight limit grows from `threads` while rows wait for a slot and the worker uses under 0.9 cores
     # (pipeline.media.host_scheduler.InFlightLimit), so network latency is not the bottleneck, up to this cap.
     # max_in_flight <= threads: a fixed limit of `threads`.
-    # 200: with the CPU rule a worker that never reaches 0.9 cores (two workers and a launcher on two
-    # cores) grows to this cap even with no latency, and 512 per worker thrashed (0 ms: 155 rows/s vs 237).
-    max_in_flight: int = 200
+    # 400: at 1 s a worker needs ~300 in flight to keep its core busy.  Request threads only fetch (bodies
+    # are decoded on a few threads of their own), so a high cap no longer thrashes the CPU as it did when
+    # every request thread decoded too (512 then: 155 rows/s at 0 ms against 237).
+    max_in_flight: int = 400
     # Bytes of response bodies a worker may hold at once: each body reserves its declared length
     # (pipeline.media.body_budget); a request whose body cannot be had waits, up to `deadline`.
     body_budget_bytes: int = 4 << 30

@@ -12,16 +12,27 @@ the final `http_429`/`http_503`) or waiting longer would pass the row's
 deadline (`host_backoff_exceeded`).  Rows of a host whose breaker is open
 are rejected at once with `host_unavailable`.
 
-How many rows are in flight at once follows `InFlightLimit`: it grows while
-rows wait for a slot but not for the CPU, so a far-away web (100 ms to
+How many requests are in flight at once follows `InFlightLimit`: it grows
+while rows wait for a slot but not for the CPU, so a far-away web (100 ms to
 1 s per request) is met with more requests in flight, not idle CPUs.
+
+A fetch may return the rest of its row's work (decode, resize: CPU) as a
+function instead of a result.  That runs on a small pool of its own, in the
+order the responses came, while the request's thread and slot go to the next
+row.  Requests and bodies waiting for the CPU together stay under the limit
+plus `max_processing`, so when the CPU is the bottleneck a request goes out
+as a body is done with, not in bursts.  (With the decode in the request's
+thread, hundreds of threads decoded at once, all finished together, and the
+requests went out in waves: at 1 s latency ~400 in one second, next to none
+in the next.)
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import Executor, Future
+from queue import Empty, SimpleQueue
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -62,7 +73,8 @@ class InFlightLimit:
     Every `window` seconds (a quarter of it while still doubling, to reach a
     far-away web's need within a couple of seconds) it looks at the CPU time
     the process used (all its threads: decode, resize, encode) per wall second.
-    Below `cpu_target` cores while rows waited for a free slot, the limit grows
+    Below `cpu_target` cores while rows waited for a free slot (and bodies were
+    not piling up for the CPU: `HostScheduler`), the limit grows
     (doubling until the first cut, then by an eighth, at least a quarter of
     `start`); at or above it, the CPU is the bottleneck and the limit is cut by
     a tenth (never below `start`).  Cuts are gentle and growth quick because
@@ -132,21 +144,28 @@ def fixed_limit(value: int) -> InFlightLimit:
     return InFlightLimit(value, value)
 
 
-# fetch(sample) -> result; it reports its request to the policy itself.
-FetchRow = Callable[[Sample], "Sample | Reject"]
+# fetch(sample) -> its result, or the rest of its work (a function returning the result) once the response
+# is in hand; it reports its request to the policy itself.
+FetchRow = Callable[[Sample], "Sample | Reject | Callable[[], Sample | Reject]"]
 
 
 class HostScheduler:
     def __init__(self, policy: HostPolicy, pool: Executor, fetch: FetchRow, max_in_flight: "InFlightLimit | int",
-                 throttle_retries: int, deadline: float, clock: Callable[[], float] = time.monotonic):
-        """max_in_flight: a fixed number, or an `InFlightLimit` that follows the CPU (the pool must have
-        as many threads as its ceiling)."""
+                 throttle_retries: int, deadline: float, clock: Callable[[], float] = time.monotonic,
+                 processing_pool: Executor | None = None, max_processing: int = 0):
+        """max_in_flight: requests in flight, a fixed number or an `InFlightLimit` that follows the CPU (`pool`
+        must have as many threads as its ceiling).  The rest of a row's work, when its fetch returns it, runs
+        on `processing_pool` (default: `pool`); requests and rows there together stay under the limit plus
+        `max_processing`."""
         self._policy, self._pool, self._fetch = policy, pool, fetch
         self._limit = fixed_limit(max_in_flight) if isinstance(max_in_flight, int) else max_in_flight
+        self._processing_pool, self._max_processing = processing_pool or pool, max_processing
         self._throttle_retries, self._deadline = throttle_retries, deadline
         self._clock = clock
         self._queues: dict[str, deque[_Row]] = {}
-        self._running: dict[Future, _Row] = {}
+        self._running: dict[Future, _Row] = {}  # requests in flight
+        self._processing: dict[Future, _Row] = {}  # rows past their response
+        self._done: SimpleQueue[Future] = SimpleQueue()  # futures of both kinds, as they finish
 
     def run(self, samples: Iterable[Sample]) -> Iterator[Sample | Reject]:
         """Results in the order they finish."""
@@ -160,23 +179,36 @@ class HostScheduler:
 
     @property
     def in_flight(self) -> int:
+        """Requests in flight: rows whose response is not yet in hand."""
         return len(self._running)
+
+    @property
+    def processing(self) -> int:
+        """Rows past their response, waiting for or running their processing."""
+        return len(self._processing)
 
     def drive(self, until_idle: bool) -> Iterator[Sample | Reject]:
         """Runs rows, yielding results as they finish.  With `until_idle` until every row is done;
         else it returns as soon as a thread is free that no queued row may use (their hosts must wait),
         so the caller can add rows of other hosts."""
-        while self._queues or self._running:
+        while self._queues or self._running or self._processing:
             self._limit.update()
             yield from self._dispatch()
-            if not until_idle and len(self._running) < self._limit.value:
+            if not until_idle and not self._full(waiting=False):
                 return
-            if not self._running:
+            if not self._running and not self._processing:
                 time.sleep(self._next_wait())
                 continue
-            done, _ = wait(list(self._running), timeout=self._next_wait(), return_when=FIRST_COMPLETED)
-            for future in done:
+            try:
+                future = self._done.get(timeout=self._next_wait())
+            except Empty:
+                continue
+            while future is not None:
                 yield from self._finished(future)
+                try:
+                    future = self._done.get_nowait()
+                except Empty:
+                    future = None
 
     def _dispatch(self) -> Iterator[Reject]:
         """Starts rows round-robin over the hosts that may take a request now."""
@@ -197,12 +229,18 @@ class HostScheduler:
                     if queue:
                         self._queues[host] = queue
 
-    def _full(self) -> bool:
-        if len(self._running) < self._limit.value:
-            return False
-        if self._queues:
-            self._limit.rows_waited()  # some may only wait for their host's turn; then growth costs nothing
-        return True
+    def _full(self, waiting: bool = True) -> bool:
+        """No request may be sent now: every slot is taken, or the bodies waiting for the CPU have taken
+        their `max_processing` and some of the slots (more requests would only pile up bodies)."""
+        if len(self._running) >= self._limit.value:
+            if waiting and self._queues and self._cpu_keeps_up():
+                self._limit.rows_waited()  # some may only wait for their host's turn; then growth costs nothing
+            return True
+        return len(self._running) + len(self._processing) >= self._limit.value + self._max_processing
+
+    def _cpu_keeps_up(self) -> bool:
+        """Bodies do not pile up waiting for the CPU: more requests in flight could help."""
+        return not self._max_processing or len(self._processing) < self._max_processing
 
     def _is_down(self, host: str) -> bool:
         try:
@@ -218,11 +256,23 @@ class HostScheduler:
     def _start(self, row: _Row) -> None:
         if row.started is None:
             row.started = self._clock()
-        self._running[self._pool.submit(self._fetch, row.sample)] = row
+        self._submit(self._pool, self._running, row, self._fetch, row.sample)
+
+    def _submit(self, pool: Executor, futures: dict[Future, _Row], row: _Row, work: Callable, *args) -> None:
+        future = pool.submit(work, *args)
+        futures[future] = row
+        future.add_done_callback(self._done.put)  # runs at once if it is done already
 
     def _finished(self, future: Future) -> Iterator[Sample | Reject]:
+        if future in self._processing:
+            del self._processing[future]
+            yield future.result()
+            return
         row = self._running.pop(future)
         result = future.result()
+        if callable(result):  # the response is in hand: its slot is free, the rest waits for the CPU
+            self._submit(self._processing_pool, self._processing, row, result)
+            return
         if isinstance(result, Reject) and result.stage == "download" and result.reason in _THROTTLED_REASONS:
             retry = self._retry_throttled(row, result)
             if retry is not None:
