@@ -1,7 +1,8 @@
 """Downloading from a far-away web: curate's defaults against network latency, beside img2dataset's.
 
 A loopback asyncio server answers every request after an injected delay
-(0 ms, then 50 ms, 300 ms, 1 s) with one of a few small generated photos
+(0 ms, then 50 ms, 300 ms, 1 s; with `--slow-hosts` a share of the hosts
+`--slow-factor` times later) with one of a few small generated photos
 (512x384 JPEGs).  The rows are spread over `--hosts` loopback addresses
 (127.0.1.x), so the per-host politeness limits are not what bounds the rate:
 what is measured is how well the tool hides latency.  The server only sleeps
@@ -51,10 +52,13 @@ IMAGES = 16
 
 
 class SlowWeb:
-    """Hosts 127.0.1.1.. on one port, answering each request after `delay` seconds."""
+    """Hosts 127.0.1.1.. on one port, answering each request after `delay` seconds (the first
+    `slow_hosts` of them after `delay * slow_factor`)."""
 
-    def __init__(self, hosts: int):
+    def __init__(self, hosts: int, slow_hosts: int = 0, slow_factor: float = 1.0):
         self.addresses = [f"127.0.1.{index + 1}" for index in range(hosts)]
+        self.slow = frozenset(self.addresses[:slow_hosts])
+        self.slow_factor = slow_factor
         self.bodies = [render(ImageSpec(f"{i}.jpg", "photo", 512, 384, "JPEG", 85, False, i)) for i in range(IMAGES)]
         self.delay, self.port = 0.0, 0
         self.first = self.last = 0.0
@@ -72,7 +76,8 @@ class SlowWeb:
                 self.first, self.last, self.requests = self.first or now, now, self.requests + 1
                 index = int(request.split(b" ", 2)[1].strip(b"/").split(b".")[0] or 0)
                 body = self.bodies[index % IMAGES]
-                await asyncio.sleep(self.delay)
+                slow = writer.get_extra_info("sockname")[0] in self.slow
+                await asyncio.sleep(self.delay * (self.slow_factor if slow else 1.0))
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
                              + body)
                 await writer.drain()
@@ -200,6 +205,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--hosts", type=int, default=64)
+    parser.add_argument("--slow-hosts", type=float, default=0.0,
+                        help="share of the hosts that answer `--slow-factor` times later (default 0)")
+    parser.add_argument("--slow-factor", type=float, default=3.0)
     parser.add_argument("--latencies", default="0,0.05,0.3,1.0", help="seconds, comma-separated; 0 first")
     parser.add_argument("--img2dataset-at", default="0.3", help="latencies to run img2dataset at ('' for none)")
     parser.add_argument("--img2dataset-threads", type=int, help="its --thread_count (default: its own, 256)")
@@ -213,7 +221,7 @@ def main() -> None:
     paths = [path.resolve() for path in args.tree] or [REPO]
     args.trees = {("curate" if len(paths) == 1 else f"curate [{path.name}]"): path for path in paths}
     args.work.mkdir(parents=True, exist_ok=True)
-    web = SlowWeb(args.hosts).start()
+    web = SlowWeb(args.hosts, round(args.hosts * args.slow_hosts), args.slow_factor).start()
     urls = args.work / "urls.parquet"
     web.write_urls(args.rows, urls)
     i2d_at = {float(x) for x in args.img2dataset_at.split(",") if x}
@@ -225,6 +233,7 @@ def main() -> None:
         for tool, delay in runs[shift:] + runs[:shift]:
             results.append({**measure(tool, web, delay, urls, args), "round": round_number + 1})
     print(json.dumps({"cpus": os.cpu_count(), "rows": args.rows, "processes": args.processes, "hosts": args.hosts,
+                      "slow_hosts": len(web.slow), "slow_factor": args.slow_factor,
                       "results": results, "medians": medians(results)}, indent=2))
 
 
