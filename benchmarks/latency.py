@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import children, pss_kib  # noqa: E402
-from throughput import ImageSpec, img2dataset_venv, render  # noqa: E402
+from throughput import ImageSpec, curate_name, img2dataset_venv, render, source_trees  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = 16
@@ -218,8 +218,7 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, action="append", default=[],
                         help="source tree to run curate from (default: this one); repeat to compare trees")
     args = parser.parse_args()
-    paths = [path.resolve() for path in args.tree] or [REPO]
-    args.trees = {("curate" if len(paths) == 1 else f"curate [{path.name}]"): path for path in paths}
+    args.trees = {curate_name("curate", label): path for label, path in source_trees(args.tree).items()}
     args.work.mkdir(parents=True, exist_ok=True)
     web = SlowWeb(args.hosts, round(args.hosts * args.slow_hosts), args.slow_factor).start()
     urls = args.work / "urls.parquet"

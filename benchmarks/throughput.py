@@ -494,6 +494,12 @@ def curate_name(what: str, tree_label: str) -> str:
     return f"{what} [{tree_label}]" if tree_label else what
 
 
+def source_trees(paths: list[Path]) -> dict[str, Path]:
+    """`--tree` paths by label: their folder names when several are compared, "" for one (default: this tree)."""
+    paths = [path.resolve() for path in paths] or [REPO]
+    return {("" if len(paths) == 1 else path.name): path for path in paths}
+
+
 def run_curate(setup: Setup, tree: Path, tree_label: str, stages: list, rows: int, round_number: int,
                defaults: bool = False) -> Measurement:
     """`curate run` from the source tree `tree` (its own pipeline/ and filters/); with `defaults`, without
@@ -683,8 +689,7 @@ def main() -> None:
     specs = generate_web(work / "web", args.count, args.seed, args.processes)
     paths = [str(work / "web" / spec.name) for spec in specs]
     wanted = set(args.only) or {"img2dataset", "curate", "filters", "startup", "floor"}
-    tree_paths = [path.resolve() for path in args.tree] or [REPO]
-    trees = {("" if len(tree_paths) == 1 else path.name): path for path in tree_paths}
+    trees = source_trees(args.tree)
     print(machine_description())
 
     with Nginx(work / "web", work / "nginx", args.nginx_workers, args.hosts) as server:

@@ -147,9 +147,9 @@ class _DownloadTask(beam.DoFn):
     requests in flight starts at `threads` and follows the worker's CPU
     (`InFlightLimit`) up to `in_flight_ceiling`.  A row's request thread only
     fetches: its decode and resize run on a few decoding threads in the order
-    the responses came, and no request is sent while `threads` bodies wait
-    for them.  Memory stays bounded by the bodies' reservations in the
-    worker's `BodyBudget`.
+    the responses came, and requests in flight plus bodies waiting for those
+    threads stay under the limit plus `threads`.  Memory stays bounded by the
+    bodies' reservations in the worker's `BodyBudget`.
     """
 
     def __init__(self, download: DownloadParams, resize: ResizeParams, hooks: DownloadHooks,
@@ -253,19 +253,19 @@ class _DownloadTask(beam.DoFn):
                             throttled=int(result.status in THROTTLE_STATUSES))
 
         hold = self._budget.hold()
+        rest = None  # the row's processing, which then releases the body's hold
         try:
             fetched = fetch_row(self._downloader, self._hooks, sample, response_arrived, hold)
-        except BaseException:
-            hold.release()
-            raise
+            if isinstance(fetched, Reject):
+                self._times.add(network=time.monotonic() - started, processing=0.0)
+                return fetched
+            rest = functools.partial(self._process, sample, fetched, hold, started, answered[0])
+            return rest
         finally:
+            if rest is None:
+                hold.release()
             if host and not answered:
                 self._policy.release(host)
-        if isinstance(fetched, Reject):
-            hold.release()
-            self._times.add(network=time.monotonic() - started, processing=0.0)
-            return fetched
-        return functools.partial(self._process, sample, fetched, hold, started, answered[0])
 
     def _process(self, sample: Sample, fetched: FetchResult, hold: BodyHold, started: float,
                  answered: float) -> Sample | Reject:

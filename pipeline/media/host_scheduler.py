@@ -194,7 +194,7 @@ class HostScheduler:
         while self._queues or self._running or self._processing:
             self._limit.update()
             yield from self._dispatch()
-            if not until_idle and not self._full(waiting=False):
+            if not until_idle and not self._full():
                 return
             if not self._running and not self._processing:
                 time.sleep(self._next_wait())
@@ -228,15 +228,14 @@ class HostScheduler:
                     queue = self._queues.pop(host)
                     if queue:
                         self._queues[host] = queue
+        if self._queues and len(self._running) >= self._limit.value and self._cpu_keeps_up():
+            self._limit.rows_waited()  # some may only wait for their host's turn; then growth costs nothing
 
-    def _full(self, waiting: bool = True) -> bool:
+    def _full(self) -> bool:
         """No request may be sent now: every slot is taken, or the bodies waiting for the CPU have taken
         their `max_processing` and some of the slots (more requests would only pile up bodies)."""
-        if len(self._running) >= self._limit.value:
-            if waiting and self._queues and self._cpu_keeps_up():
-                self._limit.rows_waited()  # some may only wait for their host's turn; then growth costs nothing
-            return True
-        return len(self._running) + len(self._processing) >= self._limit.value + self._max_processing
+        return (len(self._running) >= self._limit.value
+                or len(self._running) + len(self._processing) >= self._limit.value + self._max_processing)
 
     def _cpu_keeps_up(self) -> bool:
         """Bodies do not pile up waiting for the CPU: more requests in flight could help."""
