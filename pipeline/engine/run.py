@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.core.stage import DatasetStage
-from pipeline.engine import audit, embedding_files, malloc, runners, worker_forkserver
+from pipeline.engine import audit, beam_signatures, embedding_files, malloc, runners, worker_forkserver
 from pipeline.engine.recipe import Recipe
 from pipeline.engine.stored_images import RestoreImages, StripImages
 from pipeline.core.records import REJECTED
@@ -26,6 +26,9 @@ from pipeline.engine.apply_stage import ApplyStage
 from pipeline.engine.read_inputs import INPUTS, ReadAndKey
 from pipeline.engine.download_images import DownloadImages
 from pipeline.engine.write_outputs import WriteOutputs
+
+# Here, not in run(): local workers import this module before their first bundle, and build operations too.
+beam_signatures.install()
 
 LOCAL_RUNNER_NAMES = (None, "DirectRunner", "FnApiRunner", "SwitchingDirectRunner")
 WORKER_LOG_DIR = worker_forkserver.WORKER_LOG_DIR
