@@ -8,7 +8,9 @@ same files).  Prints CPU ms per row for:
 
 * floor: `process_image` (decode, resize, encode) on bodies already in memory;
 * fetch: `Downloader.fetch` alone (urllib3, checks, body read);
-* row: `fetch_and_resize`, what a download thread does for each row.
+* row: `fetch_and_resize`, what a download thread does for each row;
+  with `--recipe R.yaml`, with the download-thread hooks of R's stages
+  (opt-out checks, image hashes), so a chain's per-row share shows.
 
 `--profile` adds a cProfile of the chosen part.
 """
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.records import Sample
 from pipeline.engine.download_images import DownloadHooks, fetch_and_resize
+from pipeline.engine.recipe import load_recipe
 from pipeline.media.download import Downloader, DownloadParams
 from pipeline.media.imaging import ResizeParams, process_image
 
@@ -35,10 +38,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000)
     parser.add_argument("--part", choices=["floor", "fetch", "row"], action="append")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--recipe", help="run the row part with this recipe's download-thread hooks")
     args = parser.parse_args()
     rows = pq.read_table(args.urls).slice(0, args.rows).to_pylist()
     downloader = Downloader(DownloadParams(retries=0, allow_private_network=True), retry_throttled=False)
     resize = ResizeParams(image_size=256, resize_mode="border", encode_format="jpg", encode_quality=90)
+    hooks = DownloadHooks.of(load_recipe(args.recipe).build_stages()) if args.recipe else DownloadHooks()
     bodies = [downloader.fetch(row["url"]).data for row in rows[:BODIES_IN_MEMORY]]
 
     def floor():
@@ -52,7 +57,7 @@ def main() -> None:
     def row():
         for index, values in enumerate(rows):
             sample = Sample(key=str(index), shard_id=0, url=values["url"], caption=values.get("caption"))
-            fetch_and_resize(downloader, resize, DownloadHooks(), sample)
+            fetch_and_resize(downloader, resize, hooks, sample)
 
     for name in args.part or ["floor", "fetch", "row"]:
         part = {"floor": floor, "fetch": fetch, "row": row}[name]
