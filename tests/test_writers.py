@@ -166,3 +166,73 @@ def test_shard_numbers_are_the_dense_rank_of_blocks_that_kept_rows():
             first["filtered"]) == (9, 2, 3, 1, 3)
     assert second["status_dict"] == {"success": 3, "download/timeout": 3}
     assert shard_plan({0: {"download/http_404": 3}}) == {}
+
+
+# ---------------------------------------------------------------- tar bytes: FixedHeaderTar is tarfile's output
+
+
+def _tarfile_stream(members: list[tuple[str, bytes]]) -> bytes:
+    """What the writer wrote before FixedHeaderTar: tarfile's "w|" ustar stream, fixed owner, mode and time."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _fixed_header_stream(members: list[tuple[str, bytes]]) -> bytes:
+    from pipeline.engine.tar_stream import FixedHeaderTar
+
+    out = io.BytesIO()
+    tar = FixedHeaderTar(out, mode=0o444, mtime=0)
+    for name, data in members:
+        tar.add(name, data)
+    tar.close()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("members", [
+    [],
+    [("000000001.jpg", b"\xff\xd8" * 700), ("000000001.json", b"{}"), ("000000001.txt", b"")],
+    [("folder/" * 10 + "x" * 80 + ".txt", b"a 154-byte name: tarfile splits it into the prefix and name fields")],
+    [("caf\u00e9/\u00fcber.txt", b"non-ASCII names, in UTF-8 as tarfile encodes them")],
+    [("a/" * 49 + "b.jpg", bytes(512)), ("c.txt", bytes(511)), ("d.txt", bytes(513)), ("e.txt", bytes(10240))],
+])
+def test_fixed_header_tar_writes_tarfiles_bytes(members):
+    assert _fixed_header_stream(members) == _tarfile_stream(members)
+
+
+def test_fixed_header_tar_matches_tarfile_for_any_name_and_size():
+    from hypothesis import given, settings, strategies as st
+
+    names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=120)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(names, st.binary(max_size=1500)), max_size=4))
+    def check(members):
+        try:
+            expected = _tarfile_stream(members)
+        except ValueError:  # a name tarfile cannot put in a ustar header: so does FixedHeaderTar
+            with pytest.raises(ValueError):
+                _fixed_header_stream(members)
+            return
+        assert _fixed_header_stream(members) == expected
+
+    check()
+
+
+def test_a_written_shard_is_byte_for_byte_what_tarfile_wrote(tmp_path):
+    from pipeline.engine.writers import json_columns, json_metadata, schema_of
+
+    samples = [make_sample(f"00000000{i}", caption=f"caption {i}") for i in range(3)]
+    tar_path, _parquet = write_shard(OutputParams(), str(tmp_path), 0, samples)
+    columns = json_columns(schema_of(samples, "webdataset"))
+    members = [
+        (f"{s.key}.{ext}", data)
+        for s in samples
+        for ext, data in sorted({"jpg": s.image, "json": json_metadata(s.metadata(), columns),
+                                 "txt": s.caption.encode()}.items())
+    ]
+    assert open(tar_path, "rb").read() == _tarfile_stream(members)

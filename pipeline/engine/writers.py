@@ -19,9 +19,7 @@ name) leave the metadata and go to `shards/00000.npz` in DataComp's layout
 """
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal
@@ -33,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.core import layout
 from pipeline.core.layout import shard_name
 from pipeline.engine import embedding_files, shard_schema
+from pipeline.engine.tar_stream import FixedHeaderTar
 from pipeline.core.records import REJECTS_SCHEMA, Reject, Sample
 
 
@@ -97,10 +96,14 @@ def write_parquet_atomically(path: str, table: pa.Table) -> str:
     return write_atomically(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
 
 
-def json_metadata(metadata: dict[str, Any], schema: pa.Schema) -> bytes:
-    """A sample's `.json`: its metadata without the embeddings (those live in the Parquet, as float16, or in
-    the `.npz`: then the schema has no column for them)."""
-    columns = {f.name for f in schema if not shard_schema.is_embedding_type(f.type)}
+def json_columns(schema: pa.Schema) -> frozenset[str]:
+    """The columns a sample's `.json` holds: all but the embeddings (those live in the Parquet, as float16,
+    or in the `.npz`: then the schema has no column for them)."""
+    return frozenset(f.name for f in schema if not shard_schema.is_embedding_type(f.type))
+
+
+def json_metadata(metadata: dict[str, Any], columns: frozenset[str]) -> bytes:
+    """A sample's `.json`: its metadata in `columns` (`json_columns` of the shard's schema)."""
     kept = {name: value for name, value in metadata.items() if name in columns}
     return json.dumps(kept, sort_keys=True, default=str).encode("utf-8")
 
@@ -109,9 +112,11 @@ class WebDatasetShardWriter:
     def __init__(self, output_dir: str, name: str, schema: pa.Schema):
         paths = layout.OutputLayout(output_dir)
         self._tar_file = AtomicFile(paths.shard(name, "tar"))
-        self._tar = tarfile.open(fileobj=self._tar_file.handle, mode="w|", format=tarfile.USTAR_FORMAT)
+        # Fixed owner, mode and time: the same samples give byte-identical tars.
+        self._tar = FixedHeaderTar(self._tar_file.handle, mode=0o444, mtime=0)
         self._parquet_path = paths.shard(name, "parquet")
         self._schema = schema
+        self._json_columns = json_columns(schema)
         self._rows: list[dict[str, Any]] = []
 
     def write(self, sample: Sample) -> None:
@@ -119,17 +124,11 @@ class WebDatasetShardWriter:
         members = {
             sample.image_format: sample.image,
             "txt": (sample.caption or "").encode("utf-8"),
-            "json": json_metadata(metadata, self._schema),
+            "json": json_metadata(metadata, self._json_columns),
         }
         for extension in sorted(members):  # img2dataset's (webdataset's TarWriter's) order: jpg, json, txt
-            self._add(f"{sample.key}.{extension}", members[extension])
+            self._tar.add(f"{sample.key}.{extension}", members[extension])
         self._rows.append(metadata)
-
-    def _add(self, name: str, data: bytes) -> None:
-        # Fixed owner, mode and time: the same samples give byte-identical tars.
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), 0, 0o444
-        self._tar.addfile(info, io.BytesIO(data))
 
     def close(self) -> list[str]:
         """The Parquet appears before its tar, so a visible tar always has its metadata."""
