@@ -171,10 +171,18 @@ def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 
 def misfit(metadata: dict[str, Any], schema: pa.Schema) -> str | None:
     """The first column whose value this schema cannot hold, if any."""
+    types = _column_types(schema)
     for name, value in metadata.items():
-        if name in schema.names and not _fits(name, value, schema.field(name).type):
+        kind = types.get(name)
+        if kind is not None and not _fits(name, value, kind):
             return name
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _column_types(schema: pa.Schema) -> dict[str, pa.DataType]:
+    # Once per run's schema: `schema.names` builds a new list on every call (3 us), 40 us of a sample's 53.
+    return {field.name: field.type for field in schema}
 
 
 def _fits(name: str, value: Any, kind: pa.DataType) -> bool:
