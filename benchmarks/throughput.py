@@ -43,6 +43,13 @@ nothing else the first time), never inside curate's environment, where torch,
 Beam and the gcp extra are importable and double its start-up.
 `NO_ALBUMENTATIONS_UPDATE=1` is set for it, so it does not ask PyPI for
 albumentations' latest version.
+
+`--curate-python PY` runs curate with another interpreter, e.g. that of a
+virtualenv holding `pip install -c constraints.txt .` without extras (what a
+user installs for local runs).  The development environment's extras
+(`gcp`, `train`) make Beam import the Google Cloud clients and pandas at
+start-up.  The source tree still comes first on `sys.path` (the working
+directory), so `--tree` works with it.
 """
 from __future__ import annotations
 
@@ -400,6 +407,7 @@ class Setup:
     server: Nginx | None = None
     url_lists: dict[int, Path] = field(default_factory=dict)
     img2dataset: Path | None = None  # its command, in its own virtualenv
+    curate_python: str = sys.executable  # the interpreter curate runs with
 
 
 def _children_cpu() -> float:
@@ -510,7 +518,7 @@ def run_curate(setup: Setup, tree: Path, tree_label: str, stages: list, rows: in
     out = setup.work / f"out-curate-{kind}"
     shutil.rmtree(out, ignore_errors=True)
     command = [
-        sys.executable, "-m", "pipeline.cli", "run", "--recipe", str(recipe),
+        setup.curate_python, "-m", "pipeline.cli", "run", "--recipe", str(recipe),
         "--input", str(setup.url_lists[rows]), "--output", str(out), "--allow-private-network",
     ]
     if not defaults:
@@ -676,6 +684,9 @@ def main() -> None:
     parser.add_argument("--img2dataset-venv", type=Path, default=None,
                         help="virtualenv holding img2dataset alone (default WORK/img2dataset-venv, created "
                         f"with img2dataset=={IMG2DATASET_VERSION} on first use)")
+    parser.add_argument("--curate-python", type=Path, default=None,
+                        help="interpreter to run curate with (default: this one), e.g. VENV/bin/python of an "
+                        "install without extras")
     args = parser.parse_args()
 
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -684,6 +695,8 @@ def main() -> None:
     work.chmod(0o755)
     setup = Setup(work, args.count, args.processes, args.threads, args.image_size, args.resize_mode,
                   args.quality, args.shard_size or -(-args.count // args.processes), args.rows_per_task)
+    if args.curate_python:
+        setup.curate_python = str(args.curate_python.absolute())  # a venv's python is a symlink: keep its path
     if wanted_img2dataset(args):
         setup.img2dataset = img2dataset_venv((args.img2dataset_venv or work / "img2dataset-venv").resolve())
     specs = generate_web(work / "web", args.count, args.seed, args.processes)
