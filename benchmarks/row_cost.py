@@ -43,7 +43,12 @@ def main() -> None:
     rows = pq.read_table(args.urls).slice(0, args.rows).to_pylist()
     downloader = Downloader(DownloadParams(retries=0, allow_private_network=True), retry_throttled=False)
     resize = ResizeParams(image_size=256, resize_mode="border", encode_format="jpg", encode_quality=90)
-    hooks = DownloadHooks.of(load_recipe(args.recipe).build_stages()) if args.recipe else DownloadHooks()
+    hooks = DownloadHooks()
+    if args.recipe:  # set up as the download step sets them up: opt-out lists and the like load here
+        recipe = load_recipe(args.recipe)
+        hooks = DownloadHooks.of(recipe.build_stages())
+        for stage in hooks.stages():
+            stage.setup(recipe.stage_context())
     bodies = [downloader.fetch(row["url"]).data for row in rows[:BODIES_IN_MEMORY]]
 
     def floor():
