@@ -67,7 +67,7 @@ def test_a_server_that_is_not_needed_is_killed_and_none_is_used():
 def test_the_server_exits_when_the_launcher_closes_it_and_forks_no_more():
     with worker_forkserver.serving(True) as server:
         command = server.worker_command()
-    assert server._process.returncode is not None
+    assert server._process.returncode == 0  # it ended by itself (skipping the interpreter's finalization)
     # A worker started after that falls back to the ordinary command (here: exits 1 as above, unforked).
     env = {k: v for k, v in os.environ.items() if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
     result = subprocess.run(command, shell=True, env=env, capture_output=True, timeout=180)
