@@ -36,15 +36,18 @@ class BiasTerms:
     context_categories: tuple[str, ...]
     perceived_prompts: dict[str, dict[str, str]]  # attribute -> {label name: prompt}
     source: str
-    longest_phrase: int  # words
+    # first word -> the lengths (in words) of the phrases starting with it: most of a caption's words
+    # start no phrase, and are passed over with one lookup (the report labels every row's caption).
+    lengths_by_first_word: dict[str, tuple[int, ...]]
 
     def labels(self, caption: str | None) -> list[str]:
         """Sorted labels whose terms occur in `caption`."""
         words = _words(caption or "")
         found: set[str] = set()
-        for start in range(len(words)):
-            for end in range(start + 1, min(start + self.longest_phrase, len(words)) + 1):
-                found.update(self.phrases.get(tuple(words[start:end]), ()))
+        for start, word in enumerate(words):
+            for length in self.lengths_by_first_word.get(word, ()):
+                if start + length <= len(words):
+                    found.update(self.phrases.get(tuple(words[start:start + length]), ()))
         return sorted(found)
 
     def is_group(self, label: str) -> bool:
@@ -87,8 +90,15 @@ def load_terms(path: str | None = None) -> BiasTerms:
         context_categories=categories["contexts"],
         perceived_prompts=_perceived_prompts(document.get("perceived_attributes") or {}, path),
         source=str(path),
-        longest_phrase=max(len(words) for words in phrases),
+        lengths_by_first_word=_lengths_by_first_word(phrases),
     )
+
+
+def _lengths_by_first_word(phrases: dict[tuple[str, ...], Any]) -> dict[str, tuple[int, ...]]:
+    lengths: dict[str, set[int]] = {}
+    for words in phrases:
+        lengths.setdefault(words[0], set()).add(len(words))
+    return {word: tuple(sorted(found)) for word, found in lengths.items()}
 
 
 def _add_section(section: Any, where: str, phrases: dict[tuple[str, ...], set[str]]) -> tuple[str, ...]:

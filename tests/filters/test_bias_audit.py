@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from filters.bias_audit import BiasAudit
 from pipeline.media.bias_terms import PERCEIVED_FIELD, TERMS_FIELD, TermsError, load_terms, split_labels
@@ -33,6 +35,27 @@ def terms():
 )
 def test_caption_labels(terms, caption, labels):
     assert terms.labels(caption) == labels
+
+
+def every_phrase_at_every_position(terms, caption):
+    """The plain definition of `labels` for a caption of the list's words: each run of words that is a
+    phrase of the list, at any length."""
+    words = caption.split()
+    return sorted({label for start in range(len(words)) for end in range(start + 1, len(words) + 1)
+                   for label in terms.phrases.get(tuple(words[start:end]), ())})
+
+
+_TERMS = load_terms()
+# The list's own words (first words of several phrases, and of one-word and longer ones: "african",
+# "old", "black", "feeding") mixed with words that start none.
+_WORDS = sorted({word for phrase in _TERMS.phrases for word in phrase}) + ["a", "the", "cat", "photo", "of"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_WORDS), max_size=30))
+def test_labels_find_every_phrase_wherever_it_starts_and_ends(words):
+    caption = " ".join(words)
+    assert _TERMS.labels(caption) == every_phrase_at_every_position(_TERMS, caption)
 
 
 def test_groups_and_contexts_are_told_apart(terms):
