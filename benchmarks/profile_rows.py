@@ -95,7 +95,7 @@ CATEGORIES: list[tuple[str, callable]] = [
 OTHER = "other (interpreter, threading, libraries)"
 # A thread whose innermost frame is one of these is waiting, not computing: py-spy counts some such
 # threads as active (a blocked queue get, a lock, a sleep, gRPC's completion-queue threads).
-_WAITING_CALL = re.compile(r"\.acquire\(|\bsleep\(|\bwait\(|waitpid\(|\.get\(block|\bselect\(|\.poll\(")
+_WAITING_CALL = re.compile(r"\.acquire\(|\bsleep\(|\bwait\(|waitpid\(|\.get\((block|timeout)|\bselect\(|\.poll\(")
 _WAITING_FUNCTIONS = ("_serve", "_run_channel_spin_thread.<locals>.channel_spin", "Popen._try_wait")
 
 
@@ -107,6 +107,7 @@ def waiting(frames: list[Frame]) -> bool:
     return leaf.function in _WAITING_FUNCTIONS or _WAITING_CALL.search(leaf.source) is not None
 
 
+WORKER_COMMANDS = ("sdk_worker_main", "worker_forkserver")
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*):(?P<line>\d+)\)$")
 
 
@@ -131,16 +132,18 @@ def read_samples(path: Path) -> dict[tuple[str, str], int]:
         stack, _, count = line.rpartition(" ")
         parts = stack.split(";")
         processes = [part for part in parts if part.startswith("process ")]  # the launcher, then descendants
-        role = "workers" if "sdk_worker_main" in processes[-1] else "launcher"
+        # A worker is Beam's worker command, or a child of the fork server (which has its command line).
+        role = "workers" if any(name in processes[-1] for name in WORKER_COMMANDS) else "launcher"
         frames = [frame for frame in map(parse_frame, parts[len(processes) + 1:]) if frame is not None]
         if not waiting(frames):
             counts[(role, category_of(frames))] += int(count)
     return counts
 
 
-def write_cycled_url_list(path: Path, base_url: str, specs: list, rows: int) -> None:
-    """`rows` URLs over the images, each one distinct (a query string tells repeats apart)."""
-    table = [{"url": f"{base_url}/{specs[i % len(specs)].name}?row={i}", "caption": throughput.caption_for(i)}
+def write_cycled_url_list(path: Path, server: throughput.Nginx, specs: list, rows: int) -> None:
+    """`rows` URLs over the images and the server's hosts, each one distinct (a query string tells
+    repeats apart).  Several hosts, as in throughput.py: on one, the per-host rate limit sets the pace."""
+    table = [{"url": f"{server.url(i, specs[i % len(specs)].name)}?row={i}", "caption": throughput.caption_for(i)}
              for i in range(rows)]
     pq.write_table(pa.Table.from_pylist(table), path)
 
@@ -220,6 +223,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="unprofiled runs for the measured CPU (median)")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--hosts", type=int, default=64, help="loopback addresses the rows are spread over")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--filters", action="store_true", help="the CPU filter chain instead of stages: []")
     parser.add_argument("--tree", type=Path, action="append", default=[], help="source tree(s) to profile")
@@ -237,11 +241,11 @@ def main() -> None:
     trees = [path.resolve() for path in args.tree] or [throughput.REPO]
     print(throughput.machine_description())
     report = {}
-    with throughput.Nginx(work / "web", work / "nginx", 1) as server:
+    with throughput.Nginx(work / "web", work / "nginx", 1, args.hosts) as server:
         setup.server = server
         for rows in (args.count, throughput.STARTUP_ROWS):
             setup.url_lists[rows] = work / f"urls-{rows}.parquet"
-            write_cycled_url_list(setup.url_lists[rows], server.base_url, specs, rows)
+            write_cycled_url_list(setup.url_lists[rows], server, specs, rows)
         for tree in trees:
             label = tree.name if len(trees) > 1 else ""
             measured = measure(setup, tree, stages, args.runs, label)

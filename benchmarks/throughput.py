@@ -286,11 +286,11 @@ class Nginx:
         self.root, self.prefix, self.workers, self.hosts = root, prefix, workers, hosts
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen | None = None
 
     def url(self, index: int, name: str) -> str:
         """Row `index`'s URL: the rows go round-robin over the hosts."""
         return f"http://{loopback_host(index % self.hosts)}:{self.port}/{name}"
-        self._process: subprocess.Popen | None = None
 
     def __enter__(self):
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
