@@ -12,6 +12,7 @@ Options `curate run` does not know are Beam pipeline options (`--runner`,
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -75,6 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as err:
         print(f"curate: error: {err}", file=sys.stderr)
         return 2
+
+
+def entry_point() -> None:
+    """The `curate` command (and `python -m pipeline.cli`): `main`, then the exit."""
+    code = main()
+    _skip_the_last_collection()
+    sys.exit(code)
+
+
+def _skip_the_last_collection() -> None:
+    """Python's finalization ends with a garbage collection over every object still alive: with Beam
+    imported that took ~0.6 s at the end of every command (~0.9 s with torch).  What is garbage now is
+    collected here, so its finalizers run (files are flushed and closed) as they would have; the rest
+    goes to the permanent generation, which that last collection skips.  Modules are still torn down
+    and atexit handlers still run; only cycles that become garbage during that teardown are left to
+    the operating system, as any process's memory is."""
+    gc.collect()
+    gc.freeze()
 
 
 # Harmless messages Beam prints on every local run.
@@ -212,4 +231,4 @@ def _cmd_demo(args, beam_args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -45,6 +45,12 @@ def test_wheel_carries_every_bundled_recipe(wheel):
             assert archive.read(f"pipeline/manifests/{name}") == (REPO / "manifests" / name).read_bytes()
 
 
+def test_the_installed_command_is_the_entry_point_that_exits_quickly(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        (entry_points,) = [name for name in archive.namelist() if name.endswith(".dist-info/entry_points.txt")]
+        assert "curate = pipeline.cli:entry_point" in archive.read(entry_points).decode().splitlines()
+
+
 def test_installed_wheel_resolves_a_bare_name_to_its_own_copy(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
