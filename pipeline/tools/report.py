@@ -125,7 +125,12 @@ def is_score_field(name: str, value: Any) -> bool:
 
 def measures(row: Row) -> dict[str, float | None]:
     """Every numeric quantity histogrammed for a row: its scores and derived sizes."""
-    values = {name: finite_number(value) for name, value in row.fields.items() if is_score_field(name, value)}
+    values = {}
+    for name, value in row.fields.items():  # is_score_field, with each number converted once
+        if name == "score" or name.endswith("_score"):
+            number = finite_number(value)
+            if number is not None:
+                values[name] = number
     width, height = finite_number(row.fields.get("original_width")), finite_number(row.fields.get("original_height"))
     sized = bool(width and height)
     values["original_short_side"] = min(width, height) if sized else None
