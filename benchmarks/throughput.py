@@ -583,7 +583,32 @@ def summarize(measurements: list[Measurement], setup: Setup, fetch: dict[str, fl
             "nginx_cpu_share": _median([m.nginx_cpu_seconds / m.seconds for m in runs]),
             "load": [round(m.load, 2) for m in runs],
         }
-    return {"rows": rows, "ratios": _ratios(by_name, setup, tree_labels), "fetch_check": fetch}
+    return {"rows": rows, "ratios": _ratios(by_name, setup, tree_labels), "fetch_check": fetch,
+            "tree_pairs": tree_pairs(by_name, tree_labels)}
+
+
+def tree_pairs(by_name: dict[str, list[Measurement]], tree_labels: list[str]) -> dict[str, dict]:
+    """Each later tree against the first, contender by contender, round by round: a median of medians
+    hides how often the change won, and this machine's rounds move by 10-20%."""
+    pairs = {}
+    if len(tree_labels) < 2:
+        return pairs
+    base_label, *others = tree_labels
+    for label in others:
+        for name in by_name:
+            if not name.endswith(f" [{base_label}]"):
+                continue
+            other = name.removesuffix(f" [{base_label}]") + f" [{label}]"
+            base_runs = {m.round: m.seconds for m in by_name[name]}
+            differences = [m.seconds - base_runs[m.round] for m in by_name.get(other, []) if m.round in base_runs]
+            if differences:
+                pairs[f"{other} vs [{base_label}]"] = {
+                    "rounds": len(differences),
+                    "faster_rounds": sum(d < 0 for d in differences),
+                    "median_difference_s": round(statistics.median(differences), 2),
+                    "differences_s": [round(d, 2) for d in differences],
+                }
+    return pairs
 
 
 def _paired(by_name: dict[str, list[Measurement]], top: str, bottom: str, of=lambda m: m.rate) -> float:
@@ -637,6 +662,11 @@ def print_summary(summary: dict) -> None:
     print()
     for name, value in summary["ratios"].items():
         print(f"{name:58s} {value:7.2f}")
+    if summary.get("tree_pairs"):
+        print()
+    for name, pair in summary.get("tree_pairs", {}).items():
+        print(f"{name}: faster in {pair['faster_rounds']} of {pair['rounds']} rounds, median difference "
+              f"{pair['median_difference_s']:+.2f} s {pair['differences_s']}")
     fetch = summary["fetch_check"]
     print(f"\nnginx check: {fetch['requests_per_s']:.0f} requests/s, {fetch['mb_per_s']:.0f} MB/s to plain "
           f"urllib3 clients; {fetch['nginx_cpu_ms_per_request']:.3f} ms nginx CPU per request")
