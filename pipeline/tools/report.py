@@ -119,15 +119,19 @@ def all_rows(output_dir: str, problems: list[str]) -> Iterator[list[Row]]:
 # ---------------------------------------------------------------- measures and histograms
 
 
+def is_score_name(name: str) -> bool:
+    return name == "score" or name.endswith("_score")
+
+
 def is_score_field(name: str, value: Any) -> bool:
-    return (name == "score" or name.endswith("_score")) and finite_number(value) is not None
+    return is_score_name(name) and finite_number(value) is not None
 
 
 def measures(row: Row) -> dict[str, float | None]:
     """Every numeric quantity histogrammed for a row: its scores and derived sizes."""
     values = {}
     for name, value in row.fields.items():  # is_score_field, with each number converted once
-        if name == "score" or name.endswith("_score"):
+        if is_score_name(name):
             number = finite_number(value)
             if number is not None:
                 values[name] = number
