@@ -12,7 +12,7 @@ import pytest
 import urllib3
 from PIL import Image
 
-from pipeline.media import download
+from pipeline.media import download, fetch_rules
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
 from pipeline.demo.localweb import tiny_jpeg
 from pipeline.media.imaging import ResizeParams
@@ -116,12 +116,12 @@ def test_dns_failure_is_not_retried(web, monkeypatch):
 
 
 def test_backoff_is_deterministic_and_grows():
-    first = [download._backoff_delay(1.0, "http://x/a", attempt) for attempt in range(4)]
-    again = [download._backoff_delay(1.0, "http://x/a", attempt) for attempt in range(4)]
+    first = [fetch_rules.backoff_delay(1.0, "http://x/a", attempt) for attempt in range(4)]
+    again = [fetch_rules.backoff_delay(1.0, "http://x/a", attempt) for attempt in range(4)]
     assert first == again
     for attempt, delay in enumerate(first):
         assert 0.5 * 2**attempt <= delay < 1.5 * 2**attempt
-    assert download._backoff_delay(1.0, "http://x/b", 0) != first[0]  # jitter differs per URL
+    assert fetch_rules.backoff_delay(1.0, "http://x/b", 0) != first[0]  # jitter differs per URL
 
 
 # --- time limits ----------------------------------------------------------------

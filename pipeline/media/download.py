@@ -39,14 +39,11 @@ is sent.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import ipaddress
 import logging
 import socket
 import time
-import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import urllib3
@@ -61,19 +58,32 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from pipeline.media.body_budget import UNDECLARED_START, BodyHold
+from pipeline.core.params import ParamError
+from pipeline.media.body_budget import BodyHold
 from pipeline.media.dns_cache import DnsCache, DnsTimeout
 from pipeline.media.fetch_clock import FetchClock, fetch_clock, pin_addresses
-from pipeline.core.params import ParamError
-from pipeline.media.politeness import THROTTLE_STATUSES, host_of
-from pipeline.media.sniff import sniff_image_mime
+from pipeline.media.fetch_rules import (  # noqa: F401 -- FetchResult, sniff_image_mime and the URL helpers are this module's API too
+    FetchFailure,
+    FetchResult,
+    Reply,
+    checked_url,
+    declared_length,
+    final_reason,
+    host_and_port,
+    is_redirect,
+    next_read,
+    redirect_target,
+    retry_delay,
+    sniff_image_mime,
+    success_result,
+    url_has_credentials,
+    without_credentials,
+)
+from pipeline.media.politeness import host_of
 from pipeline.media.watched_pool import watched_pool_classes
 
 log = logging.getLogger(__name__)
 
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_CHUNK_BYTES = 64 * 1024
-_TRANSIENT_REASONS = frozenset({"timeout", "dns_timeout", "connection_error", "incomplete_read", "http_429"})
 
 
 @dataclass(frozen=True)
@@ -149,26 +159,6 @@ class DownloadParams:
             raise ParamError(f"download: {'; '.join(problems)}")
 
 
-@dataclass
-class FetchResult:
-    url: str  # as requested
-    final_url: str | None  # the last URL requested (after redirects); None if none was
-    data: bytes | None  # body on success
-    reason: str | None  # None on success, else a short snake_case reason
-    status: int | None
-    headers: dict[str, str] = field(default_factory=dict)  # final response, lower-cased names
-    mime: str | None = None  # an image type sniffed from magic bytes, never from Content-Type
-
-    @property
-    def ok(self) -> bool:
-        return self.reason is None
-
-    @functools.cached_property
-    def sha256(self) -> str | None:
-        """Hex SHA-256 of the body, hashed once however many steps ask (the sample's, opt-out lists)."""
-        return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
-
-
 # --- address policy ------------------------------------------------------------
 
 class BlockedAddressError(Exception):
@@ -230,27 +220,6 @@ def check_peer(sock: socket.socket) -> None:
 
 # --- fetching --------------------------------------------------------------------
 
-class _Failure(Exception):
-    """A fetch attempt failed with `reason`; carries the response status and headers if any."""
-
-    def __init__(self, reason: str, status: int | None = None, headers: dict[str, str] | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.headers = headers or {}
-
-    @property
-    def transient(self) -> bool:
-        return self.reason in _TRANSIENT_REASONS or (self.status is not None and 500 <= self.status <= 599)
-
-
-@dataclass
-class _Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes | None  # None for a redirect
-
-
 class Downloader:
     """Thread-safe: one instance (one connection pool) serves a whole thread pool."""
 
@@ -282,18 +251,16 @@ class Downloader:
         current: str | None = None
         with fetch_clock(self.params.deadline) as clock:
             try:
-                current = _checked_url(url)
+                current = checked_url(url)
                 for _hop in range(self.params.max_redirects + 1):
                     reply = self._get_with_retries(current, clock, hold)
                     if reply.body is None:
-                        current = _checked_url(urllib.parse.urljoin(current, reply.headers["location"]))
+                        current = redirect_target(current, reply)
                         continue
-                    return _success(url, current, reply, expect_image)
-                raise _Failure("too_many_redirects")
-            except _Failure as failure:
-                # A socket cut by the clock fails as whatever it was doing: say why it was cut.
-                cut = clock.expired and failure.reason not in ("blocked_address", "body_budget_exhausted")
-                reason = "timeout" if cut else failure.reason
+                    return success_result(url, current, reply, expect_image)
+                raise FetchFailure("too_many_redirects")
+            except FetchFailure as failure:
+                reason = final_reason(failure, clock.expired)
                 return FetchResult(url, current, None, reason, failure.status, failure.headers)
             except Exception:  # fetch must never take down a worker
                 log.exception("unexpected error fetching %s", url)
@@ -302,22 +269,22 @@ class Downloader:
     def close(self) -> None:
         self._pool.clear()
 
-    def _get_with_retries(self, url: str, clock: FetchClock, hold: BodyHold | None) -> _Reply:
-        for attempt in range(self.params.retries + 1):
+    def _get_with_retries(self, url: str, clock: FetchClock, hold: BodyHold | None) -> Reply:
+        params = self.params
+        for attempt in range(params.retries + 1):
             try:
                 return self._get_once(url, clock, hold)
-            except _Failure as failure:
-                delay = _backoff_delay(self.params.backoff, url, attempt)
-                out_of_time = delay >= clock.remaining()
-                throttled = failure.status in THROTTLE_STATUSES and not self._retry_throttled
-                if not failure.transient or throttled or attempt == self.params.retries or out_of_time:
+            except FetchFailure as failure:
+                delay = retry_delay(failure, url, attempt, params.retries, params.backoff, clock.remaining(),
+                                    self._retry_throttled)
+                if delay is None:
                     raise
                 if self._may_retry is not None and not self._may_retry(host_of(url), failure.reason):
                     raise
                 time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _get_once(self, url: str, clock: FetchClock, hold: BodyHold | None) -> _Reply:
+    def _get_once(self, url: str, clock: FetchClock, hold: BodyHold | None) -> Reply:
         """One request for one hop: a redirect (body None) or a 2xx with its body."""
         response = self._request(url, clock)
         try:
@@ -329,15 +296,15 @@ class Downloader:
                 response.close()
             response.release_conn()
         if clock.expired:  # the clock cut the socket: what was read looks complete but is not
-            raise _Failure("timeout", reply.status, reply.headers)
+            raise FetchFailure("timeout", reply.status, reply.headers)
         return reply
 
     def _request(self, url: str, clock: FetchClock):
         """Send the request and read the status line and headers."""
         remaining = clock.remaining()
         if remaining <= 0:
-            raise _Failure("timeout")
-        host, port = _host_and_port(url)
+            raise FetchFailure("timeout")
+        host, port = host_and_port(url)
         seconds = min(self.params.timeout, remaining)
         with _errors_as_reasons(before_body=True):
             # The one lookup, bounded; the connection goes to exactly these addresses.
@@ -353,123 +320,45 @@ class Downloader:
                 timeout=urllib3.Timeout(connect=seconds, read=seconds),
             )
 
-    def _reply(self, response, clock: FetchClock, hold: BodyHold | None) -> _Reply:
+    def _reply(self, response, clock: FetchClock, hold: BodyHold | None) -> Reply:
         headers = {name.lower(): value for name, value in response.headers.itermerged()}
-        if response.status in REDIRECT_STATUSES and "location" in headers:
-            return _Reply(response.status, headers, None)
+        if is_redirect(response.status, headers):
+            return Reply(response.status, headers, None)
         if not 200 <= response.status <= 299:
-            raise _Failure(f"http_{response.status}", response.status, headers)
-        declared = self._declared_length(headers, response.status)
+            raise FetchFailure(f"http_{response.status}", response.status, headers)
+        declared = declared_length(headers, response.status, self.params.max_bytes)
         try:
             with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
                 body = self._read_body(response, clock, headers, declared, hold)
-        except _Failure:
+        except FetchFailure:
             if hold is not None:
                 hold.release()  # a retry or the next hop starts afresh
             raise
-        return _Reply(response.status, headers, body)
-
-    def _declared_length(self, headers: dict[str, str], status: int) -> int | None:
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.params.max_bytes:
-            raise _Failure("too_large", status, headers)
-        return int(declared) if declared.isdigit() else None
+        return Reply(response.status, headers, body)
 
     def _read_body(self, response, clock: FetchClock, headers: dict[str, str], declared: int | None,
                    hold: BodyHold | None) -> bytes:
         body = bytearray()
-        if headers.get("content-encoding", "identity").lower() != "identity":
-            declared = None  # urllib3 decodes it: its length is not the one declared
-        out_of_budget = _Failure("body_budget_exhausted", response.status, headers)
-        # read1 returns what has arrived, so the deadline is checked even when
-        # a server drips bytes slower than the read timeout would notice.
-        while chunk := response.read1(self._next_read(len(body), declared, hold, clock, out_of_budget)):
+        max_bytes = self.params.max_bytes
+        while True:
+            size, grow_to = next_read(len(body), declared, hold, max_bytes)
+            if grow_to is not None and not hold.resize(grow_to, clock.remaining()):
+                raise FetchFailure("body_budget_exhausted", response.status, headers)
+            # read1 returns what has arrived, so the deadline is checked even when
+            # a server drips bytes slower than the read timeout would notice.
+            chunk = response.read1(size)
+            if not chunk:
+                return bytes(body)
             body += chunk
-            if len(body) > self.params.max_bytes:
-                raise _Failure("too_large", response.status, headers)
+            if len(body) > max_bytes:
+                raise FetchFailure("too_large", response.status, headers)
             if clock.expired:
-                raise _Failure("timeout", response.status, headers)
-        return bytes(body)
-
-    def _next_read(self, length: int, declared: int | None, hold: BodyHold | None, clock: FetchClock,
-                   out_of_budget: _Failure) -> int:
-        """How many bytes the next read may take: what the hold has room for, grown first if it is full
-        (to the declared length, else by doubling)."""
-        if hold is None:
-            return _CHUNK_BYTES
-        if declared is not None and length >= declared:
-            # The read that ends the body (its connection is kept): http.client reads nothing past
-            # Content-Length, so a longer body is cut there.
-            return 1
-        if length >= self.params.max_bytes:
-            return 1  # the one byte that tells a body too large
-        if length >= hold.bytes:
-            wanted = declared if declared is not None else max(2 * hold.bytes, UNDECLARED_START)
-            if not hold.resize(min(wanted, self.params.max_bytes), clock.remaining()):
-                raise out_of_budget
-        return min(_CHUNK_BYTES, hold.bytes - length)
-
-
-def _success(url: str, final_url: str, reply: _Reply, expect_image: bool) -> FetchResult:
-    mime = sniff_image_mime(reply.body)
-    if expect_image and not reply.body:
-        return FetchResult(url, final_url, None, "empty_body", reply.status, reply.headers)
-    if expect_image and mime is None:
-        return FetchResult(url, final_url, None, "not_an_image", reply.status, reply.headers)
-    return FetchResult(url, final_url, reply.body, None, reply.status, reply.headers, mime)
-
-
-def _checked_url(url: str) -> str:
-    """`url` if it is an absolute http(s) URL with a host; else _Failure(invalid_url)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a bad port
-    except (ValueError, TypeError, AttributeError):
-        raise _Failure("invalid_url") from None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-        raise _Failure("invalid_url")
-    if url_has_credentials(url):
-        raise _Failure("url_has_credentials")
-    return url
-
-
-def without_credentials(url: str) -> str:
-    """`url` with its userinfo (user names can be tokens too) replaced by `***`."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
-
-
-def url_has_credentials(url: str) -> bool:
-    """True if `url` carries userinfo (`user:password@`), even an empty one."""
-    try:
-        return "@" in urllib.parse.urlsplit(url).netloc
-    except (ValueError, TypeError, AttributeError):
-        return False
-
-
-def _host_and_port(url: str) -> tuple[str, int]:
-    """The host and port exactly as urllib3 will connect to them."""
-    try:
-        parsed = urllib3.util.parse_url(url)
-    except LocationParseError:
-        raise _Failure("invalid_url") from None
-    if not parsed.host:
-        raise _Failure("invalid_url")
-    return parsed.host.strip("[]"), parsed.port or (443 if parsed.scheme == "https" else 80)
-
-
-def _backoff_delay(backoff: float, url: str, attempt: int) -> float:
-    """Exponential backoff with jitter in [0.5, 1.5) derived from (url, attempt):
-    spreads retries of different URLs apart, yet a re-run waits the same."""
-    digest = hashlib.sha256(f"{url}#{attempt}".encode()).digest()
-    jitter = 0.5 + int.from_bytes(digest[:4], "big") / 2**32
-    return backoff * (2**attempt) * jitter
+                raise FetchFailure("timeout", response.status, headers)
 
 
 @contextlib.contextmanager
 def _errors_as_reasons(before_body: bool, status: int | None = None, headers: dict[str, str] | None = None):
-    """Turn socket/urllib3 errors into `_Failure(reason)`.
+    """Turn socket/urllib3 errors into `FetchFailure(reason)`.
 
     The same error means different things before and during the body: a
     broken connection is a connection_error before the status line and an
@@ -477,13 +366,13 @@ def _errors_as_reasons(before_body: bool, status: int | None = None, headers: di
     """
     try:
         yield
-    except _Failure:
+    except FetchFailure:
         raise
     except Exception as exc:
         reason = _reason_for_error(exc, before_body)
         if reason is None:
             raise
-        raise _Failure(reason, status, headers) from exc
+        raise FetchFailure(reason, status, headers) from exc
 
 
 def _reason_for_error(exc: BaseException, before_body: bool) -> str | None:
