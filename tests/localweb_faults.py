@@ -141,6 +141,11 @@ class FaultyWeb(LocalWeb):
     handler_class = _TestHandler
     server_class = _CountingServer
 
+    def reset_hits(self) -> None:
+        """Forget the request counts (a module's server shared by tests run once per fetcher)."""
+        with self._server.hit_lock:
+            self._server.hit_counts.clear()
+
     def hits(self, path: str) -> int:
         """How many requests reached `path` (query string ignored)."""
         key = "/" + urllib.parse.urlsplit(path).path.lstrip("/")

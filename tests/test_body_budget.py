@@ -14,6 +14,9 @@ from pipeline.media.download import Downloader, DownloadParams
 from tests.localweb_faults import FaultyWeb
 from pipeline.core.params import ParamError
 from pipeline.engine.download_images import in_flight_ceiling
+from tests.fetchers import each_fetcher
+
+fetcher = each_fetcher(__name__)
 
 LOCAL = DownloadParams(timeout=2.0, retries=0, backoff=0.01, allow_private_network=True, deadline=5.0)
 
@@ -76,9 +79,17 @@ def test_a_declared_body_reserves_its_length_not_max_bytes(web):
     assert budget.held == 0  # released
 
 
-def test_a_body_longer_than_its_content_length_is_cut_at_the_declared_length(web):
+# aiohttp's parser may refuse such an answer outright ("data after Connection: close") when the surplus
+# arrives with the headers, before any body is held; http.client reads the declared length and stops.
+REFUSED_BY_PARSER = {"threads": set(), "async": {"connection_error"}}
+
+
+def test_a_body_longer_than_its_content_length_is_cut_at_the_declared_length(web, fetcher):
     budget = BodyBudget(4 << 30)
     result, held = fetch_held(big(web, 300_000, "1000"), budget)
+    if result.reason in REFUSED_BY_PARSER[fetcher]:
+        assert budget.peak == 0 and held == 0
+        return
     assert budget.peak == 1000 and held == 1000
     assert result.data is None or len(result.data) == 1000
 
@@ -110,7 +121,7 @@ def test_a_failed_body_gives_its_bytes_back(web):
     assert result.reason == "too_large" and held == 0 and budget.peak <= 2_000_000
 
 
-def test_bodies_in_flight_never_exceed_the_budget_whatever_they_declare(web):
+def test_bodies_in_flight_never_exceed_the_budget_whatever_they_declare(web, fetcher):
     """Many threads, bodies declared, undeclared, chunked and lying, a budget that fits a few only."""
     budget = BodyBudget(3 * UNDECLARED_START)
     downloader = Downloader(dataclasses.replace(LOCAL, deadline=10.0))
@@ -130,7 +141,7 @@ def test_bodies_in_flight_never_exceed_the_budget_whatever_they_declare(web):
         results = list(pool.map(one, urls))
     downloader.close()
     assert budget.peak <= budget.total and budget.held == 0
-    assert {r.reason for r in results} <= {None, "body_budget_exhausted", "not_an_image"}
+    assert {r.reason for r in results} <= {None, "body_budget_exhausted", "not_an_image"} | REFUSED_BY_PARSER[fetcher]
     assert sum(r.ok for r in results) >= len(urls) // 2
 
 

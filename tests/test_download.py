@@ -9,10 +9,10 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import urllib3
 from PIL import Image
 
 from pipeline.media import download, fetch_rules
+from pipeline.media.async_download import AsyncDownloader
 from pipeline.media.download import Downloader, DownloadParams, FetchResult, is_public_address, sniff_image_mime
 from pipeline.demo.localweb import tiny_jpeg
 from pipeline.media.imaging import ResizeParams
@@ -20,7 +20,10 @@ from pipeline.core.params import ParamError, build
 from pipeline.core.records import Reject, Sample, Verdict
 from pipeline.engine.download_images import DownloadHooks, fetch_and_resize
 from pipeline.core.stage import DownloadHook
+from tests.fetchers import each_fetcher, forbid_connections
 from tests.localweb_faults import FaultyWeb
+
+fetcher = each_fetcher(__name__)
 
 # Tiny backoff and timeouts keep the whole module at a few seconds.
 LOCAL = DownloadParams(timeout=2.0, retries=2, backoff=0.01, allow_private_network=True)
@@ -33,6 +36,12 @@ def web(tmp_path_factory):
     (root / "page.html").write_bytes(b"<html><body>hello</body></html>")
     with FaultyWeb(root) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def counts_from_zero(web):
+    """Each test (once per fetcher) counts its own requests."""
+    web.reset_hits()
 
 
 def fetch(url: str, params: DownloadParams = LOCAL, expect_image: bool = True) -> FetchResult:
@@ -246,11 +255,7 @@ def test_redirect_to_a_url_with_credentials_is_refused(web):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "169.254.169.254", "10.0.0.1", "0.0.0.0"])
 def test_private_hosts_are_blocked_before_connecting(host, monkeypatch):
-    def no_connections(*args):
-        raise AssertionError("the guard must refuse before any connection is attempted")
-
-    monkeypatch.setattr(socket, "create_connection", no_connections)
-    monkeypatch.setattr("urllib3.util.connection.create_connection", no_connections)
+    forbid_connections(monkeypatch)
     assert fetch(f"http://{host}/a.jpg", DownloadParams(backoff=0.01)).reason == "blocked_address"
 
 
@@ -272,17 +277,11 @@ def loopback_public_for_first_hop_only(monkeypatch, web: FaultyWeb) -> None:
     hop, and fail loudly if anything connects after that: a redirect must be
     refused by the address check before connecting, not by luck."""
     real_policy = download.is_public_address
-    real_connect = urllib3.util.connection.create_connection
     monkeypatch.setattr(
         download, "is_public_address",
         lambda address: web.hits("_fault/redirect") == 0 or real_policy(address),
     )
-
-    def connect_only_for_first_hop(*args, **kwargs):
-        assert web.hits("_fault/redirect") == 0, "connected for a redirect hop that should be refused"
-        return real_connect(*args, **kwargs)
-
-    monkeypatch.setattr(urllib3.util.connection, "create_connection", connect_only_for_first_hop)
+    forbid_connections(monkeypatch, allowed=lambda: web.hits("_fault/redirect") == 0)
 
 
 @pytest.mark.parametrize(
@@ -423,11 +422,17 @@ def test_document_size_cap(web, length):
 
 # --- robustness ----------------------------------------------------------------------------
 
-def test_fetch_never_raises(web, monkeypatch):
-    def broken(self, url, deadline):
+def test_fetch_never_raises(web, monkeypatch, fetcher):
+    def broken(self, *args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(Downloader, "_get_once", broken)
+    async def broken_async(self, *args):
+        raise RuntimeError("bug")
+
+    if fetcher == "async":
+        monkeypatch.setattr(AsyncDownloader, "_get_once", broken_async)
+    else:
+        monkeypatch.setattr(Downloader, "_get_once", broken)
     result = fetch(web.url("a.jpg"))
     assert (result.reason, result.data) == ("unexpected_error", None)
 

@@ -16,6 +16,9 @@ import pytest
 
 from pipeline.media import download
 from pipeline.media.download import Downloader, DownloadParams
+from tests.fetchers import each_fetcher
+
+fetcher = each_fetcher(__name__)
 
 DRIP = 0.05
 DEADLINE = 0.8
@@ -75,6 +78,7 @@ _TLS_RECORD_HEADER = b"\x16\x03\x03\x40\x00"
 
 SLOW_PHASES = {
     "status_line": (b"HTTP/1.1 2", b"0"),
+    "status_reason": (b"HTTP/1.1 200 O", b"K"),
     "header_value": (b"HTTP/1.1 200 OK\r\nX-Drip: ", b"a"),
     "header_lines": (b"HTTP/1.1 200 OK\r\n", b"X-A: b\r\n"),
     "redirect_headers": (b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nX-Drip: ", b"a"),
@@ -83,11 +87,16 @@ SLOW_PHASES = {
 
 
 @pytest.mark.parametrize("phase", sorted(SLOW_PHASES))
-def test_dripping_server_ends_at_the_deadline(phase):
+def test_dripping_server_ends_at_the_deadline(phase, fetcher):
     prefix, drip_byte = SLOW_PHASES[phase]
     with server(prefix, drip_byte) as slow:
         result, seconds = timed_fetch(f"http://127.0.0.1:{slow.port}/a.jpg")
-    assert result.reason == "timeout"
+    if fetcher == "async" and phase == "status_line":
+        # aiohttp's parser refuses a fourth digit of the status code as it arrives (http.client waits for the
+        # end of the line): a malformed answer, at once
+        assert result.reason == "connection_error"
+    else:
+        assert result.reason == "timeout"
     assert seconds < DEADLINE + SLACK
 
 

@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import apache_beam as beam
@@ -25,13 +24,22 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipeline.core import layout
-from pipeline.core.stage import DownloadHook, Stage, StageContext
+from pipeline.core.stage import Stage, StageContext
 from pipeline.engine import checkpoint
+from pipeline.engine.download_rows import (  # noqa: F401 -- fetch_and_resize: this module's API too
+    DownloadHooks,
+    fetch_and_resize,
+    fetch_row,
+    fetch_row_async,
+    process_row,
+)
 from pipeline.engine.stored_images import ImageStore
-from pipeline.media.download import Downloader, DownloadParams, FetchResult, url_has_credentials, without_credentials
+from pipeline.media.async_download import AsyncDownloader
+from pipeline.media.download import Downloader, DownloadParams, FetchResult
+from pipeline.media.event_loop_pool import EventLoopPool
 from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_policy
 from pipeline.media.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
-from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
+from pipeline.media.imaging import ResizeParams
 from pipeline.core.records import REJECTED, Reject, Sample
 from pipeline.engine.worker_status import WorkerStatus
 from pipeline.engine.writers import OutputParams
@@ -42,79 +50,6 @@ log = logging.getLogger("curate")
 
 
 # ---------------------------------------------------------------- download
-
-
-@dataclass(frozen=True)
-class DownloadHooks:
-    """The stages that act in the download thread of each row, by the point where they act."""
-
-    around_fetch: tuple[DownloadHook, ...] = ()  # before_download, then check_response
-    from_image: tuple[Stage, ...] = ()  # fields_from_image
-
-    @classmethod
-    def of(cls, stages: Iterable[Stage]) -> "DownloadHooks":
-        stages = list(stages)
-        return cls(
-            tuple(s for s in stages if isinstance(s, DownloadHook)),
-            tuple(s for s in stages if s.needs().image_fields),
-        )
-
-    def stages(self) -> list[Stage]:
-        unique = {id(s): s for s in self.around_fetch + self.from_image}
-        return list(unique.values())
-
-
-def fetch_and_resize(downloader: Downloader, resize: ResizeParams, hooks: DownloadHooks, sample: Sample,
-                     on_fetch: Callable[[FetchResult], None] | None = None,
-                     hold: BodyHold | None = None) -> Sample | Reject:
-    """One row: the stages' before-download checks, fetch, their response checks, decode and resize,
-    then the fields stages compute from the image while it is at hand (`fetch_row`, then `process_row`).
-
-    `on_fetch` is told the fetch's result (for the per-host politeness), if a fetch happens.
-    `hold` reserves the body's bytes in the worker's budget (pipeline.media.body_budget); the caller releases it.
-    """
-    fetched = fetch_row(downloader, hooks, sample, on_fetch, hold)
-    return fetched if isinstance(fetched, Reject) else process_row(resize, hooks, sample, fetched)
-
-
-def fetch_row(downloader: Downloader, hooks: DownloadHooks, sample: Sample,
-              on_fetch: Callable[[FetchResult], None] | None = None,
-              hold: BodyHold | None = None) -> FetchResult | Reject:
-    """A row's network part: the stages' before-download checks and the fetch.
-
-    Runs in a download thread, so a check that fetches (robots.txt) holds up only its own row."""
-    if url_has_credentials(sample.url):  # before the hooks too: robots.txt would be fetched with them
-        sample.url = without_credentials(sample.url)  # nor kept in the rejects
-        return sample.reject("download", "url_has_credentials")
-    for stage in hooks.around_fetch:
-        verdict = stage.before_download(sample)
-        if not verdict.keep:
-            return sample.reject(stage.name, verdict.reason)
-    result = downloader.fetch(sample.url, hold=hold)
-    if on_fetch is not None:
-        on_fetch(result)
-    return sample.reject("download", result.reason) if result.reason else result
-
-
-def process_row(resize: ResizeParams, hooks: DownloadHooks, sample: Sample, result: FetchResult) -> Sample | Reject:
-    """A row's CPU part, once its response is in hand: the stages' response checks, decode and resize,
-    then the fields stages compute from the image while it is at hand."""
-    for stage in hooks.around_fetch:
-        verdict = stage.check_response(sample, result)
-        if not verdict.keep:
-            return sample.reject(stage.name, verdict.reason)
-    try:
-        image = process_image(result.data, resize)
-    except ImageRejected as err:
-        return sample.reject("download", err.reason)
-    sample.image, sample.image_format = image.data, image.format
-    sample.width, sample.height = image.width, image.height
-    sample.original_width, sample.original_height = image.original_width, image.original_height
-    sample.sha256 = result.sha256
-    for stage in hooks.from_image:
-        stage.fields_from_image(sample, image.pixels)
-    return sample
-
 
 def _freeze_long_lived_objects() -> None:
     """Exempts what the worker holds so far (imported modules, Beam's own state) from garbage collection.
@@ -167,10 +102,9 @@ class _DownloadTask(beam.DoFn):
         for stage in self._hooks.stages():
             stage.setup(context)
         self._policy = shared_policy(self._run_token, self._download.politeness())
-        self._downloader = Downloader(self._download, retry_throttled=False, may_retry=self._policy.may_retry)
         ceiling = in_flight_ceiling(self._download)
         self._limit = InFlightLimit(self._download.threads, ceiling)  # kept across bundles: it has learnt the CPU
-        self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # threads start lazily
+        self._setup_fetcher(ceiling)
         self._decoders = ThreadPoolExecutor(max_workers=decoding_threads(), thread_name_prefix="decode")
         self._budget = BodyBudget(self._download.body_budget_bytes)
         self._times = _RowTimes()
@@ -182,7 +116,7 @@ class _DownloadTask(beam.DoFn):
         self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
         self._hosts: dict[str, dict[str, float]] = {}  # host -> counters, for the audit's per-host table
         self._hosts_lock = threading.Lock()
-        self._scheduler = HostScheduler(self._policy, self._pool, self._polite_fetch, self._limit,
+        self._scheduler = HostScheduler(self._policy, self._pool, self._fetch, self._limit,
                                         self._download.throttle_retries, self._download.deadline,
                                         processing_pool=self._decoders, max_processing=self._download.threads)
 
@@ -237,35 +171,39 @@ class _DownloadTask(beam.DoFn):
         saved, _ = self._open.pop(task)
         saved.__exit__(None, None, None)  # complete: the checkpoint is put in place
 
+    def _setup_fetcher(self, ceiling: int) -> None:
+        """The pool the scheduler starts requests on, and the fetch it runs there, as `download.fetcher` says."""
+        retrying = dict(retry_throttled=False, may_retry=self._policy.may_retry)
+        self._hook_threads = None
+        if self._download.fetcher == "async":
+            self._downloader = AsyncDownloader(self._download, **retrying)
+            self._pool = EventLoopPool("download-loop")
+            self._fetch = self._polite_fetch_async
+            if self._hooks.around_fetch:
+                self._hook_threads = ThreadPoolExecutor(self._download.threads, thread_name_prefix="download-hooks")
+        else:
+            self._downloader = Downloader(self._download, **retrying)
+            self._pool = ThreadPoolExecutor(max_workers=ceiling, thread_name_prefix="download")  # started lazily
+            self._fetch = self._polite_fetch
+
     def _polite_fetch(self, sample: Sample) -> Sample | Reject | Callable[[], Sample | Reject]:
         """A row's fetch, telling its host's policy how the request went (or that none was sent) as soon as the
         response is in hand: the host's connection is free while the body waits for the CPU.  Returns the
         rest of the row (decode, resize) for the scheduler's decoding threads, or the row's reject."""
-        started = time.monotonic()
-        host = host_of(sample.url)
-        answered: list[float] = []
-
-        def response_arrived(result: FetchResult) -> None:
-            answered.append(time.monotonic())
-            if host:
-                self._policy.finish(host, result.reason, result.status, result.headers.get("retry-after"))
-                self._count(host, requests=1, seconds=answered[0] - started,
-                            throttled=int(result.status in THROTTLE_STATUSES))
-
-        hold = self._budget.hold()
-        rest = None  # the row's processing, which then releases the body's hold
+        row = _RowFetch(self, sample)
         try:
-            fetched = fetch_row(self._downloader, self._hooks, sample, response_arrived, hold)
-            if isinstance(fetched, Reject):
-                self._times.add(network=time.monotonic() - started, processing=0.0)
-                return fetched
-            rest = functools.partial(self._process, sample, fetched, hold, started, answered[0])
-            return rest
+            return row.then(fetch_row(self._downloader, self._hooks, sample, row.response_arrived, row.hold))
         finally:
-            if rest is None:
-                hold.release()
-            if host and not answered:
-                self._policy.release(host)
+            row.end()
+
+    async def _polite_fetch_async(self, sample: Sample) -> Sample | Reject | Callable[[], Sample | Reject]:
+        """`_polite_fetch` on the event loop (`download.fetcher: async`)."""
+        row = _RowFetch(self, sample)
+        try:
+            return row.then(await fetch_row_async(self._downloader, self._hooks, sample, row.response_arrived,
+                                                  row.hold, self._hook_threads))
+        finally:
+            row.end()
 
     def _process(self, sample: Sample, fetched: FetchResult, hold: BodyHold, started: float,
                  answered: float) -> Sample | Reject:
@@ -317,9 +255,52 @@ class _DownloadTask(beam.DoFn):
         return saved.add(result)
 
     def teardown(self):
+        if isinstance(self._downloader, AsyncDownloader):
+            self._pool.run(self._downloader.close())
+        else:
+            self._downloader.close()
         self._pool.shutdown(wait=True)
         self._decoders.shutdown(wait=True)
-        self._downloader.close()
+        if self._hook_threads is not None:
+            self._hook_threads.shutdown(wait=True)
+
+
+class _RowFetch:
+    """One row's fetch as the download task sees it: when its response came (for the host's policy and the
+    progress line), the hold on its body, and what is left of the row once the fetch is done."""
+
+    def __init__(self, task: "_DownloadTask", sample: Sample):
+        self._task, self._sample = task, sample
+        self._started = time.monotonic()
+        self._host = host_of(sample.url)
+        self._answered: list[float] = []
+        self.hold = task._budget.hold()
+        self._rest = None  # the row's processing, which then releases the body's hold
+
+    def response_arrived(self, result: FetchResult) -> None:
+        self._answered.append(time.monotonic())
+        if self._host:
+            task = self._task
+            task._policy.finish(self._host, result.reason, result.status, result.headers.get("retry-after"))
+            task._count(self._host, requests=1, seconds=self._answered[0] - self._started,
+                        throttled=int(result.status in THROTTLE_STATUSES))
+
+    def then(self, fetched: FetchResult | Reject) -> Reject | Callable[[], Sample | Reject]:
+        """The row's reject, or the rest of its work (decode, resize) for a decoding thread."""
+        if isinstance(fetched, Reject):
+            self._task._times.add(network=time.monotonic() - self._started, processing=0.0)
+            return fetched
+        self._rest = functools.partial(self._task._process, self._sample, fetched, self.hold, self._started,
+                                       self._answered[0])
+        return self._rest
+
+    def end(self) -> None:
+        """However the fetch ended: the hold given back unless the rest of the row has it, and the host's
+        slot freed if no request was sent."""
+        if self._rest is None:
+            self.hold.release()
+        if self._host and not self._answered:
+            self._task._policy.release(self._host)
 
 
 def _split_rejects(element):

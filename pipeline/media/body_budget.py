@@ -16,6 +16,7 @@ the budget cannot fill up with half-read bodies that wait on one another.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 UNDECLARED_START = 1 << 20  # bytes first reserved for a body of no declared length
@@ -50,6 +51,19 @@ class BodyBudget:
                 if growing:
                     self._changed.notify_all()  # new reservations held back for it may go now
 
+    @contextlib.contextmanager
+    def growth_pending(self, growing: bool):
+        """While open, a reservation that polls for bytes (an event loop cannot block in `take`) counts as
+        waiting: if it is `growing`, new reservations are held back for it as for a blocked `take`."""
+        with self._changed:
+            self._growing += growing
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._growing -= growing
+                self._changed.notify_all()
+
     def give_back(self, nbytes: int) -> None:
         with self._changed:
             self.held -= nbytes
@@ -73,6 +87,10 @@ class BodyHold:
             return False
         self.bytes = nbytes
         return True
+
+    def waiting(self):
+        """A context in which this hold polls for more bytes (`BodyBudget.growth_pending`)."""
+        return self._budget.growth_pending(self.bytes > 0)
 
     def release(self) -> None:
         self.resize(0, 0.0)

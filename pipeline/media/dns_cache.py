@@ -39,14 +39,19 @@ class DnsCache:
         self._lock = threading.Lock()
 
     def resolve(self, host: str, port: int, seconds: float) -> list[str]:
-        key = (host.lower(), port)
+        cached = self.cached(host, port)
+        return cached if cached is not None else self._look_up((host.lower(), port), host, port, seconds)
+
+    def cached(self, host: str, port: int) -> list[str] | None:
+        """The addresses still known for `host` (raises its remembered failure), or None: a lookup is due.
+        Never blocks, so an event loop may ask before it sends a lookup to a thread."""
         with self._lock:
-            cached = self._answers.get(key)
-        if cached is not None and cached[0] > self._clock():
-            if isinstance(cached[1], socket.gaierror):
-                raise cached[1]
-            return list(cached[1])
-        return self._look_up(key, host, port, seconds)
+            cached = self._answers.get((host.lower(), port))
+        if cached is None or cached[0] <= self._clock():
+            return None
+        if isinstance(cached[1], socket.gaierror):
+            raise cached[1]
+        return list(cached[1])
 
     def _look_up(self, key, host: str, port: int, seconds: float) -> list[str]:
         try:
