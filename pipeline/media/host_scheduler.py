@@ -41,6 +41,7 @@ from pipeline.core.records import Reject, Sample
 
 _THROTTLED_REASONS = frozenset(f"http_{status}" for status in THROTTLE_STATUSES)
 _IDLE_WAIT = 0.05  # seconds between looks at paused hosts while nothing finishes
+_FULL_WAIT = 0.25  # the longest wait for a finishing row while every slot is taken (the limit's window is 1 s)
 
 
 _POLICIES: dict[str, HostPolicy] = {}
@@ -200,7 +201,7 @@ class HostScheduler:
                 time.sleep(self._next_wait())
                 continue
             try:
-                future = self._done.get(timeout=self._next_wait())
+                future = self._done.get(timeout=self._wait_for_a_result())
             except Empty:
                 continue
             while future is not None:
@@ -289,6 +290,12 @@ class HostScheduler:
         row.throttled += 1
         self._queues.setdefault(row.host, deque()).append(row)
         return None
+
+    def _wait_for_a_result(self) -> float:
+        """How long to wait for a finishing row while some run.  With every slot taken only a finishing row
+        lets another start, so no host need be looked at: scanning them all after every row cost ~1.5 us a
+        host, O(hosts) per row (a task of 1,000 hosts: 1.5 ms a row)."""
+        return _FULL_WAIT if self._full() else self._next_wait()
 
     def _next_wait(self) -> float:
         """How long to wait for a finishing row before looking at the queues again."""
