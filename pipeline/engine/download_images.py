@@ -34,9 +34,7 @@ from pipeline.engine.download_rows import (  # noqa: F401 -- fetch_and_resize: t
     process_row,
 )
 from pipeline.engine.stored_images import ImageStore
-from pipeline.media.async_download import AsyncDownloader
 from pipeline.media.download import Downloader, DownloadParams, FetchResult
-from pipeline.media.event_loop_pool import EventLoopPool
 from pipeline.media.host_scheduler import HostScheduler, InFlightLimit, shared_policy
 from pipeline.media.politeness import THROTTLE_STATUSES, host_of, host_report, merge_host_tallies
 from pipeline.media.imaging import ResizeParams
@@ -176,6 +174,10 @@ class _DownloadTask(beam.DoFn):
         retrying = dict(retry_throttled=False, may_retry=self._policy.may_retry)
         self._hook_threads = None
         if self._download.fetcher == "async":
+            # Imported here: aiohttp costs ~0.3 s of start-up, which runs with the thread fetcher need not pay.
+            from pipeline.media.async_download import AsyncDownloader
+            from pipeline.media.event_loop_pool import EventLoopPool
+
             self._downloader = AsyncDownloader(self._download, **retrying)
             self._pool = EventLoopPool("download-loop")
             self._fetch = self._polite_fetch_async
@@ -255,7 +257,7 @@ class _DownloadTask(beam.DoFn):
         return saved.add(result)
 
     def teardown(self):
-        if isinstance(self._downloader, AsyncDownloader):
+        if self._download.fetcher == "async":
             self._pool.run(self._downloader.close())
         else:
             self._downloader.close()

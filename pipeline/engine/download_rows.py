@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from pipeline.core.records import Reject, Sample
 from pipeline.core.stage import DownloadHook, Stage
-from pipeline.media.async_download import AsyncDownloader
 from pipeline.media.body_budget import BodyHold
 from pipeline.media.download import Downloader, FetchResult, url_has_credentials, without_credentials
 from pipeline.media.imaging import ImageRejected, ResizeParams, process_image
+
+if TYPE_CHECKING:  # importing aiohttp costs ~0.3 s of start-up: only runs with `download.fetcher: async` pay it
+    from pipeline.media.async_download import AsyncDownloader
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def fetch_row(downloader: Downloader, hooks: DownloadHooks, sample: Sample,
     return _fetched(sample, downloader.fetch(sample.url, hold=hold), on_fetch)
 
 
-async def fetch_row_async(downloader: AsyncDownloader, hooks: DownloadHooks, sample: Sample,
+async def fetch_row_async(downloader: "AsyncDownloader", hooks: DownloadHooks, sample: Sample,
                           on_fetch: Callable[[FetchResult], None] | None = None, hold: BodyHold | None = None,
                           hook_threads: Executor | None = None) -> FetchResult | Reject:
     """`fetch_row` on the event loop.  The stages' checks may block (robots.txt is fetched with the thread
