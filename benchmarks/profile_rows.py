@@ -83,11 +83,13 @@ CATEGORIES: list[tuple[str, callable]] = [
      or (f.is_in("/pipeline/", "/filters/") and HASH_CALL.search(f.source) is not None)),
     ("decode + resize", lambda f: f.is_in("pipeline/media/imaging.py", "pipeline/media/decode_budget.py",
                                           "pipeline/media/image_integrity.py")),
-    ("fetch (urllib3, http.client, sockets)", lambda f: f.is_in(
-        "/urllib3/", "/http/client.py", "/socket.py", "/ssl.py", "pipeline/media/download.py", "pipeline/media/dns_cache.py")),
+    ("fetch (urllib3 or aiohttp, sockets)", lambda f: f.is_in(
+        "/urllib3/", "/http/client.py", "/socket.py", "/ssl.py", "pipeline/media/download.py", "pipeline/media/dns_cache.py",
+        "/aiohttp/", "/aiohappyeyeballs/", "/yarl/", "/multidict/", "/asyncio/", "pipeline/media/async_download.py",
+        "pipeline/media/fetch_rules.py")),
     ("download threads, per-host scheduling", lambda f: f.is_in(
         "pipeline/media/host_scheduler.py", "pipeline/media/politeness.py", "pipeline/media/fetch_clock.py",
-        "pipeline/media/watched_pool.py", "concurrent/futures/")),
+        "pipeline/media/watched_pool.py", "pipeline/media/event_loop_pool.py", "concurrent/futures/")),
     ("audit + report", lambda f: f.is_in("pipeline/engine/audit.py", "pipeline/tools/report", "/matplotlib/")),
     ("Beam (apache_beam, gRPC, protobuf, coders)", lambda f: f.is_in("/apache_beam/", "/grpc/", "/google/protobuf/")),
     ("other curate code", lambda f: f.is_in("/pipeline/", "/filters/")),
