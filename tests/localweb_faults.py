@@ -18,6 +18,9 @@ status, truncated and headers routes) and adds:
                                  declare M bytes whatever is sent, or
                                  &length=chunked to send it in 64 kB chunks
   /_fault/empty                  200 with an empty body
+  /_fault/encoded?coding=gzip&bytes=N  a small JPEG (or, with bytes=N, N zero bytes: a
+                                 compression bomb) sent Content-Encoding gzip or
+                                 deflate, though the client asked for identity
 
 `FaultyWeb.hits(path)` counts the requests seen for a path (without query), so
 tests can check how often a client retried.
@@ -25,9 +28,11 @@ tests can check how often a client retried.
 from __future__ import annotations
 
 import collections
+import gzip
 import threading
 import time
 import urllib.parse
+import zlib
 
 from pipeline.demo.localweb import FaultHandler, LocalWeb, QuietServer, tiny_jpeg
 
@@ -118,6 +123,13 @@ def _big(handler, rest, query):
         handler.wfile.write(b"0\r\n\r\n")
 
 
+def _encoded(handler, rest, query):
+    coding = query.get("coding", "gzip")
+    plain = b"\0" * int(query["bytes"]) if "bytes" in query else tiny_jpeg()
+    packed = gzip.compress(plain) if coding == "gzip" else zlib.compress(plain)
+    handler.reply(200, packed, "image/jpeg", {"Content-Encoding": coding})
+
+
 def _empty(handler, rest, query):
     handler.reply(200, b"", "image/jpeg")
 
@@ -132,6 +144,7 @@ _TestHandler.routes = {
     "redirect": _redirect,
     "big": _big,
     "empty": _empty,
+    "encoded": _encoded,
 }
 
 

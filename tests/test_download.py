@@ -185,6 +185,21 @@ def test_too_large_while_streaming_without_content_length(web):
     assert "content-length" not in result.headers
 
 
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_an_encoded_body_is_decoded(web, coding):
+    """Asked for identity, a server may still compress: the image is the decoded body."""
+    result = fetch(fault(web, "encoded", coding=coding))
+    assert result.ok, result.reason
+    assert result.data == tiny_jpeg()
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compression_bomb_is_too_large_and_stays_bounded(web, coding):
+    """50 MB of zeros are ~50 kB compressed: decoding stops past max_bytes (4 MB here), it is not inflated whole."""
+    result = fetch(fault(web, "encoded", coding=coding, bytes=50_000_000), local(max_bytes=4_000_000))
+    assert (result.reason, result.data) == ("too_large", None)
+
+
 @pytest.mark.parametrize("length", ["yes", "no"])
 def test_body_of_exactly_max_bytes_is_accepted(web, length):
     result = fetch(fault(web, "big", bytes=4000, length=length), local(max_bytes=4000))
