@@ -532,3 +532,20 @@ def test_row_with_credentials_is_rejected_before_any_stage_sees_it():
 ])
 def test_credentials_are_redacted(url, expected):
     assert download.without_credentials(url) == expected
+
+
+def test_the_event_loop_fetcher_raises_the_open_file_limit():
+    """Idle keep-alive sockets of many hosts must not run into a soft limit of 1,024 open files."""
+    import resource
+
+    from pipeline.media.async_download import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip("the hard limit leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        assert raise_open_file_limit() > 1024
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 1024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import time
 import zlib
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 _LOOKUPS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="async-dns")
 _BUDGET_POLL = 0.005  # seconds between looks at a full body budget
 _DECODED = ("gzip", "x-gzip", "deflate")  # encodings decoded (bounded) as urllib3 decodes them
+_KEEPALIVE = 15.0  # seconds an idle connection is kept for the next request to its host
+_MOST_OPEN_FILES = 1 << 16
 
 
 class _PinnedResolver(AbstractResolver):
@@ -231,7 +234,9 @@ class AsyncDownloader:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
+            raise_open_file_limit()
             connector = aiohttp.TCPConnector(
+                keepalive_timeout=_KEEPALIVE,
                 limit=0, limit_per_host=0,  # the host scheduler limits requests in flight, per host and in all
                 use_dns_cache=False, resolver=_PinnedResolver(self._pinned),
                 happy_eyeballs_delay=None,  # the addresses in order, as urllib3 tries them
@@ -248,6 +253,21 @@ class AsyncDownloader:
         if not self.params.allow_private_network and not download.is_public_address(address[0]):
             raise BlockedAddressError(f"refusing to connect to non-public address {address[0]}")
         return socket.socket(family=family, type=kind, proto=proto)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (at most 65,536); returns the limit.
+
+    aiohttp keeps each idle connection for `_KEEPALIVE` seconds and bounds only the connections in use, so
+    a worker fetching from hundreds of new hosts a second holds thousands of idle sockets, past the
+    common soft limit of 1,024 (every later connection would fail as connection_error).  The thread
+    fetcher's pool manager keeps at most a few hundred hosts' connections instead."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MOST_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        return wanted
+    return soft
 
 
 async def _grow(hold: BodyHold, nbytes: int, end: float) -> bool:
