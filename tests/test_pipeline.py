@@ -83,6 +83,14 @@ def shard_rows(out):
     return pa.concat_tables(tables).to_pylist() if tables else []
 
 
+def output_digests(out) -> dict[str, str]:
+    """SHA-256 of every shard and rejects file, by path in the output."""
+    return {
+        os.path.relpath(p, out): hashlib.sha256(open(p, "rb").read()).hexdigest()
+        for p in sorted(glob.glob(f"{out}/shards/*") + glob.glob(f"{out}/rejects/*"))
+    }
+
+
 def reject_rows(out):
     tables = [pq.read_table(p) for p in sorted(glob.glob(f"{out}/rejects/*.parquet"))]
     return pa.concat_tables(tables).to_pylist()
@@ -172,16 +180,22 @@ def test_rerun_gives_identical_shards_with_more_workers(input_list, output, tmp_
     again = tmp_path / "again"
     run_curate(input_list, again, "--direct_num_workers=2", "--direct_running_mode=multi_processing")
 
-    def digests(out):
-        return {
-            os.path.relpath(p, out): hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(f"{out}/shards/*") + glob.glob(f"{out}/rejects/*"))
-        }
-
-    assert digests(again) == digests(output)
+    assert output_digests(again) == output_digests(output)
     from pipeline.engine.run import worker_log_path
 
     assert not worker_log_path().exists()  # worker output is kept only for failed runs
+
+
+def test_the_thread_fetcher_gives_identical_shards_and_rejects(input_list, output, tmp_path):
+    """The two fetchers (`download.fetcher`; the module's run used the default, async) keep and reject the
+    same rows for the same reasons, byte for byte."""
+    from pipeline.media.download import DownloadParams
+
+    assert DownloadParams().fetcher == "async"
+    threads = tmp_path / "threads"
+    run_curate(input_list, threads, "--direct_num_workers=1", "--set", "download.fetcher=threads")
+
+    assert output_digests(threads) == output_digests(output)
 
 
 def test_refuses_to_overwrite_without_flag(input_list, output, capsys):

@@ -96,10 +96,11 @@ class DownloadParams:
     backoff: float = 0.5  # first retry waits about this long, then doubles
     max_redirects: int = 5  # redirects followed per fetch, each checked by the SSRF guard
     max_bytes: int = 20_000_000  # larger responses are rejected as too_large
-    # How requests are sent: "threads" (urllib3, a thread per request in flight) or "async" (aiohttp on one
-    # event loop per worker: a request in flight is a socket, not a thread, and costs about a third of the CPU;
-    # pipeline.media.async_download).  Both give the same reasons and keep the same guards and limits.
-    fetcher: str = "threads"
+    # How requests are sent: "async" (aiohttp on one event loop per worker: a request in flight is a socket,
+    # not a thread; pipeline.media.async_download) or "threads" (urllib3, a thread per request in flight).
+    # Both give the same reasons and keep the same guards and limits; async costs less CPU per row
+    # (benchmarks/README.md, "Session 9").
+    fetcher: str = "async"
     threads: int = 32  # requests in flight per worker process at the start (and the least it lowers to)
     # The in-flight limit grows from `threads` while rows wait for a slot and the worker uses under 0.9 cores
     # (pipeline.media.host_scheduler.InFlightLimit), so network latency is not the bottleneck, up to this cap.
