@@ -98,6 +98,12 @@ class OncePerKey(Generic[V]):
         self._entries: collections.OrderedDict[str, _Pending] = collections.OrderedDict()
         self._lock = threading.Lock()
 
+    def known(self, key: str) -> bool:
+        """True if `get(key)` would return at once: its value is computed and still cached."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry is not None and entry.ready.is_set()
+
     def get(self, key: str) -> V:
         with self._lock:
             entry = self._entries.get(key)
@@ -226,6 +232,10 @@ class OptOut(Filter, DownloadHook):
             return _drop(sample, REASON_ROBOTS_TXT, "robots.txt")
         return KEEP
 
+    def answers_at_once(self, sample: Sample) -> bool:
+        """The list is in memory; only a robots.txt not yet fetched for the row's origin makes it wait."""
+        return not self.params.robots_txt or self._ready().robots_known(sample.url)
+
     # --- on the raw response (download thread) --------------------------------
 
     def check_response(self, sample: Sample, response: Any) -> Verdict:
@@ -312,6 +322,11 @@ class _State:
         if origin is None:
             return True  # not an http(s) URL: the download rejects it with invalid_url
         return self._robots.get(origin).allows(url, self._params.user_agent_token)
+
+    def robots_known(self, url: str) -> bool:
+        """True if `robots_allows(url)` needs no fetch or wait."""
+        origin = origin_of(url)
+        return origin is None or self._robots.known(origin)
 
     def tdmrep_rule_for(self, url: str) -> TdmRepRule | None:
         origin = origin_of(url)

@@ -549,3 +549,54 @@ def test_the_event_loop_fetcher_raises_the_open_file_limit():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 1024
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+
+class _ThreadRecordingHook(DownloadHook):
+    name = "recording"
+
+    def __init__(self, at_once: bool):
+        self.at_once, self.threads = at_once, []
+
+    def before_download(self, sample):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return Verdict(True)
+
+    def answers_at_once(self, sample):
+        return self.at_once
+
+
+@pytest.mark.parametrize("at_once", [True, False])
+def test_the_event_loop_runs_a_stage_check_itself_only_when_it_answers_at_once(web, at_once):
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
+    from pipeline.engine.download_rows import fetch_row_async
+    from pipeline.media.event_loop_pool import EventLoopPool
+
+    hook = _ThreadRecordingHook(at_once)
+    loop, hook_threads = EventLoopPool("test-loop"), Pool(1, thread_name_prefix="test-hooks")
+    downloader = AsyncDownloader(LOCAL)
+    try:
+        row = Sample(key="000000", shard_id=0, url=web.url("a.jpg"), caption="a")
+        fetched = loop.run(fetch_row_async(downloader, DownloadHooks((hook,)), row, hook_threads=hook_threads))
+        loop.run(downloader.close())
+    finally:
+        loop.shutdown()
+        hook_threads.shutdown()
+    assert fetched.ok
+    assert hook.threads == ["test-loop" if at_once else "test-hooks_0"]
+
+
+def test_a_hook_that_keeps_the_default_check_answers_at_once():
+    class OnlyResponses(DownloadHook):
+        pass
+
+    class Checks(DownloadHook):
+        def before_download(self, sample):
+            return Verdict(True)
+
+    row = Sample(key="000000", shard_id=0, url="http://a.example/x.jpg", caption="a")
+    assert OnlyResponses().answers_at_once(row)
+    assert not Checks().answers_at_once(row)

@@ -435,3 +435,13 @@ def test_curate_run_refuses_a_bad_list_before_running(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "stage 'optout'" in err and "optout.txt:2: unknown kind 'foo'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_before_download_answers_at_once_only_once_the_origin_robots_txt_is_known(web):
+    """The event-loop fetcher runs the check on the loop only when it cannot block (no robots.txt to fetch)."""
+    optout = stage()
+    first = sample(web.url("ok.jpg"))
+    assert not optout.answers_at_once(first)
+    optout.before_download(first)
+    assert optout.answers_at_once(sample(web.url("private/a.jpg")))  # same origin: its robots.txt is cached
+    assert stage(robots_txt=False).answers_at_once(sample(web.url("ok.jpg")))

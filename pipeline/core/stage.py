@@ -163,15 +163,22 @@ class DatasetStage(Stage):
 class DownloadHook:
     """Mixed into a stage that must act around the download of each row (opt-out signals, hash lists).
 
-    Both run in the download threads of each row, after setup(), whatever the
-    stage's place in the recipe: `before_download` in the row's request
-    thread, `check_response` in a decoding thread (the worker's decoding
+    Both run in the download step of each row, after setup(), whatever the
+    stage's place in the recipe: `before_download` before the row's request
+    (on the event loop when `answers_at_once` says it will not block, else on
+    a thread), `check_response` in a decoding thread (the worker's decoding
     threads take the bodies in turn), so a hook keeps no per-thread state
     between the two."""
 
     def before_download(self, sample: Sample) -> Verdict:
         """Just before the row's image is fetched."""
         return KEEP
+
+    def answers_at_once(self, sample: Sample) -> bool:
+        """True if `before_download(sample)` will neither fetch nor wait (e.g. what it needs is cached).
+        The event-loop fetcher then calls it on the loop; otherwise on a thread, so that it blocks only
+        its own row.  A hook that does not override `before_download` always answers at once."""
+        return type(self).before_download is DownloadHook.before_download
 
     def check_response(self, sample: Sample, response: Any) -> Verdict:
         """`response` is a pipeline.media.download.FetchResult (url, final_url, status, headers, data), before decoding."""

@@ -72,12 +72,13 @@ def fetch_row(downloader: Downloader, hooks: DownloadHooks, sample: Sample,
 async def fetch_row_async(downloader: "AsyncDownloader", hooks: DownloadHooks, sample: Sample,
                           on_fetch: Callable[[FetchResult], None] | None = None, hold: BodyHold | None = None,
                           hook_threads: Executor | None = None) -> FetchResult | Reject:
-    """`fetch_row` on the event loop.  The stages' checks may block (robots.txt is fetched with the thread
-    fetcher), so when there are any they run on `hook_threads`, never on the loop."""
-    if hooks.around_fetch:
-        refused = await asyncio.get_running_loop().run_in_executor(hook_threads, refused_before_fetch, hooks, sample)
-    else:
+    """`fetch_row` on the event loop.  A stage's check may block (a robots.txt not yet fetched, with the
+    thread fetcher): unless every stage says it will answer at once, the checks run on `hook_threads`,
+    never on the loop."""
+    if all(stage.answers_at_once(sample) for stage in hooks.around_fetch):
         refused = refused_before_fetch(hooks, sample)
+    else:
+        refused = await asyncio.get_running_loop().run_in_executor(hook_threads, refused_before_fetch, hooks, sample)
     if refused is not None:
         return refused
     return _fetched(sample, await downloader.fetch(sample.url, hold=hold), on_fetch)
