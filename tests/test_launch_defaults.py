@@ -1,6 +1,7 @@
 """How `curate run` picks the local runner's processes when the user did not (pipeline.tools.launch)."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 
@@ -85,3 +86,20 @@ def test_no_file_is_opened_to_count_rows_when_the_user_chose_where_they_run(tmp_
     path = _parquet(tmp_path / "urls.parquet", 5)
     result = launch.run_job("local-sample", [path], str(tmp_path / "out"), ["--direct_num_workers=1"])
     assert result.audit["counts"]["input"] == 5
+
+
+@pytest.mark.parametrize("rows, fetcher", [(10, "threads"), (SMALL_INPUT_ROWS + 1, "async")])
+def test_auto_fetcher_is_threads_in_this_process_and_async_in_worker_processes(rows, fetcher):
+    """A small input runs in the launcher, where importing aiohttp would cost more than it saves."""
+    from pipeline.engine import runners
+    from pipeline.engine.recipe import load_recipe
+    from pipeline.engine.run import RunOptions
+    from pipeline.tools.launch import runs_in_this_process, with_fetcher_chosen
+
+    options = runners.expand(RunOptions(default_beam_args([], rows)))
+    recipe = load_recipe("manifests/local-sample.yaml")
+    assert recipe.download.fetcher == "auto"
+    assert with_fetcher_chosen(recipe, runs_in_this_process(options)).download.fetcher == fetcher
+    explicit = with_fetcher_chosen(recipe, True)
+    explicit.sections["download"] = dataclasses.replace(explicit.download, fetcher="async")
+    assert with_fetcher_chosen(explicit, True).download.fetcher == "async"  # a choice the user made stands

@@ -186,16 +186,16 @@ def test_rerun_gives_identical_shards_with_more_workers(input_list, output, tmp_
     assert not worker_log_path().exists()  # worker output is kept only for failed runs
 
 
-def test_the_thread_fetcher_gives_identical_shards_and_rejects(input_list, output, tmp_path):
-    """The two fetchers (`download.fetcher`; the module's run used the default, async) keep and reject the
-    same rows for the same reasons, byte for byte."""
-    from pipeline.media.download import DownloadParams
+def test_both_fetchers_give_identical_shards_and_rejects(input_list, output, tmp_path):
+    """The two fetchers keep and reject the same rows for the same reasons, byte for byte.  The module's run
+    left `download.fetcher` at "auto", which takes the thread fetcher for rows run in this process; recipe.json
+    says which ran."""
+    event_loop = tmp_path / "async"
+    run_curate(input_list, event_loop, "--direct_num_workers=1", "--set", "download.fetcher=async")
 
-    assert DownloadParams().fetcher == "async"
-    threads = tmp_path / "threads"
-    run_curate(input_list, threads, "--direct_num_workers=1", "--set", "download.fetcher=threads")
-
-    assert output_digests(threads) == output_digests(output)
+    assert output_digests(event_loop) == output_digests(output)
+    fetchers = [json.loads((out / "recipe.json").read_text())["download"]["fetcher"] for out in (output, event_loop)]
+    assert fetchers == ["threads", "async"]
 
 
 def test_refuses_to_overwrite_without_flag(input_list, output, capsys):

@@ -173,7 +173,8 @@ class _DownloadTask(beam.DoFn):
         """The pool the scheduler starts requests on, and the fetch it runs there, as `download.fetcher` says."""
         retrying = dict(retry_throttled=False, may_retry=self._policy.may_retry)
         self._hook_threads = None
-        if self._download.fetcher == "async":
+        self._fetcher = self._download.chosen_fetcher(in_process=False)  # "auto" left by a caller: async
+        if self._fetcher == "async":
             # Imported here: aiohttp costs ~0.3 s of start-up, which runs with the thread fetcher need not pay.
             from pipeline.media.async_download import AsyncDownloader
             from pipeline.media.event_loop_pool import EventLoopPool
@@ -257,7 +258,7 @@ class _DownloadTask(beam.DoFn):
         return saved.add(result)
 
     def teardown(self):
-        if self._download.fetcher == "async":
+        if self._fetcher == "async":
             self._pool.run(self._downloader.close())
         else:
             self._downloader.close()
