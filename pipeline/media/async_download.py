@@ -25,7 +25,6 @@ not a thread.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import resource
 import socket
@@ -42,20 +41,8 @@ from pipeline.media import download
 from pipeline.media.body_budget import BodyHold
 from pipeline.media.dns_cache import DnsCache, DnsTimeout
 from pipeline.media.download import BlockedAddressError, DownloadParams
-from pipeline.media.fetch_rules import (
-    FetchFailure,
-    FetchResult,
-    Reply,
-    checked_url,
-    declared_length,
-    final_reason,
-    host_and_port,
-    is_redirect,
-    next_read,
-    redirect_target,
-    retry_delay,
-    success_result,
-)
+from pipeline.media import fetch_rules as rules
+from pipeline.media.fetch_rules import FetchFailure, FetchResult, Reply
 from pipeline.media.politeness import host_of
 
 log = logging.getLogger(__name__)
@@ -112,7 +99,7 @@ class AsyncDownloader:
             except TimeoutError:  # every other timeout became a FetchFailure: this is the deadline
                 raise FetchFailure("timeout") from None
         except FetchFailure as failure:
-            reason = final_reason(failure, time.monotonic() >= end)
+            reason = rules.final_reason(failure, time.monotonic() >= end)
             return FetchResult(url, hop[0], None, reason, failure.status, failure.headers)
         except Exception:  # fetch must never take down a worker
             log.exception("unexpected error fetching %s", url)
@@ -125,13 +112,13 @@ class AsyncDownloader:
 
     async def _fetch(self, url: str, expect_image: bool, hold: BodyHold | None, end: float,
                      hop: list[str | None]) -> FetchResult:
-        hop[0] = checked_url(url)
+        hop[0] = rules.checked_url(url)
         for _ in range(self.params.max_redirects + 1):
             reply = await self._get_with_retries(hop[0], end, hold)
             if reply.body is None:
-                hop[0] = redirect_target(hop[0], reply)
+                hop[0] = rules.redirect_target(hop[0], reply)
                 continue
-            return success_result(url, hop[0], reply, expect_image)
+            return rules.success_result(url, hop[0], reply, expect_image)
         raise FetchFailure("too_many_redirects")
 
     async def _get_with_retries(self, url: str, end: float, hold: BodyHold | None) -> Reply:
@@ -140,8 +127,8 @@ class AsyncDownloader:
             try:
                 return await self._get_once(url, end, hold)
             except FetchFailure as failure:
-                delay = retry_delay(failure, url, attempt, params.retries, params.backoff, end - time.monotonic(),
-                                    self._retry_throttled)
+                delay = rules.retry_delay(failure, url, attempt, params.retries, params.backoff,
+                                          end - time.monotonic(), self._retry_throttled)
                 if delay is None:
                     raise
                 if self._may_retry is not None and not self._may_retry(host_of(url), failure.reason):
@@ -154,9 +141,9 @@ class AsyncDownloader:
         remaining = end - time.monotonic()
         if remaining <= 0:
             raise FetchFailure("timeout")
-        host, port = host_and_port(url)
+        host, port = rules.host_and_port(url)
         seconds = min(self.params.timeout, remaining)
-        with _errors_as_reasons(before_body=True):
+        with rules.errors_as_reasons(_reason_for_error, before_body=True):
             addresses = await self._resolve(host, port, seconds)
             if not self.params.allow_private_network:
                 download.check_addresses(host, addresses)
@@ -183,13 +170,14 @@ class AsyncDownloader:
         headers = {name.lower(): value for name, value in response.headers.items()}
         if len(response.headers) != len(headers):  # repeated names are joined, as urllib3's itermerged does
             headers = _merged(response.headers)
-        if is_redirect(response.status, headers):
+        if rules.is_redirect(response.status, headers):
             return Reply(response.status, headers, None)
         if not 200 <= response.status <= 299:
             raise FetchFailure(f"http_{response.status}", response.status, headers)
-        declared = declared_length(headers, response.status, self.params.max_bytes)
+        declared = rules.declared_length(headers, response.status, self.params.max_bytes)
         try:
-            with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
+            with rules.errors_as_reasons(_reason_for_error, before_body=False, status=response.status,
+                                         headers=headers):
                 body = await self._read_body(response, headers, declared, hold, end)
                 body = await self._decoded(body, headers, response.status, hold, end)
         except BaseException:
@@ -203,7 +191,7 @@ class AsyncDownloader:
         body = bytearray()
         max_bytes = self.params.max_bytes
         while True:
-            size, grow_to = next_read(len(body), declared, hold, max_bytes)
+            size, grow_to = rules.next_read(len(body), declared, hold, max_bytes)
             if grow_to is not None and not await _grow(hold, grow_to, end):
                 raise FetchFailure("body_budget_exhausted", response.status, headers)
             chunk = await response.content.read(size)
@@ -289,20 +277,6 @@ def _merged(headers) -> dict[str, str]:
         name = name.lower()
         merged[name] = f"{merged[name]}, {value}" if name in merged else value
     return merged
-
-
-@contextlib.contextmanager
-def _errors_as_reasons(before_body: bool, status: int | None = None, headers: dict[str, str] | None = None):
-    """aiohttp's and the socket's errors as `FetchFailure(reason)`: the same reasons as the thread fetcher's."""
-    try:
-        yield
-    except FetchFailure:
-        raise
-    except Exception as exc:
-        reason = _reason_for_error(exc, before_body)
-        if reason is None:
-            raise
-        raise FetchFailure(reason, status, headers) from exc
 
 
 def _reason_for_error(exc: BaseException, before_body: bool) -> str | None:

@@ -38,7 +38,6 @@ is sent.
 """
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -68,6 +67,7 @@ from pipeline.media.fetch_rules import (  # noqa: F401 -- FetchResult, sniff_ima
     Reply,
     checked_url,
     declared_length,
+    errors_as_reasons,
     final_reason,
     host_and_port,
     is_redirect,
@@ -325,7 +325,7 @@ class Downloader:
             raise FetchFailure("timeout")
         host, port = host_and_port(url)
         seconds = min(self.params.timeout, remaining)
-        with _errors_as_reasons(before_body=True):
+        with errors_as_reasons(_reason_for_error, before_body=True):
             # The one lookup, bounded; the connection goes to exactly these addresses.
             addresses = self._dns.resolve(host, port, seconds)
             if not self.params.allow_private_network:
@@ -347,7 +347,7 @@ class Downloader:
             raise FetchFailure(f"http_{response.status}", response.status, headers)
         declared = declared_length(headers, response.status, self.params.max_bytes)
         try:
-            with _errors_as_reasons(before_body=False, status=response.status, headers=headers):
+            with errors_as_reasons(_reason_for_error, before_body=False, status=response.status, headers=headers):
                 body = self._read_body(response, clock, headers, declared, hold)
         except FetchFailure:
             if hold is not None:
@@ -373,25 +373,6 @@ class Downloader:
                 raise FetchFailure("too_large", response.status, headers)
             if clock.expired:
                 raise FetchFailure("timeout", response.status, headers)
-
-
-@contextlib.contextmanager
-def _errors_as_reasons(before_body: bool, status: int | None = None, headers: dict[str, str] | None = None):
-    """Turn socket/urllib3 errors into `FetchFailure(reason)`.
-
-    The same error means different things before and during the body: a
-    broken connection is a connection_error before the status line and an
-    incomplete_read after it.
-    """
-    try:
-        yield
-    except FetchFailure:
-        raise
-    except Exception as exc:
-        reason = _reason_for_error(exc, before_body)
-        if reason is None:
-            raise
-        raise FetchFailure(reason, status, headers) from exc
 
 
 def _reason_for_error(exc: BaseException, before_body: bool) -> str | None:

@@ -8,10 +8,13 @@ one thread).  Only the transport and its errors differ.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import urllib.parse
 from dataclasses import dataclass, field
+
+from typing import Callable
 
 import urllib3
 from urllib3.exceptions import LocationParseError
@@ -182,3 +185,24 @@ def success_result(url: str, final_url: str, reply: Reply, expect_image: bool) -
     if expect_image and mime is None:
         return FetchResult(url, final_url, None, "not_an_image", reply.status, reply.headers)
     return FetchResult(url, final_url, reply.body, None, reply.status, reply.headers, mime)
+
+
+@contextlib.contextmanager
+def errors_as_reasons(reason_for_error: Callable[[BaseException, bool], str | None], before_body: bool,
+                      status: int | None = None, headers: dict[str, str] | None = None):
+    """A transport's errors as `FetchFailure(reason)`, by the fetcher's `reason_for_error(error, before_body)`
+    (None: not a fetch failure, raised as it is).
+
+    The same error means different things before and during the body: a
+    broken connection is a connection_error before the status line and an
+    incomplete_read after it.
+    """
+    try:
+        yield
+    except FetchFailure:
+        raise
+    except Exception as exc:
+        reason = reason_for_error(exc, before_body)
+        if reason is None:
+            raise
+        raise FetchFailure(reason, status, headers) from exc
