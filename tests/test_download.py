@@ -600,3 +600,14 @@ def test_a_hook_that_keeps_the_default_check_answers_at_once():
     row = Sample(key="000000", shard_id=0, url="http://a.example/x.jpg", caption="a")
     assert OnlyResponses().answers_at_once(row)
     assert not Checks().answers_at_once(row)
+
+
+def test_the_event_loop_fetcher_keeps_the_addresses_of_recent_hosts_only(monkeypatch):
+    """A run over millions of hosts must not keep every host's pinned addresses."""
+    from pipeline.media import async_download
+
+    monkeypatch.setattr(async_download, "_PINNED_HOSTS", 3)
+    downloader = AsyncDownloader(LOCAL)
+    for i in range(10):
+        downloader._pin(f"host{i}.example", 80, ["192.0.2.1"])
+    assert list(downloader._pinned) == [("host7.example", 80), ("host8.example", 80), ("host9.example", 80)]

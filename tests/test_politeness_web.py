@@ -181,6 +181,17 @@ def test_dns_answers_are_cached_for_their_ttl():
     assert len(calls) == 2
 
 
+def test_the_dns_cache_keeps_the_most_recent_hosts_only():
+    calls = []
+    cache = DnsCache(300, 30, lambda host, port: calls.append(host) or ["1.2.3.4"], FakeClock(), max_hosts=2)
+    for host in ("a.example", "b.example", "c.example"):
+        cache.resolve(host, 80, 5)
+    assert cache.cached("b.example", 80) == cache.cached("c.example", 80) == ["1.2.3.4"]
+    assert cache.cached("a.example", 80) is None  # the oldest went first
+    cache.resolve("a.example", 80, 5)
+    assert calls == ["a.example", "b.example", "c.example", "a.example"]
+
+
 def test_a_name_that_does_not_exist_is_remembered_for_the_negative_ttl():
     calls, clock = [], FakeClock()
 

@@ -25,6 +25,7 @@ not a thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import resource
 import socket
@@ -53,6 +54,7 @@ _BUDGET_POLL = 0.005  # seconds between looks at a full body budget
 _DECODED = ("gzip", "x-gzip", "deflate")  # encodings decoded (bounded) as urllib3 decodes them
 _KEEPALIVE = 15.0  # seconds an idle connection is kept for the next request to its host
 _MOST_OPEN_FILES = 1 << 16
+_PINNED_HOSTS = 4096  # far more than the requests one worker has in flight (download.max_in_flight)
 
 
 class _PinnedResolver(AbstractResolver):
@@ -85,7 +87,7 @@ class AsyncDownloader:
         # `resolve` looked up at call time: tests stand in for DNS by replacing it.
         self._dns = DnsCache(params.dns_cache_ttl, params.dns_negative_ttl,
                              lambda host, port: download.resolve(host, port))
-        self._pinned: dict[tuple[str, int], list[str]] = {}
+        self._pinned: collections.OrderedDict[tuple[str, int], list[str]] = collections.OrderedDict()
         self._session: aiohttp.ClientSession | None = None
 
     async def fetch(self, url: str, expect_image: bool = True, hold: BodyHold | None = None) -> FetchResult:
@@ -147,7 +149,7 @@ class AsyncDownloader:
             addresses = await self._resolve(host, port, seconds)
             if not self.params.allow_private_network:
                 download.check_addresses(host, addresses)
-            self._pinned[(host.lower(), port)] = addresses
+            self._pin(host, port, addresses)
             response = await self._client().get(
                 yarl.URL(url), allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds))
@@ -158,6 +160,16 @@ class AsyncDownloader:
             raise
         response.release()  # read to the end: the connection is kept for the next request
         return reply
+
+    def _pin(self, host: str, port: int, addresses: list[str]) -> None:
+        """The checked addresses the connector will get for (host, port): the most recent `_PINNED_HOSTS`
+        hosts only, so a run over millions of hosts does not keep them all (a request connects right after
+        its host is pinned, long before thousands of other hosts push it out)."""
+        key = (host.lower(), port)
+        self._pinned[key] = addresses
+        self._pinned.move_to_end(key)
+        if len(self._pinned) > _PINNED_HOSTS:
+            self._pinned.popitem(last=False)
 
     async def _resolve(self, host: str, port: int, seconds: float) -> list[str]:
         cached = self._dns.cached(host, port)

@@ -33,8 +33,11 @@ class DnsCache:
     `lookup(host, port)` does the real lookup (pipeline.media.download.resolve: getaddrinfo)."""
 
     def __init__(self, ttl: float, negative_ttl: float, lookup: Callable[[str, int], list[str]],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, max_hosts: int = 100_000):
+        """At most `max_hosts` answers are kept (the oldest stored go first): a run over millions of hosts
+        would otherwise keep one per host it ever saw (~300 bytes each)."""
         self._ttl, self._negative_ttl, self._lookup, self._clock = ttl, negative_ttl, lookup, clock
+        self._max_hosts = max_hosts
         self._answers: dict[tuple[str, int], tuple[float, list[str] | socket.gaierror]] = {}
         self._lock = threading.Lock()
 
@@ -69,4 +72,7 @@ class DnsCache:
     def _store(self, key, answer, ttl: float) -> None:
         if ttl > 0:
             with self._lock:
+                self._answers.pop(key, None)  # re-stored at the end: the oldest answers are first
                 self._answers[key] = (self._clock() + ttl, answer)
+                if len(self._answers) > self._max_hosts:
+                    del self._answers[next(iter(self._answers))]
