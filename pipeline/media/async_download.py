@@ -40,7 +40,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from pipeline.media import download
 from pipeline.media.body_budget import BodyHold
-from pipeline.media.dns_cache import DnsCache, DnsTimeout
+from pipeline.media.dns_cache import DnsTimeout
 from pipeline.media.download import BlockedAddressError, DownloadParams
 from pipeline.media import fetch_rules as rules
 from pipeline.media.fetch_rules import FetchFailure, FetchResult, Reply
@@ -84,9 +84,7 @@ class AsyncDownloader:
         host); `may_retry(host, reason)` may stop a retry (a host found down)."""
         self.params = params
         self._retry_throttled, self._may_retry = retry_throttled, may_retry
-        # `resolve` looked up at call time: tests stand in for DNS by replacing it.
-        self._dns = DnsCache(params.dns_cache_ttl, params.dns_negative_ttl,
-                             lambda host, port: download.resolve(host, port))
+        self._dns = download.dns_cache(params)
         self._pinned: collections.OrderedDict[tuple[str, int], list[str]] = collections.OrderedDict()
         self._session: aiohttp.ClientSession | None = None
 

@@ -223,6 +223,12 @@ def resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
+def dns_cache(params: DownloadParams) -> DnsCache:
+    """A fetcher's DNS cache, as `params` say.  `resolve` is looked up at call time: tests stand in for DNS
+    by replacing it."""
+    return DnsCache(params.dns_cache_ttl, params.dns_negative_ttl, lambda host, port: resolve(host, port))
+
+
 def check_addresses(host: str, addresses: list[str]) -> None:
     """Raise BlockedAddressError unless ALL the addresses `host` resolved to are public."""
     blocked = sorted({address for address in addresses if not is_public_address(address)})
@@ -251,8 +257,7 @@ class Downloader:
         self.params = params
         self._retry_throttled = retry_throttled
         self._may_retry = may_retry
-        # `resolve` looked up at call time: tests stand in for DNS by replacing it.
-        self._dns = DnsCache(params.dns_cache_ttl, params.dns_negative_ttl, lambda host, port: resolve(host, port))
+        self._dns = dns_cache(params)
         self._pool = urllib3.PoolManager(
             num_pools=max(100, params.threads),
             maxsize=params.threads,

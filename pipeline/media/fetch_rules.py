@@ -13,7 +13,6 @@ import functools
 import hashlib
 import urllib.parse
 from dataclasses import dataclass, field
-
 from typing import Callable
 
 import urllib3
