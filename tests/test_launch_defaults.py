@@ -93,8 +93,8 @@ def test_auto_fetcher_is_threads_in_this_process_and_async_in_worker_processes(r
     """A small input runs in the launcher, where importing aiohttp would cost more than it saves."""
     from pipeline.engine import runners
     from pipeline.engine.recipe import load_recipe
-    from pipeline.engine.run import RunOptions
-    from pipeline.tools.launch import runs_in_this_process, with_fetcher_chosen
+    from pipeline.engine.run import RunOptions, runs_in_this_process
+    from pipeline.tools.launch import with_fetcher_chosen
 
     options = runners.expand(RunOptions(default_beam_args([], rows)))
     recipe = load_recipe("manifests/local-sample.yaml")

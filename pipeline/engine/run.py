@@ -188,10 +188,21 @@ def _local_runner(options: PipelineOptions):
 
 def uses_worker_processes(options: PipelineOptions) -> bool:
     """Whether the run starts local worker processes (the local runner in multi_processing mode)."""
+    return _local_running_mode(options) == "multi_processing"
+
+
+def runs_in_this_process(options: PipelineOptions) -> bool:
+    """Whether the rows run in the launcher's own process (the local runner, in memory)."""
+    return _local_running_mode(options) == "in_memory"
+
+
+def _local_running_mode(options: PipelineOptions) -> str | None:
+    """The local runner's `direct_running_mode`; None for other runners."""
     from apache_beam.options.pipeline_options import DirectOptions
 
-    return (options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES
-            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNER_NAMES:
+        return None
+    return options.view_as(DirectOptions).direct_running_mode
 
 
 def worker_fork_server(options: PipelineOptions):

@@ -68,7 +68,7 @@ def run_job(
     args = default_beam_args(beam_args, rows)
     options = runners.expand(RunOptions(args))
     recipe = recipe if isinstance(recipe, Recipe) else load_job_recipe(recipe)
-    recipe = with_fetcher_chosen(recipe, in_process=runs_in_this_process(options))
+    recipe = with_fetcher_chosen(recipe, in_process=run_module.runs_in_this_process(options))
     check_stages(recipe, options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES)
     output_dir = absolute(output).rstrip("/")
     check_output_outside_inputs(output_dir, inputs)
@@ -111,14 +111,6 @@ def default_beam_args(beam_args: list[str], input_rows: int | None = None) -> li
     if "--default_sdk_harness_log_level" not in given:
         extra.append("--default_sdk_harness_log_level=WARNING")  # worker start-up chatter hides the summary
     return [*beam_args, *extra]
-
-
-def runs_in_this_process(options) -> bool:
-    """Whether the rows run in the launcher's own process (the local runner, in memory)."""
-    from apache_beam.options.pipeline_options import DirectOptions
-
-    return (options.view_as(StandardOptions).runner in LOCAL_RUNNER_NAMES
-            and options.view_as(DirectOptions).direct_running_mode == "in_memory")
 
 
 def with_fetcher_chosen(recipe: Recipe, in_process: bool) -> Recipe:
