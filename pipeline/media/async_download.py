@@ -18,9 +18,9 @@ pipeline.media.fetch_rules, so only the transport differs:
 * a body never outgrows its `BodyHold`: a hold that must grow and cannot at
   once waits for bytes on the loop, growing holds before new ones.
 
-It costs about a third of the CPU per request of urllib3 on 32 threads
-(benchmarks/README.md, "Session 9"), and a request in flight is a socket,
-not a thread.
+It costs about two thirds of the thread fetcher's CPU per request (0.72
+against 1.09 ms, benchmarks/fetch_cost.py; benchmarks/README.md, "Session
+9"), and a request in flight is a socket, not a thread.
 """
 from __future__ import annotations
 
