@@ -1,6 +1,7 @@
 """Per-host politeness end to end: a dead host costs a few timeouts, a throttling host is waited for, DNS is cached."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import http.server
 import io
@@ -8,6 +9,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -170,29 +172,40 @@ class FakeClock:
         return self.now
 
 
-def test_dns_answers_are_cached_for_their_ttl():
+_LOOKUP_THREADS = ThreadPoolExecutor(max_workers=2)
+
+
+@pytest.fixture(params=["thread", "event_loop"])
+def resolve(request):
+    """resolve(cache, host, port, seconds): `DnsCache.resolve`, or its event loop's `resolve_on_loop`."""
+    if request.param == "thread":
+        return lambda cache, *args: cache.resolve(*args)
+    return lambda cache, *args: asyncio.run(cache.resolve_on_loop(*args, _LOOKUP_THREADS))
+
+
+def test_dns_answers_are_cached_for_their_ttl(resolve):
     calls, clock = [], FakeClock()
     cache = DnsCache(300, 30, lambda host, port: calls.append(host) or ["1.2.3.4"], clock)
-    assert cache.resolve("Example.com", 80, 5) == ["1.2.3.4"]
-    assert cache.resolve("example.com", 80, 5) == ["1.2.3.4"]
+    assert resolve(cache, "Example.com", 80, 5) == ["1.2.3.4"]
+    assert resolve(cache, "example.com", 80, 5) == ["1.2.3.4"]
     assert calls == ["Example.com"]
     clock.now = 301
-    cache.resolve("example.com", 80, 5)
+    resolve(cache, "example.com", 80, 5)
     assert len(calls) == 2
 
 
-def test_the_dns_cache_keeps_the_most_recent_hosts_only():
+def test_the_dns_cache_keeps_the_most_recent_hosts_only(resolve):
     calls = []
     cache = DnsCache(300, 30, lambda host, port: calls.append(host) or ["1.2.3.4"], FakeClock(), max_hosts=2)
     for host in ("a.example", "b.example", "c.example"):
-        cache.resolve(host, 80, 5)
+        resolve(cache, host, 80, 5)
     assert cache.cached("b.example", 80) == cache.cached("c.example", 80) == ["1.2.3.4"]
     assert cache.cached("a.example", 80) is None  # the oldest went first
-    cache.resolve("a.example", 80, 5)
+    resolve(cache, "a.example", 80, 5)
     assert calls == ["a.example", "b.example", "c.example", "a.example"]
 
 
-def test_a_name_that_does_not_exist_is_remembered_for_the_negative_ttl():
+def test_a_name_that_does_not_exist_is_remembered_for_the_negative_ttl(resolve):
     calls, clock = [], FakeClock()
 
     def missing(host, port):
@@ -202,15 +215,15 @@ def test_a_name_that_does_not_exist_is_remembered_for_the_negative_ttl():
     cache = DnsCache(300, 30, missing, clock)
     for _ in range(3):
         with pytest.raises(socket.gaierror):
-            cache.resolve("nope.example", 80, 5)
+            resolve(cache, "nope.example", 80, 5)
     assert len(calls) == 1
     clock.now = 31
     with pytest.raises(socket.gaierror):
-        cache.resolve("nope.example", 80, 5)
+        resolve(cache, "nope.example", 80, 5)
     assert len(calls) == 2
 
 
-def test_dns_timeout_is_not_dns_error_and_is_not_cached():
+def test_dns_timeout_is_not_dns_error_and_is_not_cached(resolve):
     calls = []
 
     def again(host, port):
@@ -220,15 +233,17 @@ def test_dns_timeout_is_not_dns_error_and_is_not_cached():
     cache = DnsCache(300, 30, again)
     for _ in range(2):
         with pytest.raises(DnsTimeout):
-            cache.resolve("flaky.example", 80, 5)
+            resolve(cache, "flaky.example", 80, 5)
     assert len(calls) == 2
 
     def slow(host, port):
         time.sleep(2)
         return ["1.2.3.4"]
 
+    started = time.monotonic()
     with pytest.raises(DnsTimeout):
-        DnsCache(300, 30, slow).resolve("slow.example", 80, 0.2)
+        resolve(DnsCache(300, 30, slow), "slow.example", 80, 0.2)
+    assert time.monotonic() - started < 1.5  # the caller stopped waiting; the lookup goes on in the background
 
 
 def test_the_ssrf_guard_checks_a_cached_answer_every_time(monkeypatch):

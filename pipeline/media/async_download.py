@@ -144,7 +144,7 @@ class AsyncDownloader:
         host, port = rules.host_and_port(url)
         seconds = min(self.params.timeout, remaining)
         with rules.errors_as_reasons(_reason_for_error, before_body=True):
-            addresses = await self._resolve(host, port, seconds)
+            addresses = await self._dns.resolve_on_loop(host, port, seconds, _LOOKUPS)
             if not self.params.allow_private_network:
                 download.check_addresses(host, addresses)
             self._pin(host, port, addresses)
@@ -168,13 +168,6 @@ class AsyncDownloader:
         self._pinned.move_to_end(key)
         if len(self._pinned) > _PINNED_HOSTS:
             self._pinned.popitem(last=False)
-
-    async def _resolve(self, host: str, port: int, seconds: float) -> list[str]:
-        cached = self._dns.cached(host, port)
-        if cached is not None:
-            return cached
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_LOOKUPS, self._dns.resolve, host, port, seconds)
 
     async def _reply(self, response: aiohttp.ClientResponse, hold: BodyHold | None, end: float) -> Reply:
         headers = {name.lower(): value for name, value in response.headers.items()}
