@@ -71,6 +71,25 @@ def test_a_saturated_cpu_cuts_the_limit_then_it_grows_slowly_and_never_below_the
     assert limit.value == 32
 
 
+def test_far_under_the_target_the_limit_doubles_again_after_a_cut():
+    clocks = Clocks()
+    limit = limit_with(clocks)
+    assert window(limit, clocks, cores=1.0) == 32  # cut at the start: no more doubling at the usual pace
+    assert window(limit, clocks, cores=0.5) == 40  # above half the target: + a quarter of the start
+    assert [window(limit, clocks, cores=0.3) for _ in range(3)] == [80, 160, 320]  # far under it: doubling
+
+
+def test_a_restarted_window_leaves_out_the_cpu_spent_before_the_downloads():
+    clocks = Clocks()
+    limit = limit_with(clocks)
+    clocks.spend(2.0, cores=1.0)  # the worker's setup and imports, before its first row
+    limit.restart_window()
+    assert [window(limit, clocks, cores=0.6, seconds=0.25) for _ in range(3)] == [64, 128, 256]
+    unrestarted = limit_with(clocks)
+    clocks.spend(2.0, cores=1.0)
+    assert window(unrestarted, clocks, cores=0.6, seconds=0.25) == 32  # the setup read as a saturated CPU
+
+
 def test_a_start_above_the_ceiling_is_the_ceiling():
     assert limit_with(Clocks(), start=64, ceiling=16).value == 16
 

@@ -114,6 +114,7 @@ class _DownloadTask(beam.DoFn):
         self._open: dict[tuple[int, int], list] = {}  # task -> [its checkpoint, rows not finished]
         self._hosts: dict[str, dict[str, float]] = {}  # host -> counters, for the audit's per-host table
         self._hosts_lock = threading.Lock()
+        self._limit.restart_window()  # the setup's imports and earlier bundles' work are not this bundle's CPU
         self._scheduler = HostScheduler(self._policy, self._pool, self._fetch, self._limit,
                                         self._download.throttle_retries, self._download.deadline,
                                         processing_pool=self._decoders, max_processing=self._download.threads)

@@ -77,8 +77,13 @@ class InFlightLimit:
     Below `cpu_target` cores while rows waited for a free slot (and bodies were
     not piling up for the CPU: `HostScheduler`), the limit grows
     (doubling until the first cut, then by an eighth, at least a quarter of
-    `start`); at or above it, the CPU is the bottleneck and the limit is cut by
-    a tenth (never below `start`).  Cuts are gentle and growth quick because
+    `start`; doubling again while under half the target); at or above it, the
+    CPU is the bottleneck and the limit is cut by
+    a tenth (never below `start`).  The window restarts when the worker starts
+    downloading (`restart_window`): CPU spent before (imports, setup, other
+    stages) is not the downloads', and one such window read as saturated once
+    ended the doubling at the start, leaving a worker at 56 in flight after 3 s
+    against a 1 s web (its twin reached 360).  Cuts are gentle and growth quick because
     too few in flight costs rows/s (the latency shows again) while a few too
     many cost only some memory (bounded by pipeline.media.body_budget).  A
     Python worker's decode/resize mostly holds the GIL, so about one core is
@@ -96,6 +101,7 @@ class InFlightLimit:
     GROWTH_AFTER_CUT = 0.125  # of the limit, per window
     LEAST_GROWTH = 0.25  # of `start`
     CUT = 0.9
+    IDLE = 0.5  # of `cpu_target`: below it the limit doubles again, even after a cut
 
     def __init__(self, start: int, ceiling: int, cpu_target: float = 0.9, window: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, cpu_clock: Callable[[], float] = time.process_time):
@@ -108,6 +114,13 @@ class InFlightLimit:
         self._lock = threading.Lock()
         self.cpu_cores = 0.0  # the last window's CPU use, for the progress log
         self.decoding = self.contention = 0.0  # the last window's, for the progress log
+
+    def restart_window(self) -> None:
+        """Starts a new window now: what the process spent so far is not the downloads' (call when a
+        worker starts downloading)."""
+        self._since, self._cpu_since, self._waited = self._clock(), self._cpu_clock(), False
+        with self._lock:
+            self._processing = [0.0, 0.0]
 
     def rows_waited(self) -> None:
         """Rows were queued while every slot was taken."""
@@ -135,8 +148,9 @@ class InFlightLimit:
             self.value = max(self._start, int(self.value * self.CUT))
             self._doubling = False
         elif self._waited:
-            step = self.value if self._doubling else max(1, int(self._start * self.LEAST_GROWTH),
-                                                         int(self.value * self.GROWTH_AFTER_CUT))
+            doubling = self._doubling or self.cpu_cores < self._cpu_target * self.IDLE
+            step = self.value if doubling else max(1, int(self._start * self.LEAST_GROWTH),
+                                                   int(self.value * self.GROWTH_AFTER_CUT))
             self.value = min(self._ceiling, self.value + step)
         self._since, self._cpu_since, self._waited = now, cpu, False
 
