@@ -11,7 +11,9 @@ and writes bytes it holds, so it is never the bottleneck.
 For each latency: curate with its defaults (a recipe with no stages; only
 `--allow-private-network` for loopback), and img2dataset from a virtualenv of
 its own (throughput.py's img2dataset_venv) with its defaults but for
-`--processes_count`, the output format and `--image_size` (curate's).
+the output format and `--image_size` (curate's), in each `--img2dataset`
+configuration of processes x threads (its true defaults are 1 x 256; issue
+18 measured 2 x 32 as "its defaults"; by default `--processes` x 256).
 Reported per run: rows written, wall seconds, rows/s over the wall time and
 over the server's span (first to last request: start-up excluded), CPU
 seconds per row of the whole process tree (user + system: less distorted by
@@ -23,6 +25,8 @@ network vs decode share, CPU).
     .venv/bin/python benchmarks/latency.py --rows 2000
     # before/after: curate from several source trees, interleaved in the same rounds
     .venv/bin/python benchmarks/latency.py --rows 6000 --runs 3 --tree /tmp/before --tree .
+    # img2dataset as issue 18 ran it (2 x 32), at its true defaults (1 x 256), and 2 x 256
+    .venv/bin/python benchmarks/latency.py --rows 6000 --img2dataset 2x32 --img2dataset 1xdefault --img2dataset 2xdefault
 """
 from __future__ import annotations
 
@@ -169,28 +173,30 @@ def run_curate(urls: Path, work: Path, args, tree: Path = REPO) -> dict:
             "most_in_flight": max(in_flight, default=None), "last_progress": progress[-1:]}
 
 
-def run_img2dataset(urls: Path, work: Path, args) -> dict:
+def run_img2dataset(urls: Path, work: Path, args, config: tuple[int, int | None]) -> dict:
+    """config: (processes, threads per process; None for img2dataset's own default, 256)."""
+    processes, threads = config
     out = work / "out-img2dataset"
     shutil.rmtree(out, ignore_errors=True)
     command = img2dataset_venv(args.img2dataset_venv or work / "img2dataset-venv")
     seconds, peak, cpu = timed([
         str(command), "--url_list", str(urls), "--input_format", "parquet", "--url_col", "url", "--caption_col",
         "caption", "--output_format", "webdataset", "--output_folder", str(out), "--processes_count",
-        str(args.processes), "--distributor", "multiprocessing", "--image_size", "256", "--enable_wandb", "False",
-        *(["--thread_count", str(args.img2dataset_threads)] if args.img2dataset_threads else []),
+        str(processes), "--distributor", "multiprocessing", "--image_size", "256", "--enable_wandb", "False",
+        *(["--thread_count", str(threads)] if threads else []),
     ], work / "img2dataset.log", {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
     rows = sum(json.loads(p.read_text())["successes"] for p in out.glob("*_stats.json"))
     return {"rows": rows, "seconds": seconds, "cpu_s": cpu, "peak_pss_mb": peak >> 20}
 
 
 def measure(tool: str, web: SlowWeb, delay: float, urls: Path, args) -> dict:
-    """tool: "img2dataset", or "curate" / "curate [tree]" (run from that source tree)."""
+    """tool: "img2dataset PxT" (`--img2dataset`), or "curate" / "curate [tree]" (run from that source tree)."""
     web.reset(delay)
     load = os.getloadavg()[0]
     if tool.startswith("curate"):
         result = run_curate(urls, args.work, args, args.trees[tool])
     else:
-        result = run_img2dataset(urls, args.work, args)
+        result = run_img2dataset(urls, args.work, args, args.img2dataset_configs[tool])
     span = max(web.last - web.first + delay, 1e-9)  # the last request is answered `delay` after it arrives
     result.update(tool=tool, latency_ms=round(delay * 1000), load_before=round(load, 2),
                   load_after=round(os.getloadavg()[0], 2), rows_per_s=round(result["rows"] / result["seconds"], 1),
@@ -210,7 +216,9 @@ def main() -> None:
     parser.add_argument("--slow-factor", type=float, default=3.0)
     parser.add_argument("--latencies", default="0,0.05,0.3,1.0", help="seconds, comma-separated; 0 first")
     parser.add_argument("--img2dataset-at", default="0.3", help="latencies to run img2dataset at ('' for none)")
-    parser.add_argument("--img2dataset-threads", type=int, help="its --thread_count (default: its own, 256)")
+    parser.add_argument("--img2dataset", action="append", default=[], metavar="PxT",
+                        help="an img2dataset configuration: P processes x T threads per process, T 'default' for "
+                             "its own (256); repeatable (default: --processes x default)")
     parser.add_argument("--set", action="append", default=[], help="a curate --set override (default: none)")
     parser.add_argument("--img2dataset-venv", type=Path, help="default: WORK/img2dataset-venv (created once)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/curate-latency"))
@@ -225,7 +233,8 @@ def main() -> None:
     web.write_urls(args.rows, urls)
     i2d_at = {float(x) for x in args.img2dataset_at.split(",") if x}
     runs = [(tool, delay) for delay in (float(x) for x in args.latencies.split(",")) for tool in args.trees]
-    runs += [("img2dataset", delay) for delay in sorted(i2d_at)]
+    args.img2dataset_configs = img2dataset_configs(args.img2dataset or [f"{args.processes}xdefault"])
+    runs += [(tool, delay) for delay in sorted(i2d_at) for tool in args.img2dataset_configs]
     results = []
     for round_number in range(args.runs):
         shift = round_number % len(runs)  # interleaved: no configuration always follows the same one
@@ -234,6 +243,16 @@ def main() -> None:
     print(json.dumps({"cpus": os.cpu_count(), "rows": args.rows, "processes": args.processes, "hosts": args.hosts,
                       "slow_hosts": len(web.slow), "slow_factor": args.slow_factor,
                       "results": results, "medians": medians(results)}, indent=2))
+
+
+def img2dataset_configs(specs: list[str]) -> dict[str, tuple[int, int | None]]:
+    """["2x32", "1xdefault"] -> {"img2dataset 2x32": (2, 32), "img2dataset 1x256": (1, None)}."""
+    configs = {}
+    for spec in specs:
+        processes, _, threads = spec.partition("x")
+        count = None if threads in ("", "default") else int(threads)
+        configs[f"img2dataset {int(processes)}x{count or 256}"] = (int(processes), count)
+    return configs
 
 
 def medians(results: list[dict]) -> list[dict]:
@@ -251,6 +270,9 @@ def medians(results: list[dict]) -> list[dict]:
         if zero and row["tool"].startswith("curate"):
             row["of_zero_latency"] = round(row["rows_per_s"] / zero["rows_per_s"], 2)
             row["of_zero_latency_span"] = round(row["server_span_rows_per_s"] / zero["server_span_rows_per_s"], 2)
+        if row["tool"].startswith("curate"):  # against every img2dataset configuration at the same latency
+            row.update({f"over {other['tool']}": round(row["rows_per_s"] / other["rows_per_s"], 2) for other in table
+                        if other["tool"].startswith("img2dataset") and other["latency_ms"] == row["latency_ms"]})
     return table
 
 
