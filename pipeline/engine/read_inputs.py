@@ -7,7 +7,7 @@ from apache_beam.metrics import Metrics
 from pipeline.core.records import REJECTED, Sample
 from pipeline.engine.writers import OutputParams
 from pipeline.ingest import input_files, readers
-from pipeline.ingest.crawl import CrawlParams, Tally
+from pipeline.ingest.crawl_params import CrawlParams, Tally
 from pipeline.ingest.textlines import FileTally
 
 INPUTS = "inputs"

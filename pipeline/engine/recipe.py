@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from pipeline.core import params as typed
-from pipeline.ingest.crawl import CrawlParams
+from pipeline.ingest.crawl_params import CrawlParams
 from pipeline.media.download import DownloadParams
 from pipeline.media.imaging import ResizeParams
 from pipeline.core.registry import get_stage

@@ -24,15 +24,13 @@ and private-use tags give no language.
 """
 from __future__ import annotations
 
-import collections
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import ada_url
 import langcodes
 
-from pipeline.core.params import ParamError
+from pipeline.ingest.crawl_params import CrawlParams, Tally  # noqa: F401 -- this module's API too
 
 _HTTP_PREFIXES = ("http://", "https://")
 _ASCII_WHITESPACE = " \t\n\r\f"  # what the HTML spec strips around a URL attribute
@@ -50,43 +48,6 @@ UNPARSABLE = "unparsable"  # not a URL by the WHATWG rules
 NOT_HTTP = "not_http"  # data:, javascript:, file:, ftp: ...
 NO_ALT = "no_alt"  # crawl.skip_empty_alt
 DUPLICATE = "duplicate"  # a (url, caption) pair already read from the same file
-
-
-@dataclass(frozen=True)
-class CrawlParams:
-    """How image links are taken from crawl files."""
-
-    surrounding_words: int = 0  # words of page text kept before and after each image; 0: none
-    skip_empty_alt: bool = False  # drop images without a caption (default: keep, the caption stage decides)
-    title_fallback: bool = False  # no alt text, or a blank one: use the image's title attribute as its caption
-
-    def __post_init__(self) -> None:
-        if self.surrounding_words < 0:
-            raise ParamError(f"crawl.surrounding_words must be >= 0, got {self.surrounding_words}")
-
-
-class Tally(collections.Counter):
-    """What reading one crawl file found: every record and every image link counted once.
-
-    records == sum of "record/*";  links == rows + sum of "link/*" (rows: the
-    image rows yielded; WAT records that are not JSON give one error row each,
-    counted as "record/malformed").  "pages_cut_at_size_cap" counts WARC pages
-    read only up to MAX_PAGE_BYTES: their later images were never seen, so
-    they are in no count.
-    """
-
-    def record(self, outcome: str) -> None:
-        self["records"] += 1
-        self[f"record/{outcome}"] += 1
-
-    def link(self, dropped_because: str | None = None) -> None:
-        self["links"] += 1
-        self[f"link/{dropped_because}" if dropped_because else "rows"] += 1
-
-    def undo_row(self, dropped_because: str) -> None:
-        """A link counted as a row turned out to be dropped (the file-wide duplicate check)."""
-        self["rows"] -= 1
-        self[f"link/{dropped_because}"] += 1
 
 
 class Resolved(NamedTuple):

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.ingest import crawl
+from pipeline.ingest.crawl_params import CrawlParams, Tally
 from pipeline.ingest.input_files import (
     BAD_ENCODING,
     CRAWL_FORMATS,
@@ -72,8 +72,8 @@ def read_rows(
     fmt: str,
     url_col: str = "url",
     caption_col: str | None = "caption",
-    crawl_params: crawl.CrawlParams | None = None,
-    crawl_tally: crawl.Tally | None = None,
+    crawl_params: CrawlParams | None = None,
+    crawl_tally: Tally | None = None,
     tally: FileTally | None = None,
 ) -> Iterator[InputRow]:
     """Stream the rows of one input file in file order, counting them (and the physical lines) into `tally`.
@@ -91,8 +91,10 @@ def read_rows(
     columns = _Columns(path, url_col, caption_col)
     with reading(path, fmt):
         if fmt in CRAWL_FORMATS:
+            from pipeline.ingest import crawl  # only for crawl files: its HTML and WARC machinery is slow to import
+
             with open_binary(path) as handle:
-                rows = crawl.crawl_rows(handle, path, fmt, crawl_params or crawl.CrawlParams(), crawl_tally)
+                rows = crawl.crawl_rows(handle, path, fmt, crawl_params or CrawlParams(), crawl_tally)
                 yield from (_counted(row, tally) for row in rows)
         elif fmt == "parquet":
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -118,6 +120,8 @@ def check_input(path: str, fmt: str, url_col: str, caption_col: str | None) -> N
     (bad encoding included) are rows to reject, not a reason to refuse the file.
     """
     if fmt in CRAWL_FORMATS:
+        from pipeline.ingest import crawl
+
         with reading(path, fmt), open_binary(path) as handle:
             crawl.check_archive(handle, path)
         return
