@@ -27,6 +27,8 @@ network vs decode share, CPU).
     .venv/bin/python benchmarks/latency.py --rows 6000 --runs 3 --tree /tmp/before --tree .
     # img2dataset as issue 18 ran it (2 x 32), at its true defaults (1 x 256), and 2 x 256
     .venv/bin/python benchmarks/latency.py --rows 6000 --img2dataset 2x32 --img2dataset 1xdefault --img2dataset 2xdefault
+    # per-worker timelines (requests in flight, limit, CPU every second) in each curate result
+    .venv/bin/python benchmarks/latency.py --rows 6000 --latencies 0,1 --img2dataset-at '' --timeline
 """
 from __future__ import annotations
 
@@ -135,6 +137,36 @@ class PeakMemory:
         return self.peak
 
 
+class WorkerTimeline:
+    """Each download worker's progress file (OUTPUT/_work/progress-*.json), read every second while curate
+    runs: when it was written, rows done, requests in flight, the limit, CPU cores.  Medians hid a limit
+    stuck at the start in some runs (benchmarks/README.md, "Latency", session 10); a timeline shows it."""
+
+    def __init__(self, work_dir: Path):
+        self.work_dir, self.samples, self._start = work_dir, {}, time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            for path in self.work_dir.glob("progress-*.json"):
+                try:
+                    status = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue  # being replaced
+                worker = self.samples.setdefault(path.stem.rsplit("-", 1)[-1], [])
+                if not worker or worker[-1]["at"] != status.get("at"):
+                    worker.append({"s": round(time.monotonic() - self._start, 1), "at": status.get("at"),
+                                   **{key: status.get(key) for key in ("rows", "in_flight", "limit", "cpu_cores")}})
+
+    def stop(self) -> dict[str, list[dict]]:
+        self._stop.set()
+        self._thread.join()
+        return {worker: [{k: v for k, v in sample.items() if k != "at"} for sample in samples]
+                for worker, samples in self.samples.items()}
+
+
 def timed(command: list[str], log: Path, env: dict[str, str], cwd: Path = REPO) -> tuple[float, int, float]:
     """Wall seconds, peak PSS (all processes) and CPU seconds (of every process of the tree that was waited for)."""
     start, cpu_before = time.monotonic(), _children_cpu()
@@ -160,6 +192,7 @@ def run_curate(urls: Path, work: Path, args, tree: Path = REPO) -> dict:
     recipe.write_text("name: latency\nstages: []\n")  # curate's defaults: download.*, resize.*, output.*
     overrides = [item for pair in args.set for item in ("--set", pair)]
     log = work / "curate.log"
+    timeline = WorkerTimeline(out / "_work") if args.timeline else None
     seconds, peak, cpu = timed([
         sys.executable, "-m", "pipeline.cli", "run", "--recipe", str(recipe), "--input", str(urls), "--output",
         str(out), "--allow-private-network", *overrides, f"--direct_num_workers={args.processes}",
@@ -170,7 +203,8 @@ def run_curate(urls: Path, work: Path, args, tree: Path = REPO) -> dict:
                 if re.search(r"download: [1-9]\d*/\d+ worker\(s\) active", line)]  # while downloading
     in_flight = [int(n) for line in progress for n in re.findall(r"(\d+) in flight", line)]
     return {"rows": kept, "seconds": seconds, "cpu_s": cpu, "peak_pss_mb": peak >> 20,
-            "most_in_flight": max(in_flight, default=None), "last_progress": progress[-1:]}
+            "most_in_flight": max(in_flight, default=None), "last_progress": progress[-1:],
+            **({"timeline": timeline.stop()} if timeline else {})}
 
 
 def run_img2dataset(urls: Path, work: Path, args, config: tuple[int, int | None]) -> dict:
@@ -223,6 +257,8 @@ def main() -> None:
     parser.add_argument("--img2dataset-venv", type=Path, help="default: WORK/img2dataset-venv (created once)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/curate-latency"))
     parser.add_argument("--runs", type=int, default=1, help="rounds (interleaved); medians are reported")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also record each curate worker's rows, requests in flight, limit and CPU every second")
     parser.add_argument("--tree", type=Path, action="append", default=[],
                         help="source tree to run curate from (default: this one); repeat to compare trees")
     args = parser.parse_args()
