@@ -65,12 +65,13 @@ class DnsCache:
         cached = self.cached(host, port)
         if cached is not None:
             return cached
+        key = (host.lower(), port)
         lookup = asyncio.get_running_loop().run_in_executor(lookups, self._lookup, host, port)
         try:
             addresses = await asyncio.wait_for(lookup, max(seconds, 0.0))
         except (TimeoutError, socket.gaierror) as err:
-            self._fail((host.lower(), port), host, seconds, err)
-        return self._stored((host.lower(), port), addresses)
+            self._fail(key, host, seconds, err)
+        return self._stored(key, addresses)
 
     def _look_up(self, key, host: str, port: int, seconds: float) -> list[str]:
         try:

@@ -82,8 +82,8 @@ class InFlightLimit:
     a tenth (never below `start`).  The window restarts when the worker starts
     downloading (`restart_window`): CPU spent before (imports, setup, other
     stages) is not the downloads', and one such window read as saturated once
-    ended the doubling at the start, leaving a worker at 56 in flight after 3 s
-    against a 1 s web (its twin reached 360).  Cuts are gentle and growth quick because
+    ended the doubling at the start, leaving a worker at 56 in flight 8 s into
+    a run against a 1 s web (its twin reached 360).  Cuts are gentle and growth quick because
     too few in flight costs rows/s (the latency shows again) while a few too
     many cost only some memory (bounded by pipeline.media.body_budget).  A
     Python worker's decode/resize mostly holds the GIL, so about one core is
