@@ -40,7 +40,6 @@ from pipeline.media.politeness import THROTTLE_STATUSES, HostDown, HostPolicy, P
 from pipeline.core.records import Reject, Sample
 
 _THROTTLED_REASONS = frozenset(f"http_{status}" for status in THROTTLE_STATUSES)
-_IDLE_WAIT = 0.05  # seconds between looks at paused hosts while nothing finishes
 _FULL_WAIT = 0.25  # the longest wait for a finishing row while every slot is taken (the limit's window is 1 s)
 
 
