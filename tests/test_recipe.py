@@ -106,6 +106,24 @@ def test_a_recipe_imports_only_the_stage_modules_it_names():
     assert not loaded & {"filters.decontaminate", "filters.dedup_caption", "filters.clip_score", "filters.nsfw"}
 
 
+def test_a_run_over_a_url_list_does_not_import_the_crawl_reader(tmp_path):
+    """The recipe, the reading step and a Parquet read leave the WARC/HTML machinery (and langcodes' data)
+    unimported: ~0.1 s of every run's start-up."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"url": ["http://example.com/a.jpg"], "caption": ["a cat"]}), tmp_path / "urls.parquet")
+    code = (
+        "import sys; from pipeline.engine.recipe import load_recipe; import pipeline.engine.read_inputs; "
+        "from pipeline.ingest.readers import read_rows; "
+        "load_recipe('manifests/local-sample.yaml'); "
+        f"rows = list(read_rows({str(tmp_path / 'urls.parquet')!r}, 'parquet')); "
+        "print(len(rows), 'pipeline.ingest.crawl' in sys.modules, 'langcodes' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert result.stdout.split() == ["1", "False", "False"]
+
+
 def test_a_stage_outside_the_naming_convention_is_still_found(tmp_path, monkeypatch):
     import filters
     from pipeline.core import registry
